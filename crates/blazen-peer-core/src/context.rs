@@ -1,0 +1,109 @@
+//! Per-run state shared by every step of one run.
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use uuid::Uuid;
+
+/// A value stored with `ctx.set`.
+#[derive(Clone)]
+pub enum StateValue {
+    /// UTF-8 JSON text; exported unless the key starts with `_`.
+    Json(Vec<u8>),
+    /// A host object that never leaves the process (only under `_` keys).
+    Opaque(Arc<dyn Any + Send + Sync>),
+}
+
+/// Handle to one run's identity, state and cancellation flag; cheap to clone.
+#[derive(Clone)]
+pub struct RunContext(Arc<Inner>);
+
+struct Inner {
+    run_id: Uuid,
+    node_id: Arc<str>,
+    workflow_name: String,
+    state: Mutex<HashMap<String, StateValue>>,
+    cancelled: AtomicBool,
+    host: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl RunContext {
+    /// A fresh run on `node_id`. `host` carries what the step host needs per
+    /// run (for Python: the event loop that runs async steps).
+    pub fn new(
+        node_id: Arc<str>,
+        workflow_name: impl Into<String>,
+        host: Option<Arc<dyn Any + Send + Sync>>,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            run_id: Uuid::new_v4(),
+            node_id,
+            workflow_name: workflow_name.into(),
+            state: Mutex::new(HashMap::new()),
+            cancelled: AtomicBool::new(false),
+            host,
+        }))
+    }
+
+    /// Unique id of this run.
+    pub fn run_id(&self) -> Uuid {
+        self.0.run_id
+    }
+
+    /// Node executing the run.
+    pub fn node_id(&self) -> &str {
+        &self.0.node_id
+    }
+
+    /// Name the run was requested under.
+    pub fn workflow_name(&self) -> &str {
+        &self.0.workflow_name
+    }
+
+    /// The host data given at creation, if it is of type `T`.
+    pub fn host<T: Any>(&self) -> Option<&T> {
+        self.0.host.as_deref()?.downcast_ref::<T>()
+    }
+
+    /// Stores `value` under `key`; JSON under a public key is exported.
+    pub fn set(&self, key: impl Into<String>, value: StateValue) {
+        self.lock_state().insert(key.into(), value);
+    }
+
+    /// The value under `key`.
+    pub fn get(&self, key: &str) -> Option<StateValue> {
+        self.lock_state().get(key).cloned()
+    }
+
+    /// Every key not starting with `_` whose value is JSON.
+    pub fn exported_state(&self) -> BTreeMap<String, Vec<u8>> {
+        self.lock_state()
+            .iter()
+            .filter(|(key, _)| !key.starts_with('_'))
+            .filter_map(|(key, value)| match value {
+                StateValue::Json(json) => Some((key.clone(), json.clone())),
+                StateValue::Opaque(_) => None,
+            })
+            .collect()
+    }
+
+    /// True once the run has ended or was cancelled; long synchronous steps poll it.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.cancelled.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn cancel(&self) {
+        self.0.cancelled.store(true, Ordering::Release);
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, HashMap<String, StateValue>> {
+        // A panic while holding this lock cannot leave the map half-written
+        // (every operation is a single insert or read), so poisoning is ignored.
+        self.0
+            .state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}

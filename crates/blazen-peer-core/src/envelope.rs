@@ -1,0 +1,300 @@
+//! Postcard payloads of `blazen.peer.v1`, byte for byte as WIRE.md describes.
+//!
+//! Every payload is `v1 fields ++ [extension block]`. postcard ignores bytes
+//! after a struct, so old decoders never see the block; but a struct with
+//! extra trailing fields fails on payloads that lack them, even with
+//! `#[serde(default)]`. Decoding is therefore explicit and two-part: the v1
+//! struct with `take_from_bytes`, then the block only if bytes remain.
+//!
+//! The block is a postcard `Vec<ExtensionField { tag, value }>`: a decoder skips
+//! tags it does not know, so later fields never need another version bump.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use uuid::Uuid;
+
+use crate::error::PeerError;
+
+/// The newest payload version this build speaks; older ones are accepted.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// Reads the envelope version alone: the first field of every payload, one varint.
+pub fn peek_version(payload: &[u8]) -> Result<u32, PeerError> {
+    if payload.is_empty() {
+        return Err(PeerError::Encode(
+            "empty payload: expected a postcard envelope starting with its version".into(),
+        ));
+    }
+    postcard::take_from_bytes::<u32>(payload)
+        .map(|(version, _)| version)
+        .map_err(|err| PeerError::Encode(format!("cannot read the envelope version: {err}")))
+}
+
+/// Rejects versions newer than [`ENVELOPE_VERSION`], before anything else is decoded.
+pub fn check_version(payload: &[u8]) -> Result<u32, PeerError> {
+    let got = peek_version(payload)?;
+    if got > ENVELOPE_VERSION {
+        return Err(PeerError::EnvelopeVersion {
+            got,
+            supported: ENVELOPE_VERSION,
+        });
+    }
+    Ok(got)
+}
+
+/// One entry of the trailing extension block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ExtensionField {
+    tag: u32,
+    #[serde(with = "serde_bytes")]
+    value: Vec<u8>,
+}
+
+/// A typed member of an extension block, identified by its tag.
+pub trait Extension: Serialize + DeserializeOwned {
+    /// Tag under which the value travels; unique per payload type.
+    const TAG: u32;
+}
+
+/// The trailing extension block of a payload; empty means "not sent".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extensions {
+    fields: Vec<ExtensionField>,
+}
+
+impl Extensions {
+    /// True when nothing would be appended to the payload.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// Adds or replaces the value for `E::TAG`.
+    pub fn insert<E: Extension>(&mut self, value: &E) -> Result<(), PeerError> {
+        let bytes = postcard::to_stdvec(value)
+            .map_err(|err| PeerError::Encode(format!("extension {}: {err}", E::TAG)))?;
+        self.fields.retain(|field| field.tag != E::TAG);
+        self.fields.push(ExtensionField {
+            tag: E::TAG,
+            value: bytes,
+        });
+        Ok(())
+    }
+
+    /// The value for `E::TAG`, if present and decodable by this build.
+    pub fn get<E: Extension>(&self) -> Option<E> {
+        let field = self.fields.iter().find(|field| field.tag == E::TAG)?;
+        postcard::from_bytes(&field.value).ok()
+    }
+
+    fn append_to(&self, buf: &mut Vec<u8>) -> Result<(), PeerError> {
+        if self.fields.is_empty() {
+            return Ok(());
+        }
+        let block = postcard::to_stdvec(&self.fields)
+            .map_err(|err| PeerError::Encode(format!("extension block: {err}")))?;
+        buf.extend_from_slice(&block);
+        Ok(())
+    }
+
+    /// Trailing bytes that do not parse as our block come from some other
+    /// peer's extension scheme; like old decoders, we ignore them.
+    fn from_trailing(rest: &[u8]) -> Self {
+        if rest.is_empty() {
+            return Self::default();
+        }
+        let fields = postcard::from_bytes(rest).unwrap_or_default();
+        Self { fields }
+    }
+}
+
+/// A v1 payload together with its optional extension block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope<T> {
+    /// The v1 fields, in WIRE.md order.
+    pub body: T,
+    /// Appended after the body when non-empty.
+    pub extensions: Extensions,
+}
+
+impl<T: Serialize + DeserializeOwned> Envelope<T> {
+    /// An envelope without extensions.
+    pub fn new(body: T) -> Self {
+        Self {
+            body,
+            extensions: Extensions::default(),
+        }
+    }
+
+    /// Encodes body then extension block.
+    pub fn encode(&self) -> Result<Vec<u8>, PeerError> {
+        let mut buf = postcard::to_stdvec(&self.body)
+            .map_err(|err| PeerError::Encode(format!("cannot encode payload: {err}")))?;
+        self.extensions.append_to(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// Checks the version, then decodes the body and (if bytes remain) the block.
+    pub fn decode(payload: &[u8]) -> Result<Self, PeerError> {
+        check_version(payload)?;
+        let (body, rest) = postcard::take_from_bytes::<T>(payload).map_err(|err| {
+            PeerError::Encode(format!(
+                "payload of {} bytes does not decode as {}: {err}",
+                payload.len(),
+                short_type_name::<T>()
+            ))
+        })?;
+        Ok(Self {
+            body,
+            extensions: Extensions::from_trailing(rest),
+        })
+    }
+}
+
+fn short_type_name<T>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    full.rsplit("::").next().unwrap_or(full)
+}
+
+/// Asks a peer to run a sub-workflow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubWorkflowRequest {
+    /// Payload version, [`ENVELOPE_VERSION`] when sent by us.
+    pub envelope_version: u32,
+    /// Symbolic name of the workflow; also names the declared steps when `step_ids` is empty.
+    pub workflow_name: String,
+    /// Steps to run, in order; empty means the steps declared for `workflow_name`.
+    pub step_ids: Vec<String>,
+    /// UTF-8 JSON text of the StartEvent's data.
+    #[serde(with = "serde_bytes")]
+    pub input_json: Vec<u8>,
+    /// Wall-clock bound of the run; `None` takes the server's default.
+    pub timeout_secs: Option<u64>,
+}
+
+/// Handle of a session ref that stayed on the peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteRefDescriptor {
+    /// Node that owns the value.
+    pub origin_node_id: String,
+    /// Names the codec that turns the bytes back into a value.
+    pub type_tag: String,
+    /// Creation time on the origin node.
+    pub created_at_epoch_ms: u64,
+}
+
+/// What a sub-workflow run produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SubWorkflowResponse {
+    /// Payload version.
+    pub envelope_version: u32,
+    /// Exported context state, each value UTF-8 JSON text.
+    pub state_json: BTreeMap<String, ByteBuf>,
+    /// The terminal StopEvent's `result` as UTF-8 JSON text.
+    pub result_json: Option<ByteBuf>,
+    /// Session refs that outlive the run.
+    pub remote_refs: BTreeMap<Uuid, RemoteRefDescriptor>,
+    /// Set when the workflow ran and failed; then the other fields are to be ignored.
+    pub error: Option<String>,
+}
+
+/// Asks for the bytes of a session ref.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DerefRequest {
+    /// Payload version.
+    pub envelope_version: u32,
+    /// Key of the ref.
+    pub ref_uuid: Uuid,
+}
+
+/// The bytes of a session ref.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DerefResponse {
+    /// Payload version.
+    pub envelope_version: u32,
+    /// The encoded value.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+/// Asks the peer to drop a session ref; same bytes as [`DerefRequest`].
+pub type ReleaseRequest = DerefRequest;
+
+/// Whether a release found the ref.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseResponse {
+    /// Payload version.
+    pub envelope_version: u32,
+    /// False when the ref was already gone.
+    pub released: bool,
+}
+
+/// Why a workflow failed, in machine-readable form (response extension tag 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowFailure {
+    /// What went wrong; see [`FailureKind`].
+    pub kind: FailureKind,
+    /// Human-readable summary, the same text as `SubWorkflowResponse.error`.
+    pub message: String,
+    /// Class name of the exception a step raised.
+    pub remote_type: Option<String>,
+    /// Formatted traceback of that exception, on the peer.
+    pub remote_traceback: Option<String>,
+    /// The step that failed, if one did.
+    pub step_id: Option<String>,
+    /// The node the run executed on.
+    pub node_id: String,
+}
+
+impl Extension for WorkflowFailure {
+    const TAG: u32 = 1;
+}
+
+/// Category of a workflow failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// A step raised.
+    StepFailed,
+    /// Every step finished and none emitted a StopEvent.
+    NoStopEvent,
+    /// An event was emitted that no step of the workflow accepts.
+    NoAcceptingStep,
+    /// The run passed its deadline and was stopped.
+    Timeout,
+    /// The run was cancelled before it finished.
+    Cancelled,
+    /// The StopEvent's result could not be encoded as JSON.
+    ResultNotJson,
+}
+
+/// Status details of NOT_FOUND for unknown steps or workflows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotFoundDetail {
+    /// The missing step id, or workflow name when `is_workflow`.
+    pub missing: String,
+    /// True when a workflow name (not a step id) was unknown.
+    pub is_workflow: bool,
+    /// What the peer has registered of that kind.
+    pub registered: Vec<String>,
+}
+
+/// Builds a v1 request envelope.
+pub fn request(
+    workflow_name: impl Into<String>,
+    step_ids: Vec<String>,
+    input_json: Vec<u8>,
+    timeout_secs: Option<u64>,
+) -> Envelope<SubWorkflowRequest> {
+    Envelope::new(SubWorkflowRequest {
+        envelope_version: ENVELOPE_VERSION,
+        workflow_name: workflow_name.into(),
+        step_ids,
+        input_json,
+        timeout_secs,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,222 @@
+//! The one error type of the core, and its mapping to and from gRPC status.
+
+use tonic::{Code, Status};
+
+use crate::envelope::{NotFoundDetail, WorkflowFailure};
+
+/// Every failure the core reports.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    /// Network-level failure: refused, reset, unreachable, deadline passed in transit.
+    #[error("{message}")]
+    Transport {
+        /// What happened, with the address involved.
+        message: String,
+        /// gRPC status code when the failure came back as a status.
+        code: Option<i32>,
+    },
+    /// A requested step id is not registered on the peer.
+    #[error("step `{step_id}` is not registered on peer {node}; registered steps: [{}]", registered.join(", "))]
+    UnknownStep {
+        /// The missing id.
+        step_id: String,
+        /// Ids the peer has registered.
+        registered: Vec<String>,
+        /// Where the lookup happened ("`node-b`" or "this process").
+        node: String,
+    },
+    /// `step_ids` was empty and no workflow of that name is declared.
+    #[error("workflow `{workflow_name}` is not declared on peer {node} and the request named no steps; declared workflows: [{}]", registered.join(", "))]
+    UnknownWorkflow {
+        /// The missing workflow name.
+        workflow_name: String,
+        /// Workflow names the peer has declared.
+        registered: Vec<String>,
+        /// Where the lookup happened.
+        node: String,
+    },
+    /// A payload's version is newer than this build supports.
+    #[error("envelope version {got} is newer than supported {supported}")]
+    EnvelopeVersion {
+        /// Version found in the payload.
+        got: u32,
+        /// Newest version this build speaks.
+        supported: u32,
+    },
+    /// A payload or value could not be encoded or decoded.
+    #[error("{0}")]
+    Encode(String),
+    /// TLS configuration or handshake failure.
+    #[error("{0}")]
+    Tls(String),
+    /// The peer refused our credentials.
+    #[error("{0}")]
+    Authentication(String),
+    /// The workflow ran and failed.
+    #[error("{}", .0.message)]
+    Workflow(Box<WorkflowFailure>),
+    /// A deadline passed.
+    #[error("{0}")]
+    Timeout(String),
+    /// A caller-side argument or lifecycle mistake.
+    #[error("{0}")]
+    Validation(String),
+}
+
+impl PeerError {
+    /// Short machine-readable name, shared with the Python exception classes.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PeerError::Transport { .. } => "Transport",
+            PeerError::UnknownStep { .. } => "UnknownStep",
+            PeerError::UnknownWorkflow { .. } => "UnknownWorkflow",
+            PeerError::EnvelopeVersion { .. } => "EnvelopeVersion",
+            PeerError::Encode(_) => "Encode",
+            PeerError::Tls(_) => "Tls",
+            PeerError::Authentication(_) => "Authentication",
+            PeerError::Workflow(_) => "Workflow",
+            PeerError::Timeout(_) => "Timeout",
+            PeerError::Validation(_) => "Validation",
+        }
+    }
+
+    /// A transport error with no status code.
+    pub fn transport(message: impl Into<String>) -> Self {
+        PeerError::Transport {
+            message: message.into(),
+            code: None,
+        }
+    }
+
+    /// The status a server answers with for this error.
+    pub fn to_status(&self) -> Status {
+        let message = self.to_string();
+        match self {
+            PeerError::UnknownStep {
+                step_id,
+                registered,
+                ..
+            } => not_found(message, step_id, false, registered),
+            PeerError::UnknownWorkflow {
+                workflow_name,
+                registered,
+                ..
+            } => not_found(message, workflow_name, true, registered),
+            PeerError::EnvelopeVersion { .. } => Status::failed_precondition(message),
+            PeerError::Encode(_) | PeerError::Validation(_) => Status::invalid_argument(message),
+            PeerError::Authentication(_) => Status::unauthenticated(message),
+            PeerError::Timeout(_) => Status::deadline_exceeded(message),
+            PeerError::Transport { .. } | PeerError::Tls(_) | PeerError::Workflow(_) => {
+                Status::internal(message)
+            }
+        }
+    }
+
+    /// Interprets a status a peer answered with; `address` names the peer in messages.
+    pub fn from_status(status: &Status, address: &str) -> Self {
+        let message = status.message();
+        match status.code() {
+            Code::NotFound => match postcard::from_bytes::<NotFoundDetail>(status.details()) {
+                Ok(detail) if detail.is_workflow => PeerError::UnknownWorkflow {
+                    workflow_name: detail.missing,
+                    registered: detail.registered,
+                    node: address.to_owned(),
+                },
+                Ok(detail) => PeerError::UnknownStep {
+                    step_id: detail.missing,
+                    registered: detail.registered,
+                    node: address.to_owned(),
+                },
+                // A peer in another language names the step only in its message.
+                Err(_) => PeerError::UnknownStep {
+                    step_id: String::new(),
+                    registered: Vec::new(),
+                    node: format!("{address} ({message})"),
+                },
+            },
+            Code::FailedPrecondition => match parse_version_message(message) {
+                Some((got, supported)) => PeerError::EnvelopeVersion { got, supported },
+                None => PeerError::Transport {
+                    message: format!("peer {address} refused the call: {message}"),
+                    code: Some(status.code() as i32),
+                },
+            },
+            Code::InvalidArgument => {
+                PeerError::Encode(format!("peer {address} rejected the payload: {message}"))
+            }
+            Code::Unauthenticated => PeerError::Authentication(format!(
+                "peer {address} rejected the credentials: {message}"
+            )),
+            Code::DeadlineExceeded => PeerError::Timeout(format!(
+                "call to peer {address} passed its deadline: {message}"
+            )),
+            code => PeerError::Transport {
+                message: format!("call to peer {address} failed ({code:?}): {message}"),
+                code: Some(code as i32),
+            },
+        }
+    }
+}
+
+fn not_found(message: String, missing: &str, is_workflow: bool, registered: &[String]) -> Status {
+    let detail = NotFoundDetail {
+        missing: missing.to_owned(),
+        is_workflow,
+        registered: registered.to_vec(),
+    };
+    let details = postcard::to_stdvec(&detail).unwrap_or_default();
+    Status::with_details(Code::NotFound, message, details.into())
+}
+
+/// Reads `envelope version X is newer than supported Y`, the text WIRE.md fixes.
+fn parse_version_message(message: &str) -> Option<(u32, u32)> {
+    let rest = message.strip_prefix("envelope version ")?;
+    let (got, supported) = rest.split_once(" is newer than supported ")?;
+    Some((got.trim().parse().ok()?, supported.trim().parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_status_round_trips() {
+        let err = PeerError::EnvelopeVersion {
+            got: 7,
+            supported: 1,
+        };
+        let status = err.to_status();
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(
+            status.message(),
+            "envelope version 7 is newer than supported 1"
+        );
+        match PeerError::from_status(&status, "peer") {
+            PeerError::EnvelopeVersion { got, supported } => assert_eq!((got, supported), (7, 1)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_step_status_carries_registered_ids() {
+        let err = PeerError::UnknownStep {
+            step_id: "x::y".into(),
+            registered: vec!["a::b".into()],
+            node: "`node-b`".into(),
+        };
+        let status = err.to_status();
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(status.message().contains("x::y") && status.message().contains("a::b"));
+        match PeerError::from_status(&status, "http://b") {
+            PeerError::UnknownStep {
+                step_id,
+                registered,
+                ..
+            } => {
+                assert_eq!(step_id, "x::y");
+                assert_eq!(registered, vec!["a::b".to_string()]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Core of blazen-peer: the `blazen.peer.v1` protocol, its gRPC server and
+//! client, the step and session-ref registries, and the workflow runner.
+//!
+//! Nothing here knows about Python. Step hosts plug in through
+//! [`registry::StepHandler`] and carry their payloads as [`event::EventData`],
+//! so the binding crate only converts values and maps errors.
+
+pub mod client;
+pub mod context;
+pub mod envelope;
+pub mod error;
+pub mod event;
+pub mod registry;
+pub mod runner;
+pub mod server;
+pub mod session_refs;
+
+/// Code generated from `proto/blazen_peer.proto`.
+pub mod pb {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("blazen.peer.v1");
+}
+
+pub use client::{ClientConfig, PeerClient};
+pub use context::{RunContext, StateValue};
+pub use envelope::{Envelope, ENVELOPE_VERSION};
+pub use error::PeerError;
+pub use event::{Event, EventData, EventTypes, JsonEvent};
+pub use registry::{Step, StepFailure, StepHandler, StepRegistry};
+pub use server::{PeerService, RunningServer, ServerConfig};
+pub use session_refs::SessionRefRegistry;

@@ -1,0 +1,172 @@
+//! The workflow engine: routes each event to every step that accepts it, runs
+//! those calls concurrently, and ends at the first StopEvent.
+
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use crate::context::RunContext;
+use crate::envelope::{FailureKind, WorkflowFailure};
+use crate::event::Event;
+use crate::registry::{Step, StepFailure, StepOutput};
+
+/// Runs `steps` from `start` until a StopEvent, which it returns.
+///
+/// Dropping the returned future cancels every step call in flight. However the
+/// run ends, the context is marked cancelled so synchronous steps can stop.
+pub async fn run_workflow(
+    steps: &[Step],
+    ctx: RunContext,
+    start: Event,
+    deadline: Option<Duration>,
+) -> Result<Event, Box<WorkflowFailure>> {
+    let _mark_done = CancelOnDrop(ctx.clone());
+    let run = drive(steps, &ctx, start);
+    match deadline {
+        None => run.await,
+        Some(limit) => match tokio::time::timeout(limit, run).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(failure(
+                &ctx,
+                FailureKind::Timeout,
+                format!(
+                    "workflow `{}` did not finish within its {}s deadline on node `{}`",
+                    ctx.workflow_name(),
+                    limit.as_secs_f64(),
+                    ctx.node_id()
+                ),
+                None,
+            )),
+        },
+    }
+}
+
+struct CancelOnDrop(RunContext);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+type Call = futures::future::BoxFuture<'static, (Step, Event, Result<StepOutput, StepFailure>)>;
+
+async fn drive(
+    steps: &[Step],
+    ctx: &RunContext,
+    start: Event,
+) -> Result<Event, Box<WorkflowFailure>> {
+    let mut in_flight: FuturesUnordered<Call> = FuturesUnordered::new();
+    dispatch(steps, ctx, start, None, &mut in_flight)?;
+    while let Some((step, event, outcome)) = in_flight.next().await {
+        let emitted = outcome.map_err(|err| step_failed(ctx, &step, &event, err))?;
+        for next in emitted {
+            if next.types.is_stop() {
+                return Ok(next);
+            }
+            dispatch(steps, ctx, next, Some(&step), &mut in_flight)?;
+        }
+    }
+    Err(failure(
+        ctx,
+        FailureKind::NoStopEvent,
+        format!(
+            "workflow `{}` on node `{}` ended without a StopEvent: every step finished and none \
+             returned one; steps present: {}",
+            ctx.workflow_name(),
+            ctx.node_id(),
+            describe_steps(steps)
+        ),
+        None,
+    ))
+}
+
+fn dispatch(
+    steps: &[Step],
+    ctx: &RunContext,
+    event: Event,
+    emitted_by: Option<&Step>,
+    in_flight: &mut FuturesUnordered<Call>,
+) -> Result<(), Box<WorkflowFailure>> {
+    let mut accepted = false;
+    for step in steps.iter().filter(|step| step.accepts_event(&event.types)) {
+        accepted = true;
+        let call = step.handler.invoke(ctx.clone(), event.clone());
+        let step = step.clone();
+        let event = event.clone();
+        in_flight.push(Box::pin(async move { (step, event, call.await) }));
+    }
+    if accepted {
+        return Ok(());
+    }
+    let origin = match emitted_by {
+        Some(step) => format!(" emitted by step `{}`", step.id),
+        None => String::new(),
+    };
+    Err(failure(
+        ctx,
+        FailureKind::NoAcceptingStep,
+        format!(
+            "no step of workflow `{}` accepts event `{}`{origin}; steps present: {}",
+            ctx.workflow_name(),
+            event.types.name(),
+            describe_steps(steps)
+        ),
+        emitted_by.map(|step| step.id.to_string()),
+    ))
+}
+
+fn step_failed(
+    ctx: &RunContext,
+    step: &Step,
+    event: &Event,
+    err: StepFailure,
+) -> Box<WorkflowFailure> {
+    let kind = if err.cancelled {
+        FailureKind::Cancelled
+    } else {
+        FailureKind::StepFailed
+    };
+    Box::new(WorkflowFailure {
+        kind,
+        message: format!(
+            "step `{}` failed on node `{}` handling `{}`: {}: {}",
+            step.id,
+            ctx.node_id(),
+            event.types.name(),
+            err.error_type,
+            err.message
+        ),
+        remote_type: Some(err.error_type),
+        remote_traceback: err.traceback,
+        step_id: Some(step.id.to_string()),
+        node_id: ctx.node_id().to_owned(),
+    })
+}
+
+fn failure(
+    ctx: &RunContext,
+    kind: FailureKind,
+    message: String,
+    step_id: Option<String>,
+) -> Box<WorkflowFailure> {
+    Box::new(WorkflowFailure {
+        kind,
+        message,
+        remote_type: None,
+        remote_traceback: None,
+        step_id,
+        node_id: ctx.node_id().to_owned(),
+    })
+}
+
+fn describe_steps(steps: &[Step]) -> String {
+    let listed: Vec<String> = steps
+        .iter()
+        .map(|step| format!("`{}` (accepts {})", step.id, step.accepts.join(" | ")))
+        .collect();
+    format!("[{}]", listed.join(", "))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,644 @@
+//! A real server and client over loopback: protocol, status codes and mapping.
+
+use std::any::Any;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blazen_peer_core::envelope::{
+    self, DerefRequest, FailureKind, SubWorkflowRequest, SubWorkflowResponse, WorkflowFailure,
+};
+use blazen_peer_core::event::{BASE_EVENT, START_EVENT, STOP_EVENT};
+use blazen_peer_core::pb::blazen_peer_client::BlazenPeerClient;
+use blazen_peer_core::pb::PostcardRequest;
+use blazen_peer_core::registry::StepOutput;
+use blazen_peer_core::{
+    ClientConfig, Envelope, Event, EventTypes, JsonEvent, PeerClient, PeerError, PeerService,
+    RunContext, RunningServer, ServerConfig, SessionRefRegistry, StateValue, Step, StepFailure,
+    StepHandler, StepRegistry, ENVELOPE_VERSION,
+};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tonic::transport::Channel;
+use tonic::Code;
+use uuid::Uuid;
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+type StepResult = Result<StepOutput, StepFailure>;
+
+struct FnStep<F>(F);
+
+impl<F> StepHandler for FnStep<F>
+where
+    F: Fn(RunContext, Event) -> BoxFuture<'static, StepResult> + Send + Sync + 'static,
+{
+    fn invoke(&self, ctx: RunContext, event: Event) -> BoxFuture<'static, StepResult> {
+        (self.0)(ctx, event)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+fn register<F>(registry: &StepRegistry, id: &str, accepts: &[&str], f: F)
+where
+    F: Fn(RunContext, Event) -> BoxFuture<'static, StepResult> + Send + Sync + 'static,
+{
+    let step = Step {
+        id: id.into(),
+        accepts: accepts.iter().map(|name| name.to_string()).collect(),
+        handler: Arc::new(FnStep(f)),
+    };
+    registry.register(step, false, |_| false).unwrap();
+}
+
+fn json_event(chain: &[&str], json: Vec<u8>) -> Event {
+    Event {
+        types: EventTypes::new(chain.iter().map(|name| name.to_string()).collect()),
+        data: Arc::new(JsonEvent(json)),
+    }
+}
+
+fn stop_with(result: serde_json::Value) -> Event {
+    json_event(
+        &[STOP_EVENT, BASE_EVENT],
+        serde_json::to_vec(&serde_json::json!({ "result": result })).unwrap(),
+    )
+}
+
+/// The steps every test server offers.
+fn test_registry() -> Arc<StepRegistry> {
+    let registry = Arc::new(StepRegistry::default());
+    // Doubles `x`, records state, and reports where it ran.
+    register(&registry, "b::double", &[START_EVENT], |ctx, event| {
+        async move {
+            let input: serde_json::Value =
+                serde_json::from_slice(&event.as_json().expect("wire input is JSON").0).unwrap();
+            let x = input["x"].as_i64().unwrap_or(0);
+            ctx.set("k", StateValue::Json(b"42".to_vec()));
+            ctx.set("_hidden", StateValue::Json(b"\"secret\"".to_vec()));
+            ctx.set("opaque", StateValue::Opaque(Arc::new(5_u8)));
+            Ok(vec![stop_with(serde_json::json!({
+                "doubled": x * 2,
+                "node": ctx.node_id(),
+                "workflow": ctx.workflow_name(),
+            }))])
+        }
+        .boxed()
+    });
+    register(&registry, "b::fail", &[START_EVENT], |_ctx, _event| {
+        async move { Err(StepFailure::new("ValueError", "refusing on purpose")) }.boxed()
+    });
+    register(&registry, "b::sleep", &[START_EVENT], |_ctx, _event| {
+        async move {
+            futures::future::pending::<()>().await;
+            Ok(vec![])
+        }
+        .boxed()
+    });
+    registry
+        .register_workflow("declared", vec!["b::double".into()])
+        .unwrap();
+    registry
+}
+
+const REGISTERED: [&str; 3] = ["b::double", "b::fail", "b::sleep"];
+
+struct Harness {
+    server: RunningServer,
+    address: String,
+    refs: Arc<SessionRefRegistry>,
+}
+
+async fn start_server() -> Harness {
+    let refs = Arc::new(SessionRefRegistry::default());
+    let config = ServerConfig {
+        registry: test_registry(),
+        session_refs: refs.clone(),
+        ..Default::default()
+    };
+    let server = RunningServer::start(
+        PeerService::new("node-b", config),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let addr: SocketAddr = server.local_addr();
+    assert_ne!(addr.port(), 0);
+    Harness {
+        address: format!("http://{addr}"),
+        server,
+        refs,
+    }
+}
+
+impl Harness {
+    async fn client(&self) -> PeerClient {
+        PeerClient::connect(&self.address, "node-a", ClientConfig::default())
+            .await
+            .unwrap()
+    }
+
+    async fn raw(&self) -> BlazenPeerClient<Channel> {
+        BlazenPeerClient::connect(self.address.clone()).await.unwrap()
+    }
+}
+
+fn run_request(steps: &[&str], input: &str) -> Envelope<SubWorkflowRequest> {
+    envelope::request(
+        "wf",
+        steps.iter().map(|id| id.to_string()).collect(),
+        input.as_bytes().to_vec(),
+        Some(10),
+    )
+}
+
+fn result_value(response: &SubWorkflowResponse) -> serde_json::Value {
+    serde_json::from_slice(response.result_json.as_ref().expect("result_json")).unwrap()
+}
+
+async fn raw_invoke(raw: &mut BlazenPeerClient<Channel>, payload: Vec<u8>) -> tonic::Status {
+    raw.invoke_sub_workflow(PostcardRequest {
+        postcard_payload: payload,
+    })
+    .await
+    .expect_err("the server should refuse this payload")
+}
+
+/// A successful call, to prove the server still serves after a refusal.
+async fn assert_serves(client: &PeerClient) {
+    let response = client
+        .invoke(&run_request(&["b::double"], r#"{"x":5}"#))
+        .await
+        .unwrap();
+    assert_eq!(response.body.error, None);
+    assert_eq!(result_value(&response.body)["doubled"], 10);
+}
+
+// ---------------------------------------------------------------------------
+// Runs
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn successful_run_returns_result_and_exported_state() {
+    let mut harness = start_server().await;
+    let client = harness.client().await;
+    assert_eq!(client.address(), harness.address);
+    assert_eq!(client.node_id(), "node-a");
+
+    let response = client
+        .invoke(&run_request(&["b::double"], r#"{"x":21}"#))
+        .await
+        .unwrap();
+    let body = &response.body;
+    assert_eq!(body.envelope_version, ENVELOPE_VERSION);
+    assert_eq!(body.error, None);
+    assert_eq!(
+        result_value(body),
+        serde_json::json!({"doubled": 42, "node": "node-b", "workflow": "wf"})
+    );
+    // Only the public JSON key is exported: not `_hidden`, not the opaque value.
+    let state: Vec<(&str, &[u8])> = body
+        .state_json
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_slice()))
+        .collect();
+    assert_eq!(state, vec![("k", &b"42"[..])]);
+    assert!(body.remote_refs.is_empty());
+    assert!(response.extensions.is_empty());
+    assert_eq!(response.extensions.get::<WorkflowFailure>(), None);
+
+    harness.server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_step_is_not_found_with_the_registered_ids() {
+    let harness = start_server().await;
+    let client = harness.client().await;
+    let err = client
+        .invoke(&run_request(&["b::double", "b::missing"], "{}"))
+        .await
+        .unwrap_err();
+    match &err {
+        PeerError::UnknownStep {
+            step_id,
+            registered,
+            node,
+        } => {
+            assert_eq!(step_id, "b::missing");
+            assert_eq!(registered, &REGISTERED.map(String::from).to_vec());
+            assert_eq!(node, &harness.address);
+        }
+        other => panic!("expected UnknownStep, got {other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "step `b::missing` is not registered on peer {}; registered steps: [b::double, \
+             b::fail, b::sleep]",
+            harness.address
+        )
+    );
+
+    // The raw status: NOT_FOUND naming the step and the registered ids.
+    let mut raw = harness.raw().await;
+    let status = raw_invoke(
+        &mut raw,
+        run_request(&["b::missing"], "{}").encode().unwrap(),
+    )
+    .await;
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(
+        status.message(),
+        "step `b::missing` is not registered on peer `node-b`; registered steps: [b::double, \
+         b::fail, b::sleep]"
+    );
+}
+
+#[tokio::test]
+async fn empty_step_ids_run_the_declared_workflow() {
+    let harness = start_server().await;
+    let client = harness.client().await;
+    let request = envelope::request("declared", vec![], br#"{"x":4}"#.to_vec(), None);
+    let response = client.invoke(&request).await.unwrap();
+    assert_eq!(response.body.error, None);
+    assert_eq!(
+        result_value(&response.body),
+        serde_json::json!({"doubled": 8, "node": "node-b", "workflow": "declared"})
+    );
+}
+
+#[tokio::test]
+async fn empty_step_ids_with_an_undeclared_workflow_is_unknown_workflow() {
+    let harness = start_server().await;
+    let client = harness.client().await;
+    let request = envelope::request("nope", vec![], b"{}".to_vec(), None);
+    let err = client.invoke(&request).await.unwrap_err();
+    match err {
+        PeerError::UnknownWorkflow {
+            workflow_name,
+            registered,
+            node,
+        } => {
+            assert_eq!(workflow_name, "nope");
+            assert_eq!(registered, vec!["declared".to_string()]);
+            assert_eq!(node, harness.address);
+        }
+        other => panic!("expected UnknownWorkflow, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn failing_step_returns_ok_with_error_and_failure_extension() {
+    let harness = start_server().await;
+    let client = harness.client().await;
+    let response = client
+        .invoke(&run_request(&["b::fail"], "{}"))
+        .await
+        .unwrap();
+    let expected = "step `b::fail` failed on node `node-b` handling `blazen::StartEvent`: \
+                    ValueError: refusing on purpose";
+    assert_eq!(response.body.error.as_deref(), Some(expected));
+    assert_eq!(response.body.result_json, None);
+    assert!(response.body.state_json.is_empty());
+    let failure = response.extensions.get::<WorkflowFailure>().unwrap();
+    assert_eq!(failure.kind, FailureKind::StepFailed);
+    assert_eq!(failure.message, expected);
+    assert_eq!(failure.step_id.as_deref(), Some("b::fail"));
+    assert_eq!(failure.remote_type.as_deref(), Some("ValueError"));
+    assert_eq!(failure.node_id, "node-b");
+}
+
+#[tokio::test]
+async fn run_past_its_timeout_reports_a_timeout_failure() {
+    let harness = start_server().await;
+    let client = harness.client().await;
+    let request = envelope::request("wf", vec!["b::sleep".into()], b"{}".to_vec(), Some(1));
+    let began = Instant::now();
+    let response = client.invoke(&request).await.unwrap();
+    let elapsed = began.elapsed();
+    assert_eq!(
+        response.body.error.as_deref(),
+        Some("workflow `wf` did not finish within its 1s deadline on node `node-b`")
+    );
+    assert_eq!(response.body.result_json, None);
+    let failure = response.extensions.get::<WorkflowFailure>().unwrap();
+    assert_eq!(failure.kind, FailureKind::Timeout);
+    assert_eq!(failure.node_id, "node-b");
+    assert_eq!(failure.step_id, None);
+    assert!(
+        elapsed >= Duration::from_millis(950) && elapsed < Duration::from_secs(5),
+        "elapsed {elapsed:?}"
+    );
+    // And the server is still usable.
+    assert_serves(&client).await;
+}
+
+// ---------------------------------------------------------------------------
+// Protocol refusals
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn newer_envelope_version_is_failed_precondition() {
+    let harness = start_server().await;
+    let mut raw = harness.raw().await;
+    // The first WIRE.md vector with version 2.
+    let payload = vec![
+        0x02, 0x02, 0x77, 0x66, 0x01, 0x04, 0x61, 0x3a, 0x3a, 0x62, 0x07, 0x7b, 0x22, 0x78, 0x22,
+        0x3a, 0x31, 0x7d, 0x01, 0x1e,
+    ];
+    let status = raw_invoke(&mut raw, payload).await;
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(
+        status.message(),
+        "envelope version 2 is newer than supported 1"
+    );
+    match PeerError::from_status(&status, &harness.address) {
+        PeerError::EnvelopeVersion { got, supported } => assert_eq!((got, supported), (2, 1)),
+        other => panic!("expected EnvelopeVersion, got {other:?}"),
+    }
+
+    // Same through PeerClient, with a request it was told to send as version 2.
+    let client = harness.client().await;
+    let mut request = run_request(&["b::double"], "{}");
+    request.body.envelope_version = 2;
+    match client.invoke(&request).await.unwrap_err() {
+        PeerError::EnvelopeVersion { got, supported } => assert_eq!((got, supported), (2, 1)),
+        other => panic!("expected EnvelopeVersion, got {other:?}"),
+    }
+
+    // Deref and release check the version too.
+    let mut v2_ref = Envelope::new(DerefRequest {
+        envelope_version: 2,
+        ref_uuid: Uuid::nil(),
+    })
+    .encode()
+    .unwrap();
+    let status = raw
+        .deref_session_ref(PostcardRequest {
+            postcard_payload: v2_ref.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(
+        status.message(),
+        "envelope version 2 is newer than supported 1"
+    );
+    v2_ref[0] = 3;
+    let status = raw
+        .release_session_ref(PostcardRequest {
+            postcard_payload: v2_ref,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(
+        status.message(),
+        "envelope version 3 is newer than supported 1"
+    );
+
+    assert_serves(&client).await;
+}
+
+#[tokio::test]
+async fn version_zero_request_is_served() {
+    let harness = start_server().await;
+    let client = harness.client().await;
+    let mut request = run_request(&["b::double"], r#"{"x":1}"#);
+    request.body.envelope_version = 0;
+    let response = client.invoke(&request).await.unwrap();
+    assert_eq!(result_value(&response.body)["doubled"], 2);
+}
+
+#[tokio::test]
+async fn invalid_json_input_is_invalid_argument() {
+    let harness = start_server().await;
+    let client = harness.client().await;
+    let mut raw = harness.raw().await;
+    let status = raw_invoke(
+        &mut raw,
+        run_request(&["b::double"], "{not json").encode().unwrap(),
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .starts_with("input_json is not valid UTF-8 JSON: "),
+        "{}",
+        status.message()
+    );
+    // Not UTF-8 at all.
+    let status = raw_invoke(
+        &mut raw,
+        envelope::request("wf", vec!["b::double".into()], vec![0xff, 0xfe], None)
+            .encode()
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    match client
+        .invoke(&run_request(&["b::double"], "[1,"))
+        .await
+        .unwrap_err()
+    {
+        PeerError::Encode(message) => {
+            assert!(
+                message.starts_with(&format!(
+                    "peer {} rejected the payload: input_json is not valid UTF-8 JSON",
+                    harness.address
+                )),
+                "{message}"
+            );
+        }
+        other => panic!("expected Encode, got {other:?}"),
+    }
+    assert_serves(&client).await;
+}
+
+#[tokio::test]
+async fn garbage_payloads_are_invalid_argument() {
+    let harness = start_server().await;
+    let client = harness.client().await;
+    let mut raw = harness.raw().await;
+    for payload in [
+        vec![],
+        vec![0x01],
+        vec![0x01, 0xff, 0xff, 0xff, 0xff, 0x0f],
+        vec![0x80],
+        // Version 1, then text that is not a postcard request.
+        [&[0x01][..], b"hello, not postcard"].concat(),
+    ] {
+        let status = raw_invoke(&mut raw, payload.clone()).await;
+        assert_eq!(status.code(), Code::InvalidArgument, "payload {payload:02x?}");
+        assert!(!status.message().is_empty());
+    }
+    let status = raw
+        .deref_session_ref(PostcardRequest {
+            postcard_payload: vec![0x01, 0x10, 0x00],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_serves(&client).await;
+}
+
+#[tokio::test]
+async fn stream_method_is_unimplemented() {
+    let harness = start_server().await;
+    let mut raw = harness.raw().await;
+    let status = raw
+        .stream_sub_workflow_events(PostcardRequest {
+            postcard_payload: run_request(&["b::double"], "{}").encode().unwrap(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+}
+
+// ---------------------------------------------------------------------------
+// Session refs
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn deref_of_an_unknown_ref_is_not_found() {
+    let harness = start_server().await;
+    let key = Uuid::parse_str("12345678-9abc-def0-1234-56789abcdef0").unwrap();
+
+    let mut raw = harness.raw().await;
+    let status = raw
+        .deref_session_ref(PostcardRequest {
+            postcard_payload: Envelope::new(DerefRequest {
+                envelope_version: ENVELOPE_VERSION,
+                ref_uuid: key,
+            })
+            .encode()
+            .unwrap(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(
+        status.message(),
+        "session ref 12345678-9abc-def0-1234-56789abcdef0 not found on node `node-b` (released, \
+         expired, or never created here)"
+    );
+
+    let client = harness.client().await;
+    let err = client.deref(key).await.unwrap_err();
+    assert!(
+        err.to_string().contains("12345678-9abc-def0-1234-56789abcdef0"),
+        "{err}"
+    );
+}
+
+/// Fails: `PeerClient::deref` turns the NOT_FOUND of an unknown session ref
+/// into `PeerError::UnknownStep` (empty step id), because
+/// `PeerError::from_status` maps every NOT_FOUND without step details to an
+/// unknown step. Callers (and the Python binding) then report "step `` is not
+/// registered on peer ...".
+#[tokio::test]
+#[ignore = "bug: deref NOT_FOUND is mapped to PeerError::UnknownStep (error.rs from_status)"]
+async fn deref_of_an_unknown_ref_is_not_reported_as_an_unknown_step() {
+    let harness = start_server().await;
+    let client = harness.client().await;
+    let err = client.deref(Uuid::new_v4()).await.unwrap_err();
+    assert!(
+        !matches!(err, PeerError::UnknownStep { .. }),
+        "an unknown session ref is reported as an unknown step: {err:?} / {err}"
+    );
+    assert!(!err.to_string().contains("is not registered"), "{err}");
+}
+
+#[tokio::test]
+async fn release_of_an_unknown_ref_is_false() {
+    let harness = start_server().await;
+    let client = harness.client().await;
+    assert!(!client.release(Uuid::new_v4()).await.unwrap());
+}
+
+#[tokio::test]
+async fn shared_session_ref_derefs_then_releases_once() {
+    let harness = start_server().await;
+    let client = harness.client().await;
+    let key = harness
+        .refs
+        .insert(Arc::from(&b"payload \x00\xff bytes"[..]), "bytes");
+    assert_eq!(harness.refs.len(), 1);
+
+    assert_eq!(client.deref(key).await.unwrap(), b"payload \x00\xff bytes");
+    // Deref does not consume the ref.
+    assert_eq!(client.deref(key).await.unwrap(), b"payload \x00\xff bytes");
+    assert!(client.release(key).await.unwrap());
+    assert!(harness.refs.is_empty());
+    assert!(!client.release(key).await.unwrap());
+    assert!(client.deref(key).await.is_err());
+}
+
+// ---------------------------------------------------------------------------
+// Connection and lifecycle
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn connecting_to_a_closed_port_fails_fast_with_transport() {
+    // Reserve a free port, then close it so nothing listens there.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let address = format!("http://{addr}");
+    let began = Instant::now();
+    let err = PeerClient::connect(&address, "node-a", ClientConfig::default())
+        .await
+        .err()
+        .expect("nothing listens there");
+    assert!(began.elapsed() < Duration::from_secs(3), "{:?}", began.elapsed());
+    match &err {
+        PeerError::Transport { message, code } => {
+            assert!(
+                message.starts_with(&format!("cannot connect to peer {address}: ")),
+                "{message}"
+            );
+            assert_eq!(*code, None);
+        }
+        other => panic!("expected Transport, got {other:?}"),
+    }
+    assert_eq!(err.kind(), "Transport");
+}
+
+#[tokio::test]
+async fn invalid_address_or_node_id_is_a_validation_error() {
+    match PeerClient::connect("not a uri", "node-a", ClientConfig::default()).await {
+        Err(PeerError::Validation(message)) => assert!(message.contains("not a uri"), "{message}"),
+        other => panic!("expected Validation, got {:?}", other.err()),
+    }
+    match PeerClient::connect("http://127.0.0.1:1", "node\n", ClientConfig::default()).await {
+        Err(PeerError::Validation(message)) => assert!(message.contains("node_id"), "{message}"),
+        other => panic!("expected Validation, got {:?}", other.err()),
+    }
+}
+
+#[tokio::test]
+async fn stop_returns_ok_and_the_server_goes_away() {
+    let mut harness = start_server().await;
+    let client = harness.client().await;
+    assert_serves(&client).await;
+
+    tokio::time::timeout(Duration::from_secs(5), harness.server.stop())
+        .await
+        .expect("stop finishes promptly")
+        .unwrap();
+    // Stopping twice is harmless.
+    harness.server.stop().await.unwrap();
+
+    let err = PeerClient::connect(&harness.address, "node-a", ClientConfig::default())
+        .await
+        .err()
+        .expect("the listener is closed after stop");
+    assert!(matches!(err, PeerError::Transport { .. }), "{err:?}");
+}

@@ -1,0 +1,288 @@
+//! Native half of `blazen_peer.PeerClient`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use blazen_peer_core::envelope::{self, FailureKind, SubWorkflowResponse, WorkflowFailure};
+use blazen_peer_core::{ClientConfig, Envelope, PeerClient, PeerError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use uuid::Uuid;
+
+use crate::errors::{to_py, IntoPyResult};
+use crate::runtime;
+
+/// A connected client; calls share one HTTP/2 channel.
+#[pyclass(frozen, name = "PeerClient", module = "blazen_peer._native")]
+pub struct PeerClientRef {
+    inner: RwLock<Option<PeerClient>>,
+    node_id: String,
+    address: String,
+}
+
+fn config(connect_timeout_secs: f64) -> Result<ClientConfig, PeerError> {
+    let connect_timeout = Duration::try_from_secs_f64(connect_timeout_secs)
+        .ok()
+        .filter(|timeout| !timeout.is_zero())
+        .ok_or_else(|| {
+            PeerError::Validation(format!(
+                "connect_timeout_secs must be a positive number of seconds, got {connect_timeout_secs}"
+            ))
+        })?;
+    Ok(ClientConfig {
+        connect_timeout,
+        ..ClientConfig::default()
+    })
+}
+
+fn wrap(client: PeerClient) -> PeerClientRef {
+    PeerClientRef {
+        node_id: client.node_id().to_owned(),
+        address: client.address().to_owned(),
+        inner: RwLock::new(Some(client)),
+    }
+}
+
+/// Blocks the calling thread on `fut` with the GIL released.
+fn block_on<T: Send>(
+    py: Python<'_>,
+    fut: impl Future<Output = Result<T, PeerError>> + Send,
+) -> PyResult<T> {
+    let runtime = runtime::runtime().py_err()?;
+    py.detach(|| runtime.block_on(fut)).py_err()
+}
+
+#[pymethods]
+impl PeerClientRef {
+    /// Connects to `address`; the awaitable fails fast when nothing listens.
+    #[staticmethod]
+    fn connect(
+        py: Python<'_>,
+        address: String,
+        node_id: String,
+        connect_timeout_secs: f64,
+    ) -> PyResult<Bound<'_, PyAny>> {
+        runtime::check_not_forked().py_err()?;
+        let config = config(connect_timeout_secs).py_err()?;
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let client = PeerClient::connect(&address, &node_id, config)
+                .await
+                .py_err()?;
+            Ok(wrap(client))
+        })
+    }
+
+    /// Blocking form of `connect`.
+    #[staticmethod]
+    fn connect_blocking(
+        py: Python<'_>,
+        address: String,
+        node_id: String,
+        connect_timeout_secs: f64,
+    ) -> PyResult<Self> {
+        let config = config(connect_timeout_secs).py_err()?;
+        let client = block_on(py, async move {
+            PeerClient::connect(&address, &node_id, config).await
+        })?;
+        Ok(wrap(client))
+    }
+
+    /// This client's node id.
+    #[getter]
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The peer's address.
+    #[getter]
+    fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// True after `close`.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner
+            .read()
+            .map(|inner| inner.is_none())
+            .unwrap_or(true)
+    }
+
+    /// Drops the channel; later calls raise ValidationError. Idempotent.
+    fn close(&self) {
+        if let Ok(mut inner) = self.inner.write() {
+            inner.take();
+        }
+    }
+
+    /// Runs a sub-workflow; resolves to a `SubWorkflowResponse`.
+    #[pyo3(signature = (workflow_name, step_ids, input_json, timeout_secs=None))]
+    fn invoke<'py>(
+        &self,
+        py: Python<'py>,
+        workflow_name: String,
+        step_ids: Vec<String>,
+        input_json: Vec<u8>,
+        timeout_secs: Option<u64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client()?;
+        let request = envelope::request(workflow_name, step_ids, input_json, timeout_secs);
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            client
+                .invoke(&request)
+                .await
+                .map(ResponseRef::from)
+                .py_err()
+        })
+    }
+
+    /// Blocking form of `invoke`.
+    #[pyo3(signature = (workflow_name, step_ids, input_json, timeout_secs=None))]
+    fn invoke_blocking(
+        &self,
+        py: Python<'_>,
+        workflow_name: String,
+        step_ids: Vec<String>,
+        input_json: Vec<u8>,
+        timeout_secs: Option<u64>,
+    ) -> PyResult<ResponseRef> {
+        let client = self.client()?;
+        let request = envelope::request(workflow_name, step_ids, input_json, timeout_secs);
+        block_on(py, async move {
+            client.invoke(&request).await.map(ResponseRef::from)
+        })
+    }
+
+    /// Fetches a session ref's bytes.
+    fn deref<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client()?;
+        let key = parse_key(key)?;
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let bytes = client.deref(key).await.py_err()?;
+            Ok(Python::attach(|py| PyBytes::new(py, &bytes).unbind()))
+        })
+    }
+
+    /// Releases a session ref; resolves to False when it was already gone.
+    fn release<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client()?;
+        let key = parse_key(key)?;
+        pyo3_async_runtimes::tokio::future_into_py(
+            py,
+            async move { client.release(key).await.py_err() },
+        )
+    }
+}
+
+impl PeerClientRef {
+    fn client(&self) -> PyResult<PeerClient> {
+        runtime::check_not_forked().py_err()?;
+        let inner = self
+            .inner
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        inner.clone().ok_or_else(|| {
+            to_py(PeerError::Validation(format!(
+                "PeerClient for {} is closed; connect a new one",
+                self.address
+            )))
+        })
+    }
+}
+
+fn parse_key(key: &str) -> PyResult<Uuid> {
+    Uuid::parse_str(key)
+        .map_err(|err| {
+            PeerError::Validation(format!("`{key}` is not a session ref key (a UUID): {err}"))
+        })
+        .py_err()
+}
+
+/// A decoded `SubWorkflowResponse`; JSON stays as bytes for Python to parse.
+#[pyclass(frozen, name = "SubWorkflowResponse", module = "blazen_peer._native")]
+pub struct ResponseRef {
+    body: SubWorkflowResponse,
+    failure: Option<WorkflowFailure>,
+}
+
+impl From<Envelope<SubWorkflowResponse>> for ResponseRef {
+    fn from(envelope: Envelope<SubWorkflowResponse>) -> Self {
+        let failure = envelope.extensions.get::<WorkflowFailure>();
+        Self {
+            body: envelope.body,
+            failure,
+        }
+    }
+}
+
+#[pymethods]
+impl ResponseRef {
+    /// The StopEvent's result as JSON text, or None.
+    #[getter]
+    fn result_json<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.body
+            .result_json
+            .as_ref()
+            .map(|json| PyBytes::new(py, json))
+    }
+
+    /// Exported state, each value JSON text.
+    #[getter]
+    fn state_json<'py>(&self, py: Python<'py>) -> BTreeMap<String, Bound<'py, PyBytes>> {
+        self.body
+            .state_json
+            .iter()
+            .map(|(key, json)| (key.clone(), PyBytes::new(py, json)))
+            .collect()
+    }
+
+    /// `[(key, origin_node_id, type_tag, created_at_epoch_ms), ...]`.
+    #[getter]
+    fn remote_refs(&self) -> Vec<(String, String, String, u64)> {
+        self.body
+            .remote_refs
+            .iter()
+            .map(|(key, desc)| {
+                (
+                    key.to_string(),
+                    desc.origin_node_id.clone(),
+                    desc.type_tag.clone(),
+                    desc.created_at_epoch_ms,
+                )
+            })
+            .collect()
+    }
+
+    /// The remote workflow's error text, or None.
+    #[getter]
+    fn error(&self) -> Option<&str> {
+        self.body.error.as_deref()
+    }
+
+    /// True when the run failed because it passed its deadline.
+    #[getter]
+    fn timed_out(&self) -> bool {
+        self.failure
+            .as_ref()
+            .is_some_and(|failure| failure.kind == FailureKind::Timeout)
+    }
+
+    /// Raises the typed error for a failed run; does nothing for a successful one.
+    fn raise_for_error(&self) -> PyResult<()> {
+        let Some(message) = &self.body.error else {
+            return Ok(());
+        };
+        // A peer in another language sends only the error text.
+        let failure = self.failure.clone().unwrap_or_else(|| WorkflowFailure {
+            kind: FailureKind::StepFailed,
+            message: message.clone(),
+            remote_type: None,
+            remote_traceback: None,
+            step_id: None,
+            node_id: String::new(),
+        });
+        Err(to_py(PeerError::Workflow(Box::new(failure))))
+    }
+}

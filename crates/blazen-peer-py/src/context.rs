@@ -1,0 +1,68 @@
+//! `Context` state and identity, held by the core run.
+
+use blazen_peer_core::{RunContext, StateValue};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+/// Native half of `blazen_peer.Context`.
+#[pyclass(frozen, name = "RunContext", module = "blazen_peer._native")]
+pub struct RunContextRef {
+    pub ctx: RunContext,
+}
+
+#[pymethods]
+impl RunContextRef {
+    /// Unique id of the run, as text.
+    #[getter]
+    fn run_id(&self) -> String {
+        self.ctx.run_id().to_string()
+    }
+
+    /// Node executing the run.
+    #[getter]
+    fn node_id(&self) -> &str {
+        self.ctx.node_id()
+    }
+
+    /// Name the run was requested under.
+    #[getter]
+    fn workflow_name(&self) -> &str {
+        self.ctx.workflow_name()
+    }
+
+    /// True once the run ended or was cancelled.
+    #[getter]
+    fn cancelled(&self) -> bool {
+        self.ctx.is_cancelled()
+    }
+
+    /// Stores JSON text under an exported key.
+    fn set_json(&self, key: String, json: &[u8]) {
+        self.ctx.set(key, StateValue::Json(json.to_vec()));
+    }
+
+    /// Stores any object under a private key.
+    fn set_object(&self, key: String, value: Py<PyAny>) {
+        self.ctx
+            .set(key, StateValue::Opaque(std::sync::Arc::new(value)));
+    }
+
+    /// JSON bytes or the stored object under `key`, or None.
+    fn get<'py>(&self, py: Python<'py>, key: &str) -> Option<Bound<'py, PyAny>> {
+        match self.ctx.get(key)? {
+            StateValue::Json(json) => Some(PyBytes::new(py, &json).into_any()),
+            StateValue::Opaque(value) => value
+                .downcast_ref::<Py<PyAny>>()
+                .map(|obj| obj.bind(py).clone()),
+        }
+    }
+
+    /// Every exported key with its JSON text.
+    fn exported_state<'py>(&self, py: Python<'py>) -> Vec<(String, Bound<'py, PyBytes>)> {
+        self.ctx
+            .exported_state()
+            .into_iter()
+            .map(|(key, json)| (key, PyBytes::new(py, &json)))
+            .collect()
+    }
+}

@@ -1,0 +1,34 @@
+//! `blazen_peer._native`: the private extension module. It only converts
+//! values and maps errors; behaviour lives in `blazen-peer-core`, and the public
+//! API in the `blazen_peer` Python package.
+
+mod bridge;
+mod client;
+mod context;
+mod errors;
+mod events;
+mod runtime;
+mod server;
+mod steps;
+mod workflow;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    runtime::configure();
+    module.add("ENVELOPE_VERSION", blazen_peer_core::ENVELOPE_VERSION)?;
+    module.add_class::<events::EventTypesRef>()?;
+    module.add_class::<context::RunContextRef>()?;
+    module.add_class::<steps::Completion>()?;
+    module.add_class::<server::PeerServerRef>()?;
+    module.add_class::<client::PeerClientRef>()?;
+    module.add_class::<client::ResponseRef>()?;
+    module.add_class::<workflow::LocalRunRef>()?;
+    module.add_function(wrap_pyfunction!(steps::register_step, module)?)?;
+    module.add_function(wrap_pyfunction!(steps::unregister_step, module)?)?;
+    module.add_function(wrap_pyfunction!(steps::registered_step_ids, module)?)?;
+    module.add_function(wrap_pyfunction!(steps::register_workflow, module)?)?;
+    module.add_function(wrap_pyfunction!(steps::registered_workflows, module)?)?;
+    Ok(())
+}

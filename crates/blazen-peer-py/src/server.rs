@@ -1,0 +1,154 @@
+//! Native half of `blazen_peer.PeerServer`.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use blazen_peer_core::{PeerError, PeerService, RunningServer, ServerConfig, SessionRefRegistry};
+use pyo3::prelude::*;
+
+use crate::errors::IntoPyResult;
+use crate::runtime;
+use crate::steps::PyHost;
+
+enum ServerState {
+    Idle,
+    Starting,
+    Running(RunningServer),
+    Stopped,
+}
+
+/// A peer server; serves once, from `start` until `stop`.
+#[pyclass(frozen, name = "PeerServer", module = "blazen_peer._native")]
+pub struct PeerServerRef {
+    node_id: String,
+    default_timeout: Duration,
+    session_refs: Arc<SessionRefRegistry>,
+    state: Arc<Mutex<ServerState>>,
+}
+
+fn lock(state: &Mutex<ServerState>) -> std::sync::MutexGuard<'_, ServerState> {
+    state.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+#[pymethods]
+impl PeerServerRef {
+    #[new]
+    #[pyo3(signature = (node_id, default_timeout_secs=300.0))]
+    fn new(node_id: String, default_timeout_secs: f64) -> PyResult<Self> {
+        if node_id.is_empty() {
+            return Err(PeerError::Validation("node_id cannot be empty".into())).py_err();
+        }
+        let default_timeout = Duration::try_from_secs_f64(default_timeout_secs)
+            .ok()
+            .filter(|timeout| !timeout.is_zero())
+            .ok_or_else(|| {
+                PeerError::Validation(format!(
+                    "default_timeout_secs must be a positive number of seconds, got {default_timeout_secs}"
+                ))
+            })
+            .py_err()?;
+        Ok(Self {
+            node_id,
+            default_timeout,
+            session_refs: Arc::new(SessionRefRegistry::default()),
+            state: Arc::new(Mutex::new(ServerState::Idle)),
+        })
+    }
+
+    /// This server's node id.
+    #[getter]
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Binds `address` and serves in the background; async steps run on `event_loop`.
+    fn start<'py>(
+        &self,
+        py: Python<'py>,
+        address: &str,
+        event_loop: Py<PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        runtime::check_not_forked().py_err()?;
+        let addr = parse_listen_address(address).py_err()?;
+        {
+            let mut state = lock(&self.state);
+            match &*state {
+                ServerState::Idle => *state = ServerState::Starting,
+                ServerState::Starting | ServerState::Running(_) => {
+                    return Err(PeerError::Validation(format!(
+                        "PeerServer `{}` is already serving; a server serves once (create another to listen elsewhere)",
+                        self.node_id
+                    )))
+                    .py_err()
+                }
+                ServerState::Stopped => {
+                    return Err(PeerError::Validation(format!(
+                        "PeerServer `{}` was stopped; create a new PeerServer to serve again",
+                        self.node_id
+                    )))
+                    .py_err()
+                }
+            }
+        }
+        let config = ServerConfig {
+            default_timeout: self.default_timeout,
+            session_refs: self.session_refs.clone(),
+            host: Some(Arc::new(PyHost { event_loop })),
+            ..ServerConfig::default()
+        };
+        let service = PeerService::new(self.node_id.as_str(), config);
+        let state = self.state.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            match RunningServer::start(service, addr).await {
+                Ok(running) => {
+                    let bound = running.local_addr().to_string();
+                    *lock(&state) = ServerState::Running(running);
+                    Ok(bound)
+                }
+                Err(err) => {
+                    *lock(&state) = ServerState::Idle;
+                    Err(crate::errors::to_py(err))
+                }
+            }
+        })
+    }
+
+    /// Stops serving; waits for in-flight calls. Idempotent.
+    fn stop<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let previous = std::mem::replace(&mut *lock(&self.state), ServerState::Stopped);
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            if let ServerState::Running(mut running) = previous {
+                running.stop().await.py_err()?;
+            }
+            Ok(())
+        })
+    }
+
+    /// True between a successful `start` and `stop`.
+    #[getter]
+    fn serving(&self) -> bool {
+        matches!(*lock(&self.state), ServerState::Running(_))
+    }
+}
+
+fn parse_listen_address(address: &str) -> Result<SocketAddr, PeerError> {
+    let invalid = |why: &str| {
+        PeerError::Validation(format!(
+            "`{address}` is not a listen address ({why}); use HOST:PORT such as 127.0.0.1:50051 \
+             or 0.0.0.0:50051 (port 0 picks a free port)"
+        ))
+    };
+    if address.contains("://") {
+        return Err(invalid("a server listens on HOST:PORT, not a URL"));
+    }
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let mut resolved = address
+        .to_socket_addrs()
+        .map_err(|err| invalid(&err.to_string()))?;
+    resolved
+        .next()
+        .ok_or_else(|| invalid("the host name resolves to no address"))
+}

@@ -1,0 +1,90 @@
+//! Native half of the local `blazen_peer.Workflow`: the core runner, in-process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use blazen_peer_core::runner::run_workflow;
+use blazen_peer_core::{Event, PeerError, RunContext, Step, StepRegistry};
+use pyo3::prelude::*;
+
+use crate::context::RunContextRef;
+use crate::errors::{to_py, IntoPyResult};
+use crate::events::{EventTypesRef, PyEvent};
+use crate::steps::PyHost;
+
+/// Node id reported by in-process runs.
+const LOCAL_NODE: &str = "local";
+
+/// One in-process run of registered steps.
+#[pyclass(frozen, name = "LocalRun", module = "blazen_peer._native")]
+pub struct LocalRunRef {
+    ctx: RunContext,
+    steps: Vec<Step>,
+}
+
+#[pymethods]
+impl LocalRunRef {
+    /// Resolves `step_ids` now, so an unknown step fails before the run starts.
+    #[new]
+    fn new(workflow_name: String, step_ids: Vec<String>, event_loop: Py<PyAny>) -> PyResult<Self> {
+        let steps = StepRegistry::global()
+            .resolve(&workflow_name, &step_ids, "this process")
+            .py_err()?;
+        let host: Arc<dyn std::any::Any + Send + Sync> = Arc::new(PyHost { event_loop });
+        Ok(Self {
+            ctx: RunContext::new(LOCAL_NODE.into(), workflow_name, Some(host)),
+            steps,
+        })
+    }
+
+    /// The run's context.
+    #[getter]
+    fn context(&self) -> RunContextRef {
+        RunContextRef {
+            ctx: self.ctx.clone(),
+        }
+    }
+
+    /// Runs from `start_event` to the StopEvent, which the awaitable returns.
+    #[pyo3(signature = (start_event, types, timeout_secs=None))]
+    fn run<'py>(
+        &self,
+        py: Python<'py>,
+        start_event: Py<PyAny>,
+        types: PyRef<'py, EventTypesRef>,
+        timeout_secs: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let deadline = timeout_secs
+            .map(|secs| {
+                Duration::try_from_secs_f64(secs).map_err(|_| {
+                    PeerError::Validation(format!(
+                        "timeout_secs must be a non-negative number, got {secs}"
+                    ))
+                })
+            })
+            .transpose()
+            .py_err()?;
+        let start = Event {
+            types: types.types.clone(),
+            data: Arc::new(PyEvent { obj: start_event }),
+        };
+        let steps = self.steps.clone();
+        let ctx = self.ctx.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let stop = run_workflow(&steps, ctx, start, deadline)
+                .await
+                .map_err(|failure| to_py(PeerError::Workflow(failure)))?;
+            let stop = stop
+                .data
+                .as_any()
+                .downcast_ref::<PyEvent>()
+                .map(|event| Python::attach(|py| event.obj.clone_ref(py)))
+                .ok_or_else(|| {
+                    to_py(PeerError::Encode(
+                        "the run ended with a StopEvent that is not a Python object".into(),
+                    ))
+                })?;
+            Ok(stop)
+        })
+    }
+}

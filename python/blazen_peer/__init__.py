@@ -1,0 +1,68 @@
+"""blazen-peer: run Python sub-workflows on another machine over gRPC.
+
+Register steps with :func:`step` on the machine that should run them, serve
+them with :class:`PeerServer`, and call them from elsewhere with
+:class:`PeerClient`. :class:`Workflow` runs the same steps in-process.
+"""
+
+from ._native import ENVELOPE_VERSION
+from .client import PeerClient, RemoteRefDescriptor, SubWorkflowResponse
+from .context import Context
+from .errors import (
+    AuthenticationError,
+    EncodeError,
+    EnvelopeVersionError,
+    PeerError,
+    PeerTimeoutError,
+    TlsError,
+    TransportError,
+    UnknownStepError,
+    UnknownWorkflowError,
+    ValidationError,
+    WorkflowError,
+)
+from .events import Event, StartEvent, StopEvent, event_type_name
+from .server import PeerServer
+from .steps import (
+    Step,
+    register_step,
+    register_workflow,
+    registered_step_ids,
+    registered_workflows,
+    step,
+    unregister_step,
+)
+from .workflow import Workflow, WorkflowHandler
+
+__all__ = [
+    "ENVELOPE_VERSION",
+    "AuthenticationError",
+    "Context",
+    "EncodeError",
+    "EnvelopeVersionError",
+    "Event",
+    "PeerClient",
+    "PeerError",
+    "PeerServer",
+    "PeerTimeoutError",
+    "RemoteRefDescriptor",
+    "StartEvent",
+    "Step",
+    "StopEvent",
+    "SubWorkflowResponse",
+    "TlsError",
+    "TransportError",
+    "UnknownStepError",
+    "UnknownWorkflowError",
+    "ValidationError",
+    "Workflow",
+    "WorkflowError",
+    "WorkflowHandler",
+    "event_type_name",
+    "register_step",
+    "register_workflow",
+    "registered_step_ids",
+    "registered_workflows",
+    "step",
+    "unregister_step",
+]

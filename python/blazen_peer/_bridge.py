@@ -1,0 +1,94 @@
+"""Python half of the step bridge; only the native module calls these.
+
+``start_async_step`` runs on the event loop thread (scheduled with
+``call_soon_threadsafe``); ``run_sync_step`` runs in a worker thread. Both hand
+the native side a list of ``(event, event_types)`` pairs, the shape it routes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import traceback
+from typing import Any
+
+from . import _native
+from .context import Context
+from .events import Event, StartEvent, StopEvent
+
+Emitted = list[tuple[Event, _native.EventTypes]]
+
+
+def start_async_step(
+    fn: Any, ctx: _native.RunContext, event: Any, completion: _native.Completion
+) -> None:
+    try:
+        task = asyncio.ensure_future(fn(Context(ctx), _as_event(event)))
+    except BaseException as exc:
+        completion.fail(exc)
+        return
+    if not completion.attach(task):
+        task.cancel()
+        return
+    task.add_done_callback(lambda done: _finish(done, completion))
+
+
+def _finish(task: asyncio.Future[Any], completion: _native.Completion) -> None:
+    try:
+        emitted = normalize_output(task.result())
+    except BaseException as exc:
+        completion.fail(exc)
+        return
+    completion.succeed(emitted)
+
+
+def run_sync_step(fn: Any, ctx: _native.RunContext, event: Any) -> Emitted:
+    return normalize_output(fn(Context(ctx), _as_event(event)))
+
+
+def _as_event(event: Any) -> Event:
+    if isinstance(event, tuple):
+        _type_name, raw = event
+        return StartEvent(json.loads(raw))
+    if not isinstance(event, Event):
+        raise TypeError(f"expected an Event, got {type(event).__name__}")
+    return event
+
+
+def normalize_output(output: Any) -> Emitted:
+    """A step returns an Event, a list of Events (fan-out), or None (emits nothing)."""
+    if output is None:
+        return []
+    if isinstance(output, Event):
+        return [(output, type(output)._blazen_types)]
+    if isinstance(output, list | tuple):
+        emitted: Emitted = []
+        for item in output:
+            if not isinstance(item, Event):
+                raise TypeError(
+                    f"a step returned a list containing {type(item).__name__}; "
+                    "a list may hold only Events"
+                )
+            emitted.append((item, type(item)._blazen_types))
+        return emitted
+    raise TypeError(
+        f"a step returned {type(output).__name__}; return an Event, a list of Events, or None"
+    )
+
+
+def stop_result_json(event: StopEvent) -> bytes:
+    try:
+        return json.dumps(event.result, separators=(",", ":"), ensure_ascii=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"StopEvent.result holds a {type(event.result).__name__}, which is not "
+            f"JSON-serializable ({exc}); results of remote runs travel as JSON"
+        ) from exc
+
+
+def describe_exception(exc: BaseException) -> tuple[str, str, str, bool]:
+    """(type name, message, formatted traceback, is-cancellation) of a step's exception."""
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    text = "".join(traceback.format_exception(exc))
+    return name, str(exc), text, isinstance(exc, asyncio.CancelledError)

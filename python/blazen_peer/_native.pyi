@@ -1,0 +1,164 @@
+"""Stubs of the private extension module ``blazen_peer._native`` (checked by stubtest)."""
+
+import asyncio
+from collections.abc import Awaitable, Sequence
+from typing import Any, final
+
+ENVELOPE_VERSION: int
+
+@final
+class EventTypes:
+    """The routing chain of one Python event class, built once per class."""
+
+    def __new__(cls, chain: Sequence[str]) -> EventTypes: ...
+    @property
+    def chain(self) -> list[str]:
+        """The chain, most derived first."""
+
+@final
+class RunContext:
+    """Native half of `blazen_peer.Context`."""
+
+    @property
+    def run_id(self) -> str:
+        """Unique id of the run, as text."""
+    @property
+    def node_id(self) -> str:
+        """Node executing the run."""
+    @property
+    def workflow_name(self) -> str:
+        """Name the run was requested under."""
+    @property
+    def cancelled(self) -> bool:
+        """True once the run ended or was cancelled."""
+    def set_json(self, key: str, json: bytes) -> None:
+        """Stores JSON text under an exported key."""
+    def set_object(self, key: str, value: object) -> None:
+        """Stores any object under a private key."""
+    def get(self, key: str) -> Any:
+        """JSON bytes or the stored object under `key`, or None."""
+    def exported_state(self) -> list[tuple[str, bytes]]:
+        """Every exported key with its JSON text."""
+
+@final
+class Completion:
+    """Receives the outcome of one async step call from the event loop thread."""
+
+    def attach(self, task: asyncio.Future[Any]) -> bool:
+        """Records the step's task; False means the run gave up and the task must be cancelled."""
+    def succeed(self, emitted: object) -> None:
+        """Delivers the events a step emitted, as `[(event, event_types), ...]`."""
+    def fail(self, exc: BaseException) -> None:
+        """Delivers the exception a step raised."""
+
+@final
+class PeerServer:
+    """A peer server; serves once, from `start` until `stop`."""
+
+    def __new__(cls, node_id: str, default_timeout_secs: float = 300.0) -> PeerServer: ...
+    @property
+    def node_id(self) -> str:
+        """This server's node id."""
+    @property
+    def serving(self) -> bool:
+        """True between a successful `start` and `stop`."""
+    def start(self, address: str, event_loop: asyncio.AbstractEventLoop) -> Awaitable[str]:
+        """Binds `address` and serves in the background; async steps run on `event_loop`."""
+    def stop(self) -> Awaitable[None]:
+        """Stops serving; waits for in-flight calls. Idempotent."""
+
+@final
+class SubWorkflowResponse:
+    """A decoded `SubWorkflowResponse`; JSON stays as bytes for Python to parse."""
+
+    @property
+    def result_json(self) -> bytes | None:
+        """The StopEvent's result as JSON text, or None."""
+    @property
+    def state_json(self) -> dict[str, bytes]:
+        """Exported state, each value JSON text."""
+    @property
+    def remote_refs(self) -> list[tuple[str, str, str, int]]:
+        """`[(key, origin_node_id, type_tag, created_at_epoch_ms), ...]`."""
+    @property
+    def error(self) -> str | None:
+        """The remote workflow's error text, or None."""
+    @property
+    def timed_out(self) -> bool:
+        """True when the run failed because it passed its deadline."""
+    def raise_for_error(self) -> None:
+        """Raises the typed error for a failed run; does nothing for a successful one."""
+
+@final
+class PeerClient:
+    """A connected client; calls share one HTTP/2 channel."""
+
+    @staticmethod
+    def connect(address: str, node_id: str, connect_timeout_secs: float) -> Awaitable[PeerClient]:
+        """Connects to `address`; the awaitable fails fast when nothing listens."""
+    @staticmethod
+    def connect_blocking(address: str, node_id: str, connect_timeout_secs: float) -> PeerClient:
+        """Blocking form of `connect`."""
+    @property
+    def node_id(self) -> str:
+        """This client's node id."""
+    @property
+    def address(self) -> str:
+        """The peer's address."""
+    @property
+    def closed(self) -> bool:
+        """True after `close`."""
+    def close(self) -> None:
+        """Drops the channel; later calls raise ValidationError. Idempotent."""
+    def invoke(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str],
+        input_json: bytes,
+        timeout_secs: int | None = None,
+    ) -> Awaitable[SubWorkflowResponse]:
+        """Runs a sub-workflow; resolves to a `SubWorkflowResponse`."""
+    def invoke_blocking(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str],
+        input_json: bytes,
+        timeout_secs: int | None = None,
+    ) -> SubWorkflowResponse:
+        """Blocking form of `invoke`."""
+    def deref(self, key: str) -> Awaitable[bytes]:
+        """Fetches a session ref's bytes."""
+    def release(self, key: str) -> Awaitable[bool]:
+        """Releases a session ref; resolves to False when it was already gone."""
+
+@final
+class LocalRun:
+    """One in-process run of registered steps."""
+
+    def __new__(
+        cls, workflow_name: str, step_ids: Sequence[str], event_loop: asyncio.AbstractEventLoop
+    ) -> LocalRun: ...
+    @property
+    def context(self) -> RunContext:
+        """The run's context."""
+    def run(
+        self, start_event: object, types: EventTypes, timeout_secs: float | None = None
+    ) -> asyncio.Future[Any]:
+        """Runs from `start_event` to the StopEvent, which the awaitable returns."""
+
+def register_step(
+    step_id: str, accepts: Sequence[str], func: object, is_async: bool, replace: bool = False
+) -> None:
+    """Registers `func` as step `step_id` in the process-wide registry."""
+
+def unregister_step(step_id: str) -> bool:
+    """Removes a step; True when it was registered."""
+
+def registered_step_ids() -> list[str]:
+    """Registered step ids, sorted."""
+
+def register_workflow(name: str, step_ids: Sequence[str]) -> None:
+    """Declares a named workflow, run when a request names no steps."""
+
+def registered_workflows() -> list[str]:
+    """Declared workflow names, sorted."""

@@ -1,0 +1,255 @@
+"""Calling steps on another machine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from . import _native
+from .errors import EncodeError, ValidationError
+
+__all__ = ["PeerClient", "RemoteRefDescriptor", "SubWorkflowResponse"]
+
+
+@dataclass(frozen=True)
+class RemoteRefDescriptor:
+    """A session ref that stayed on the peer."""
+
+    origin_node_id: str
+    type_tag: str
+    created_at_epoch_ms: int
+
+
+@dataclass(frozen=True)
+class SubWorkflowResponse:
+    """What a remote run returned. ``error`` is set when the workflow failed."""
+
+    result: Any
+    state: dict[str, Any]
+    error: str | None
+    remote_refs: dict[uuid.UUID, RemoteRefDescriptor] = field(default_factory=dict)
+    _native: _native.SubWorkflowResponse | None = field(default=None, repr=False, compare=False)
+
+    def raise_for_error(self) -> None:
+        """Raises WorkflowError (with the remote details) when the run failed."""
+        if self.error is not None and self._native is not None:
+            self._native.raise_for_error()
+
+    @classmethod
+    def _from_native(cls, native: _native.SubWorkflowResponse) -> SubWorkflowResponse:
+        if native.timed_out:
+            native.raise_for_error()
+        failed = native.error is not None
+        result_json = native.result_json
+        return cls(
+            result=json.loads(result_json) if result_json is not None and not failed else None,
+            state={} if failed else {k: json.loads(v) for k, v in native.state_json.items()},
+            error=native.error,
+            remote_refs={
+                uuid.UUID(key): RemoteRefDescriptor(origin, tag, created)
+                for key, origin, tag, created in native.remote_refs
+            },
+            _native=native,
+        )
+
+
+def _encode_input(value: Any) -> bytes:
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise EncodeError(
+            f"the workflow input is not JSON-serializable: {exc}; pass dicts, lists, strings, "
+            "numbers, booleans and None"
+        ) from exc
+
+
+def _wire_timeout(timeout_secs: float | None) -> int | None:
+    if timeout_secs is None:
+        return None
+    if isinstance(timeout_secs, bool) or not isinstance(timeout_secs, int | float):
+        raise ValidationError(f"timeout_secs must be a number of seconds, got {timeout_secs!r}")
+    if not timeout_secs > 0 or math.isinf(timeout_secs):
+        raise ValidationError(f"timeout_secs must be a positive, finite number, got {timeout_secs}")
+    # The wire carries whole seconds; rounding up never cuts a run short.
+    return math.ceil(timeout_secs)
+
+
+def _refuse_inside_loop(method: str, alternative: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise ValidationError(
+        f"{method}() blocks the thread and was called from a running event loop; "
+        f"use `await client.{alternative}(...)` there instead"
+    )
+
+
+class PeerClient:
+    """A connection to one peer; all calls share one HTTP/2 channel and may overlap."""
+
+    def __init__(self, ref: _native.PeerClient) -> None:
+        self._ref = ref
+
+    @classmethod
+    async def connect(
+        cls, address: str, *, node_id: str, connect_timeout_secs: float = 5.0
+    ) -> PeerClient:
+        """Connects to ``address`` (``http://HOST:PORT``); TransportError when nothing listens."""
+        return cls(await _native.PeerClient.connect(address, node_id, connect_timeout_secs))
+
+    @classmethod
+    def connect_blocking(
+        cls, address: str, *, node_id: str, connect_timeout_secs: float = 5.0
+    ) -> PeerClient:
+        """Blocking :meth:`connect`, for code without an event loop."""
+        _refuse_inside_loop("connect_blocking", "connect")
+        return cls(_native.PeerClient.connect_blocking(address, node_id, connect_timeout_secs))
+
+    @property
+    def node_id(self) -> str:
+        """This client's node id."""
+        return self._ref.node_id
+
+    @property
+    def address(self) -> str:
+        """The peer's address."""
+        return self._ref.address
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._ref.closed
+
+    async def invoke_sub_workflow(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input: Any = None,
+        timeout_secs: float | None = None,
+    ) -> SubWorkflowResponse:
+        """Runs steps on the peer. A failed workflow comes back with ``.error`` set;
+        a run past ``timeout_secs`` raises PeerTimeoutError."""
+        native = await self._ref.invoke(
+            workflow_name, list(step_ids), _encode_input(input), _wire_timeout(timeout_secs)
+        )
+        return SubWorkflowResponse._from_native(native)
+
+    async def run_remote_workflow(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input: Any = None,
+        timeout_secs: float | None = None,
+    ) -> Any:
+        """Runs steps on the peer and returns the result; raises WorkflowError on failure."""
+        response = await self.invoke_sub_workflow(workflow_name, step_ids, input, timeout_secs)
+        response.raise_for_error()
+        return response.result
+
+    async def run_remote_workflow_json(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input_json: str = "null",
+        timeout_secs: float | None = None,
+    ) -> str:
+        """JSON text in, the result's JSON text out; raises WorkflowError on failure."""
+        native = await self._ref.invoke(
+            workflow_name, list(step_ids), input_json.encode(), _wire_timeout(timeout_secs)
+        )
+        return _result_json_text(native)
+
+    def invoke_sub_workflow_blocking(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input: Any = None,
+        timeout_secs: float | None = None,
+    ) -> SubWorkflowResponse:
+        """Blocking :meth:`invoke_sub_workflow`."""
+        _refuse_inside_loop("invoke_sub_workflow_blocking", "invoke_sub_workflow")
+        native = self._ref.invoke_blocking(
+            workflow_name, list(step_ids), _encode_input(input), _wire_timeout(timeout_secs)
+        )
+        return SubWorkflowResponse._from_native(native)
+
+    def run_remote_workflow_blocking(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input: Any = None,
+        timeout_secs: float | None = None,
+    ) -> Any:
+        """Blocking :meth:`run_remote_workflow`."""
+        _refuse_inside_loop("run_remote_workflow_blocking", "run_remote_workflow")
+        response = self.invoke_sub_workflow_blocking(workflow_name, step_ids, input, timeout_secs)
+        response.raise_for_error()
+        return response.result
+
+    def run_remote_workflow_json_blocking(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input_json: str = "null",
+        timeout_secs: float | None = None,
+    ) -> str:
+        """Blocking :meth:`run_remote_workflow_json`."""
+        _refuse_inside_loop("run_remote_workflow_json_blocking", "run_remote_workflow_json")
+        native = self._ref.invoke_blocking(
+            workflow_name, list(step_ids), input_json.encode(), _wire_timeout(timeout_secs)
+        )
+        return _result_json_text(native)
+
+    async def deref_session_ref(self, key: uuid.UUID | str) -> bytes:
+        """The bytes of a session ref held by the peer."""
+        return await self._ref.deref(str(key))
+
+    async def release_session_ref(self, key: uuid.UUID | str) -> bool:
+        """Frees a session ref on the peer; False when it was already gone."""
+        return await self._ref.release(str(key))
+
+    async def close(self) -> None:
+        """Closes the channel; later calls raise ValidationError. Idempotent."""
+        self._ref.close()
+
+    def close_blocking(self) -> None:
+        """:meth:`close` for code without an event loop."""
+        self._ref.close()
+
+    async def __aenter__(self) -> PeerClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __enter__(self) -> PeerClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close_blocking()
+
+    def __repr__(self) -> str:
+        return f"PeerClient({self.address!r}, node_id={self.node_id!r})"
+
+
+def _result_json_text(native: _native.SubWorkflowResponse) -> str:
+    native.raise_for_error()
+    raw = native.result_json
+    return "null" if raw is None else raw.decode()

@@ -1,0 +1,86 @@
+"""The per-run :class:`Context` that every step receives."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from . import _native
+from .errors import EncodeError
+
+__all__ = ["Context"]
+
+_MISSING: Any = object()
+
+
+class Context:
+    """Identity and shared state of one run.
+
+    Keys not starting with ``_`` must hold JSON-serializable values; they are
+    exported in the response's ``state``. Keys starting with ``_`` hold any
+    object and never leave the process.
+    """
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, ref: _native.RunContext) -> None:
+        self._ref = ref
+
+    @property
+    def run_id(self) -> str:
+        """Unique id of this run."""
+        return self._ref.run_id
+
+    @property
+    def node_id(self) -> str:
+        """Node executing the run (``"local"`` for in-process runs)."""
+        return self._ref.node_id
+
+    @property
+    def workflow_name(self) -> str:
+        """Name the run was requested under."""
+        return self._ref.workflow_name
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run ended or was cancelled; long ``def`` steps should check it."""
+        return self._ref.cancelled
+
+    async def set(self, key: str, value: Any) -> None:
+        """Stores ``value`` under ``key`` for later steps (and the caller, for public keys)."""
+        self.set_sync(key, value)
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The value under ``key``, or ``default``."""
+        return self.get_sync(key, default)
+
+    def set_sync(self, key: str, value: Any) -> None:
+        """:meth:`set` for plain ``def`` steps."""
+        if key.startswith("_"):
+            self._ref.set_object(key, value)
+            return
+        try:
+            encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise EncodeError(
+                f"state key {key!r} holds a {type(value).__name__}, which is not JSON-serializable "
+                f"({exc}); exported state must be JSON, or use a key starting with '_' "
+                "for values that stay in this process"
+            ) from exc
+        self._ref.set_json(key, encoded.encode())
+
+    def get_sync(self, key: str, default: Any = None) -> Any:
+        """:meth:`get` for plain ``def`` steps."""
+        stored = self._ref.get(key)
+        if stored is None:
+            return default
+        if key.startswith("_"):
+            return stored
+        return json.loads(stored)
+
+    def exported_state(self) -> dict[str, Any]:
+        """Every public key with its value."""
+        return {key: json.loads(raw) for key, raw in self._ref.exported_state()}
+
+    def __repr__(self) -> str:
+        return f"Context(run_id={self.run_id!r}, node_id={self.node_id!r})"

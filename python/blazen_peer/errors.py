@@ -1,0 +1,166 @@
+"""Typed errors of blazen-peer.
+
+Every failure raised by this package is a :class:`PeerError`; ``.kind`` names it
+the way the other bindings of the protocol do ("Transport", "UnknownStep", ...).
+The native module builds them in one place, through :func:`_from_native`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AuthenticationError",
+    "EncodeError",
+    "EnvelopeVersionError",
+    "PeerError",
+    "PeerTimeoutError",
+    "TlsError",
+    "TransportError",
+    "UnknownStepError",
+    "UnknownWorkflowError",
+    "ValidationError",
+    "WorkflowError",
+]
+
+
+class PeerError(Exception):
+    """Base class of every blazen-peer error."""
+
+    kind: str = "Peer"
+
+    def __init__(self, message: str, *, grpc_status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.grpc_status = grpc_status
+
+
+class TransportError(PeerError):
+    """The network failed: nothing listens, the connection broke, the port is taken."""
+
+    kind = "Transport"
+
+
+class UnknownStepError(PeerError):
+    """The peer has no step registered under a requested id."""
+
+    kind = "UnknownStep"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step_id: str | None = None,
+        registered: list[str] | None = None,
+        grpc_status: int | None = None,
+    ) -> None:
+        super().__init__(message, grpc_status=grpc_status)
+        self.step_id = step_id
+        self.registered = registered or []
+
+
+class UnknownWorkflowError(UnknownStepError):
+    """The request named no steps and the peer declares no workflow of that name."""
+
+    kind = "UnknownWorkflow"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        workflow_name: str | None = None,
+        registered: list[str] | None = None,
+        grpc_status: int | None = None,
+    ) -> None:
+        super().__init__(message, registered=registered, grpc_status=grpc_status)
+        self.workflow_name = workflow_name
+
+
+class EnvelopeVersionError(PeerError):
+    """A payload's envelope version is newer than the receiver supports."""
+
+    kind = "EnvelopeVersion"
+
+    def __init__(
+        self, message: str, *, got: int = 0, supported: int = 0, grpc_status: int | None = None
+    ) -> None:
+        super().__init__(message, grpc_status=grpc_status)
+        self.got = got
+        self.supported = supported
+
+
+class EncodeError(PeerError):
+    """A value could not be encoded or a payload could not be decoded."""
+
+    kind = "Encode"
+
+
+class TlsError(PeerError):
+    """TLS configuration or handshake failed."""
+
+    kind = "Tls"
+
+
+class AuthenticationError(PeerError):
+    """The peer rejected this client's credentials."""
+
+    kind = "Authentication"
+
+
+class WorkflowError(PeerError):
+    """The workflow ran and failed; details of the remote failure are attached."""
+
+    kind = "Workflow"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        failure_kind: str | None = None,
+        remote_type: str | None = None,
+        remote_traceback: str | None = None,
+        step_id: str | None = None,
+        node_id: str | None = None,
+        grpc_status: int | None = None,
+    ) -> None:
+        super().__init__(message, grpc_status=grpc_status)
+        self.failure_kind = failure_kind
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+        self.step_id = step_id
+        self.node_id = node_id
+
+
+class PeerTimeoutError(WorkflowError, TimeoutError):
+    """A run or call passed its deadline."""
+
+    kind = "Timeout"
+
+
+class ValidationError(PeerError, ValueError):
+    """An argument or lifecycle mistake on this side, caught before anything was sent."""
+
+    kind = "Validation"
+
+
+_BY_KIND: dict[str, type[PeerError]] = {
+    cls.kind: cls
+    for cls in (
+        TransportError,
+        UnknownStepError,
+        UnknownWorkflowError,
+        EnvelopeVersionError,
+        EncodeError,
+        TlsError,
+        AuthenticationError,
+        WorkflowError,
+        PeerTimeoutError,
+        ValidationError,
+    )
+}
+
+
+def _from_native(kind: str, message: str, details: dict[str, Any]) -> PeerError:
+    """Builds the exception for a native error (called from Rust only)."""
+    cls = _BY_KIND.get(kind, PeerError)
+    return cls(message, **details)

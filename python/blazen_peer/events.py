@@ -1,0 +1,97 @@
+"""Events: typed messages that steps receive and emit.
+
+Subclasses of :class:`Event` declare fields with annotations and become
+dataclasses. Each class carries its routing chain (its wire name and those of
+its Event ancestors), so a step that accepts a base class receives subclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar, dataclass_transform
+
+from . import _native
+
+__all__ = ["Event", "StartEvent", "StopEvent", "event_type_name"]
+
+
+@dataclass_transform()
+class Event:
+    """Base of all events. Subclass it and annotate fields::
+
+    class Analyzed(Event):
+        words: int
+        document: str
+    """
+
+    __event_type__: ClassVar[str] = "blazen::Event"
+    _blazen_types: ClassVar[_native.EventTypes]
+
+    def __init_subclass__(cls, *, event_type: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if event_type is None:
+            event_type = cls.__dict__.get("__event_type__") or f"{cls.__module__}.{cls.__qualname__}"
+        cls.__event_type__ = event_type
+        if "__init__" not in cls.__dict__:
+            dataclasses.dataclass(cls)
+        cls._blazen_types = _native.EventTypes(
+            [base.__event_type__ for base in cls.__mro__ if issubclass(base, Event)]
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event's fields as a dict (JSON-ready when the fields are)."""
+        if dataclasses.is_dataclass(self):
+            return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        return dict(vars(self))
+
+
+Event._blazen_types = _native.EventTypes([Event.__event_type__])
+
+
+class StartEvent(Event, event_type="blazen::StartEvent"):
+    """The first event of every run; carries the run's input.
+
+    ``ev.data`` is the input; when it is a JSON object its keys are also
+    attributes (``ev.document``).
+    """
+
+    data: Any
+
+    def __init__(self, data: Any = None, /, **fields: Any) -> None:
+        if fields:
+            if data is not None and not isinstance(data, Mapping):
+                raise TypeError("StartEvent takes either one input value or keyword fields, not both")
+            data = {**(data or {}), **fields}
+        self.data = data
+
+    def __getattr__(self, name: str) -> Any:
+        data = self.__dict__.get("data")
+        if isinstance(data, Mapping) and name in data:
+            return data[name]
+        keys = sorted(data) if isinstance(data, Mapping) else []
+        raise AttributeError(
+            f"StartEvent has no field {name!r}; the run's input has keys {keys}"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StartEvent) and other.data == self.data
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"StartEvent({self.data!r})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.data) if isinstance(self.data, Mapping) else {"data": self.data}
+
+
+class StopEvent(Event, event_type="blazen::StopEvent"):
+    """Ends the run; ``result`` is what the caller receives."""
+
+    result: Any = None
+
+
+def event_type_name(cls: type[Event]) -> str:
+    """The wire name of an event class (``module.QualName`` unless set with ``event_type=``)."""
+    return cls.__event_type__

@@ -1,0 +1,82 @@
+"""Serving registered steps to other machines."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+
+from . import _native
+from .errors import ValidationError
+
+__all__ = ["PeerServer"]
+
+
+class PeerServer:
+    """A peer that runs registered steps for remote callers.
+
+    ``await server.start("127.0.0.1:0")`` serves in the background on the
+    calling event loop (``async def`` steps run on that loop) and returns the
+    bound address; ``await server.serve(address)`` serves until cancelled.
+    A server serves once.
+    """
+
+    def __init__(self, node_id: str, *, default_timeout_secs: float = 300.0) -> None:
+        self._ref = _native.PeerServer(node_id, default_timeout_secs)
+        self._address: str | None = None
+
+    @property
+    def node_id(self) -> str:
+        """The id this peer reports in results and errors."""
+        return self._ref.node_id
+
+    @property
+    def address(self) -> str | None:
+        """The bound ``HOST:PORT`` while serving, else None."""
+        return self._address if self._ref.serving else None
+
+    async def start(self, address: str = "127.0.0.1:0") -> str:
+        """Binds ``address`` (port 0 picks a free port) and returns the bound ``HOST:PORT``."""
+        self._address = await self._ref.start(address, asyncio.get_running_loop())
+        return self._address
+
+    async def serve(self, address: str) -> None:
+        """Serves until the calling task is cancelled, then stops."""
+        await self.start(address)
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            await asyncio.shield(self.stop())
+
+    def serve_blocking(self, address: str) -> None:
+        """Serves on a new event loop in this thread until interrupted (Ctrl-C)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise ValidationError(
+                "serve_blocking() was called from a running event loop; "
+                "use `await server.serve(address)` there instead"
+            )
+        try:
+            asyncio.run(self.serve(address))
+        except KeyboardInterrupt:
+            pass
+
+    async def stop(self) -> None:
+        """Stops serving and waits for in-flight calls. Idempotent."""
+        await self._ref.stop()
+
+    async def __aenter__(self) -> PeerServer:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        return f"PeerServer({self.node_id!r}, address={self.address!r})"

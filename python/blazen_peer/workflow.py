@@ -1,0 +1,80 @@
+"""Running steps in this process with the same engine a peer uses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Generator, Sequence
+from typing import Any
+
+from . import _native
+from .context import Context
+from .events import StartEvent, StopEvent
+from .steps import Step
+
+__all__ = ["Workflow", "WorkflowHandler"]
+
+_NO_INPUT: Any = object()
+
+
+class WorkflowHandler:
+    """A run in progress: ``await handler.result()`` for the StopEvent's result."""
+
+    def __init__(self, run: _native.LocalRun, future: asyncio.Future[StopEvent]) -> None:
+        self._context = Context(run.context)
+        self._future = future
+
+    @property
+    def run_id(self) -> str:
+        """Unique id of the run."""
+        return self._context.run_id
+
+    @property
+    def context(self) -> Context:
+        """The run's context."""
+        return self._context
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The run's exported state (public keys) as it stands now."""
+        return self._context.exported_state()
+
+    async def result(self) -> Any:
+        """Waits for the run and returns the StopEvent's ``result``; raises WorkflowError."""
+        stop = await self._future
+        return stop.result
+
+    def done(self) -> bool:
+        """True once the run ended."""
+        return self._future.done()
+
+    def cancel(self) -> bool:
+        """Cancels the run; its async steps receive CancelledError."""
+        return self._future.cancel()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.result().__await__()
+
+
+class Workflow:
+    """Named steps run in-process: ``handler = await wf.run(document="...")``."""
+
+    def __init__(
+        self,
+        name: str,
+        steps: Sequence[Step[..., Any] | str],
+        *,
+        timeout_secs: float | None = None,
+    ) -> None:
+        self.name = name
+        self.step_ids = [s.id if isinstance(s, Step) else s for s in steps]
+        self.timeout_secs = timeout_secs
+
+    async def run(self, input: Any = _NO_INPUT, /, **fields: Any) -> WorkflowHandler:
+        """Starts a run whose StartEvent carries ``input`` or the keyword fields."""
+        start = StartEvent(**fields) if input is _NO_INPUT else StartEvent(input, **fields)
+        run = _native.LocalRun(self.name, self.step_ids, asyncio.get_running_loop())
+        future = run.run(start, StartEvent._blazen_types, self.timeout_secs)
+        return WorkflowHandler(run, future)
+
+    def __repr__(self) -> str:
+        return f"Workflow({self.name!r}, {self.step_ids!r})"

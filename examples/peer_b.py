@@ -1,6 +1,8 @@
 """The machine with the GPU / the private data: serves two steps.
 
-Run: python examples/peer_b.py [ADDRESS]   (default 127.0.0.1:50051)
+Run: python examples/peer_b.py [ADDRESS]   (default 127.0.0.1:50051; port 0 picks one)
+The one-line form `asyncio.run(PeerServer("node-b").serve(address))` works too;
+this script prints the bound address so other programs can wait for it.
 """
 
 import asyncio
@@ -25,6 +27,15 @@ def summarize(ctx: Context, ev: Analyzed) -> StopEvent:  # a plain def step runs
     return StopEvent(result={"words": ev.words, "summary": ev.document[:40]})
 
 
+async def main(address: str) -> None:
+    async with PeerServer("node-b") as server:
+        bound = await server.start(address)
+        print(f"node-b listening on {bound}", flush=True)
+        await asyncio.get_running_loop().create_future()  # serve until cancelled (Ctrl-C)
+
+
 if __name__ == "__main__":
-    address = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051"
-    asyncio.run(PeerServer("node-b").serve(address))
+    try:
+        asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051"))
+    except KeyboardInterrupt:
+        pass

@@ -89,6 +89,8 @@ def stop_result_json(event: StopEvent) -> bytes:
 def describe_exception(exc: BaseException) -> tuple[str, str, str, bool]:
     """(type name, message, formatted traceback, is-cancellation) of a step's exception."""
     cls = type(exc)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    name = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
     text = "".join(traceback.format_exception(exc))
     return name, str(exc), text, isinstance(exc, asyncio.CancelledError)

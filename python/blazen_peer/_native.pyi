@@ -4,6 +4,22 @@ import asyncio
 from collections.abc import Awaitable, Sequence
 from typing import Any, final
 
+__all__ = [
+    "ENVELOPE_VERSION",
+    "Completion",
+    "EventTypes",
+    "LocalRun",
+    "PeerClient",
+    "PeerServer",
+    "RunContext",
+    "SubWorkflowResponse",
+    "register_step",
+    "register_workflow",
+    "registered_step_ids",
+    "registered_workflows",
+    "unregister_step",
+]
+
 ENVELOPE_VERSION: int
 
 @final

@@ -34,12 +34,12 @@ class SubWorkflowResponse:
     state: dict[str, Any]
     error: str | None
     remote_refs: dict[uuid.UUID, RemoteRefDescriptor] = field(default_factory=dict)
-    _native: _native.SubWorkflowResponse | None = field(default=None, repr=False, compare=False)
+    _raw: _native.SubWorkflowResponse | None = field(default=None, repr=False, compare=False)
 
     def raise_for_error(self) -> None:
         """Raises WorkflowError (with the remote details) when the run failed."""
-        if self.error is not None and self._native is not None:
-            self._native.raise_for_error()
+        if self.error is not None and self._raw is not None:
+            self._raw.raise_for_error()
 
     @classmethod
     def _from_native(cls, native: _native.SubWorkflowResponse) -> SubWorkflowResponse:
@@ -55,7 +55,7 @@ class SubWorkflowResponse:
                 uuid.UUID(key): RemoteRefDescriptor(origin, tag, created)
                 for key, origin, tag, created in native.remote_refs
             },
-            _native=native,
+            _raw=native,
         )
 
 

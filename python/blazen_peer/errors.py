@@ -15,6 +15,7 @@ __all__ = [
     "EnvelopeVersionError",
     "PeerError",
     "PeerTimeoutError",
+    "SessionRefNotFoundError",
     "TlsError",
     "TransportError",
     "UnknownStepError",
@@ -89,6 +90,12 @@ class EnvelopeVersionError(PeerError):
         self.supported = supported
 
 
+class SessionRefNotFoundError(PeerError, LookupError):
+    """The peer holds no session ref under that key (released, expired, or never created)."""
+
+    kind = "SessionRefNotFound"
+
+
 class EncodeError(PeerError):
     """A value could not be encoded or a payload could not be decoded."""
 
@@ -150,6 +157,7 @@ _BY_KIND: dict[str, type[PeerError]] = {
         UnknownStepError,
         UnknownWorkflowError,
         EnvelopeVersionError,
+        SessionRefNotFoundError,
         EncodeError,
         TlsError,
         AuthenticationError,

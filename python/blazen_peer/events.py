@@ -31,7 +31,8 @@ class Event:
     def __init_subclass__(cls, *, event_type: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if event_type is None:
-            event_type = cls.__dict__.get("__event_type__") or f"{cls.__module__}.{cls.__qualname__}"
+            declared = cls.__dict__.get("__event_type__")
+            event_type = declared or f"{cls.__module__}.{cls.__qualname__}"
         cls.__event_type__ = event_type
         if "__init__" not in cls.__dict__:
             dataclasses.dataclass(cls)
@@ -61,7 +62,7 @@ class StartEvent(Event, event_type="blazen::StartEvent"):
     def __init__(self, data: Any = None, /, **fields: Any) -> None:
         if fields:
             if data is not None and not isinstance(data, Mapping):
-                raise TypeError("StartEvent takes either one input value or keyword fields, not both")
+                raise TypeError("StartEvent takes one input value or keyword fields, not both")
             data = {**(data or {}), **fields}
         self.data = data
 
@@ -70,9 +71,7 @@ class StartEvent(Event, event_type="blazen::StartEvent"):
         if isinstance(data, Mapping) and name in data:
             return data[name]
         keys = sorted(data) if isinstance(data, Mapping) else []
-        raise AttributeError(
-            f"StartEvent has no field {name!r}; the run's input has keys {keys}"
-        )
+        raise AttributeError(f"StartEvent has no field {name!r}; the run's input has keys {keys}")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, StartEvent) and other.data == self.data

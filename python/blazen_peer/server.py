@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import TracebackType
 
 from . import _native
@@ -58,10 +59,8 @@ class PeerServer:
                 "serve_blocking() was called from a running event loop; "
                 "use `await server.serve(address)` there instead"
             )
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(self.serve(address))
-        except KeyboardInterrupt:
-            pass
 
     async def stop(self) -> None:
         """Stops serving and waits for in-flight calls. Idempotent."""

@@ -101,7 +101,9 @@ def register_step(
     if not callable(fn):
         raise ValidationError(f"step {step_id!r} must be a function, got {type(fn).__name__}")
     accepted = (
-        _check_event_classes(accepts, step_id) if accepts is not None else _accepted_events(fn, step_id)
+        _check_event_classes(accepts, step_id)
+        if accepts is not None
+        else _accepted_events(fn, step_id)
     )
     registered = Step(step_id, fn, accepted)
     _native.register_step(

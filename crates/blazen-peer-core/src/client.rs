@@ -17,6 +17,9 @@ use crate::pb::PostcardRequest;
 /// Metadata key carrying the caller's node id, for the peer's logs.
 pub const NODE_ID_HEADER: &str = "x-blazen-node-id";
 
+/// Longest run deadline the client mirrors as a gRPC deadline (ten years).
+const MAX_CLIENT_DEADLINE_SECS: u64 = 10 * 365 * 24 * 3600;
+
 /// Client settings; `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -98,9 +101,12 @@ impl PeerClient {
         &self,
         request: &Envelope<SubWorkflowRequest>,
     ) -> Result<Envelope<SubWorkflowResponse>, PeerError> {
+        // Past MAX_CLIENT_DEADLINE the server's own deadline is the only bound
+        // (tonic cannot encode such a grpc-timeout header anyway).
         let deadline = request
             .body
             .timeout_secs
+            .filter(|secs| *secs <= MAX_CLIENT_DEADLINE_SECS)
             .map(|secs| Duration::from_secs(secs) + self.config.deadline_margin);
         let payload = request.encode()?;
         let mut grpc = self.grpc.clone();
@@ -122,7 +128,14 @@ impl PeerClient {
         let reply = grpc
             .deref_session_ref(self.request(payload, None))
             .await
-            .map_err(|status| self.status_error(&status))?;
+            .map_err(|status| match status.code() {
+                tonic::Code::NotFound => PeerError::RefNotFound(format!(
+                    "peer {} does not hold session ref {key}: {}",
+                    self.address,
+                    status.message()
+                )),
+                _ => self.status_error(&status),
+            })?;
         Ok(self
             .decode::<DerefResponse>(&reply.into_inner().postcard_payload)?
             .body

@@ -252,8 +252,10 @@ impl Extension for WorkflowFailure {
     const TAG: u32 = 1;
 }
 
-/// Category of a workflow failure.
+/// Category of a workflow failure; travels as its name (a string), so peers in
+/// other languages can read it and a newer peer can add kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", from = "String")]
 pub enum FailureKind {
     /// A step raised.
     StepFailed,
@@ -267,6 +269,45 @@ pub enum FailureKind {
     Cancelled,
     /// The StopEvent's result could not be encoded as JSON.
     ResultNotJson,
+    /// A kind this build does not know (sent by a newer peer).
+    Other,
+}
+
+impl FailureKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::StepFailed => "StepFailed",
+            FailureKind::NoStopEvent => "NoStopEvent",
+            FailureKind::NoAcceptingStep => "NoAcceptingStep",
+            FailureKind::Timeout => "Timeout",
+            FailureKind::Cancelled => "Cancelled",
+            FailureKind::ResultNotJson => "ResultNotJson",
+            FailureKind::Other => "Other",
+        }
+    }
+}
+
+impl From<FailureKind> for String {
+    fn from(kind: FailureKind) -> Self {
+        kind.as_str().to_owned()
+    }
+}
+
+impl From<String> for FailureKind {
+    fn from(name: String) -> Self {
+        [
+            FailureKind::StepFailed,
+            FailureKind::NoStopEvent,
+            FailureKind::NoAcceptingStep,
+            FailureKind::Timeout,
+            FailureKind::Cancelled,
+            FailureKind::ResultNotJson,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == name)
+        .unwrap_or(FailureKind::Other)
+    }
 }
 
 /// Status details of NOT_FOUND for unknown steps or workflows.

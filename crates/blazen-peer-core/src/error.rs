@@ -35,6 +35,9 @@ pub enum PeerError {
         /// Where the lookup happened.
         node: String,
     },
+    /// A session ref is not (or no longer) held by the peer.
+    #[error("{0}")]
+    RefNotFound(String),
     /// A payload's version is newer than this build supports.
     #[error("envelope version {got} is newer than supported {supported}")]
     EnvelopeVersion {
@@ -70,6 +73,7 @@ impl PeerError {
             PeerError::Transport { .. } => "Transport",
             PeerError::UnknownStep { .. } => "UnknownStep",
             PeerError::UnknownWorkflow { .. } => "UnknownWorkflow",
+            PeerError::RefNotFound(_) => "SessionRefNotFound",
             PeerError::EnvelopeVersion { .. } => "EnvelopeVersion",
             PeerError::Encode(_) => "Encode",
             PeerError::Tls(_) => "Tls",
@@ -102,6 +106,7 @@ impl PeerError {
                 registered,
                 ..
             } => not_found(message, workflow_name, true, registered),
+            PeerError::RefNotFound(_) => Status::not_found(message),
             PeerError::EnvelopeVersion { .. } => Status::failed_precondition(message),
             PeerError::Encode(_) | PeerError::Validation(_) => Status::invalid_argument(message),
             PeerError::Authentication(_) => Status::unauthenticated(message),

@@ -169,10 +169,11 @@ impl BlazenPeer for PeerService {
             .body
             .ref_uuid;
         let entry = self.config.session_refs.get(&key).ok_or_else(|| {
-            Status::not_found(format!(
+            PeerError::RefNotFound(format!(
                 "session ref {key} not found on node `{}` (released, expired, or never created here)",
                 self.node_id
             ))
+            .to_status()
         })?;
         reply(Envelope::new(DerefResponse {
             envelope_version: ENVELOPE_VERSION,

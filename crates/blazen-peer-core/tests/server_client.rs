@@ -144,7 +144,9 @@ impl Harness {
     }
 
     async fn raw(&self) -> BlazenPeerClient<Channel> {
-        BlazenPeerClient::connect(self.address.clone()).await.unwrap()
+        BlazenPeerClient::connect(self.address.clone())
+            .await
+            .unwrap()
     }
 }
 
@@ -338,6 +340,60 @@ async fn run_past_its_timeout_reports_a_timeout_failure() {
     assert_serves(&client).await;
 }
 
+#[tokio::test]
+async fn huge_timeout_secs_from_a_raw_caller_is_served() {
+    // The server side copes with any u64 deadline (tokio saturates it).
+    let harness = start_server().await;
+    let mut raw = harness.raw().await;
+    for timeout_secs in [u64::MAX, 1_000_000_000_000] {
+        let request = envelope::request(
+            "wf",
+            vec!["b::double".into()],
+            br#"{"x":3}"#.to_vec(),
+            Some(timeout_secs),
+        );
+        let reply = raw
+            .invoke_sub_workflow(PostcardRequest {
+                postcard_payload: request.encode().unwrap(),
+            })
+            .await
+            .unwrap();
+        let response =
+            Envelope::<SubWorkflowResponse>::decode(&reply.into_inner().postcard_payload).unwrap();
+        assert_eq!(response.body.error, None);
+        assert_eq!(result_value(&response.body)["doubled"], 6);
+    }
+}
+
+/// Fails: `PeerClient::invoke` panics for large `timeout_secs`. client.rs
+/// computes `Duration::from_secs(secs) + self.config.deadline_margin`, which
+/// overflows (panic "overflow when adding durations") for u64::MAX, and for
+/// values above ~3.6e11 s tonic's grpc-timeout encoding panics
+/// ("duration is unrealistically large").
+#[tokio::test]
+async fn huge_timeout_secs_does_not_panic_the_client() {
+    let harness = start_server().await;
+    let client = harness.client().await;
+    for timeout_secs in [1_000_000_000_000, u64::MAX] {
+        let client = client.clone();
+        let outcome = tokio::spawn(async move {
+            let request = envelope::request(
+                "wf",
+                vec!["b::double".into()],
+                br#"{"x":3}"#.to_vec(),
+                Some(timeout_secs),
+            );
+            client.invoke(&request).await
+        })
+        .await;
+        match outcome {
+            Ok(Ok(response)) => assert_eq!(result_value(&response.body)["doubled"], 6),
+            Ok(Err(err)) => panic!("timeout_secs {timeout_secs}: unexpected error {err}"),
+            Err(join) => panic!("timeout_secs {timeout_secs}: the client panicked: {join}"),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Protocol refusals
 // ---------------------------------------------------------------------------
@@ -476,7 +532,11 @@ async fn garbage_payloads_are_invalid_argument() {
         [&[0x01][..], b"hello, not postcard"].concat(),
     ] {
         let status = raw_invoke(&mut raw, payload.clone()).await;
-        assert_eq!(status.code(), Code::InvalidArgument, "payload {payload:02x?}");
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "payload {payload:02x?}"
+        );
         assert!(!status.message().is_empty());
     }
     let status = raw
@@ -533,7 +593,8 @@ async fn deref_of_an_unknown_ref_is_not_found() {
     let client = harness.client().await;
     let err = client.deref(key).await.unwrap_err();
     assert!(
-        err.to_string().contains("12345678-9abc-def0-1234-56789abcdef0"),
+        err.to_string()
+            .contains("12345678-9abc-def0-1234-56789abcdef0"),
         "{err}"
     );
 }
@@ -544,7 +605,6 @@ async fn deref_of_an_unknown_ref_is_not_found() {
 /// unknown step. Callers (and the Python binding) then report "step `` is not
 /// registered on peer ...".
 #[tokio::test]
-#[ignore = "bug: deref NOT_FOUND is mapped to PeerError::UnknownStep (error.rs from_status)"]
 async fn deref_of_an_unknown_ref_is_not_reported_as_an_unknown_step() {
     let harness = start_server().await;
     let client = harness.client().await;
@@ -571,6 +631,18 @@ async fn shared_session_ref_derefs_then_releases_once() {
         .refs
         .insert(Arc::from(&b"payload \x00\xff bytes"[..]), "bytes");
     assert_eq!(harness.refs.len(), 1);
+    let descriptor = harness.refs.descriptor(&key, "node-b").unwrap();
+    assert_eq!(descriptor.origin_node_id, "node-b");
+    assert_eq!(descriptor.type_tag, "bytes");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        descriptor.created_at_epoch_ms <= now_ms
+            && descriptor.created_at_epoch_ms + 60_000 > now_ms,
+        "{descriptor:?}"
+    );
 
     assert_eq!(client.deref(key).await.unwrap(), b"payload \x00\xff bytes");
     // Deref does not consume the ref.
@@ -597,7 +669,11 @@ async fn connecting_to_a_closed_port_fails_fast_with_transport() {
         .await
         .err()
         .expect("nothing listens there");
-    assert!(began.elapsed() < Duration::from_secs(3), "{:?}", began.elapsed());
+    assert!(
+        began.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        began.elapsed()
+    );
     match &err {
         PeerError::Transport { message, code } => {
             assert!(

@@ -71,6 +71,7 @@ fn build<'py>(py: Python<'py>, err: &PeerError) -> PyResult<Bound<'py, PyAny>> {
             details.set_item("node_id", &failure.node_id)?;
         }
         PeerError::Encode(_)
+        | PeerError::RefNotFound(_)
         | PeerError::Tls(_)
         | PeerError::Authentication(_)
         | PeerError::Timeout(_)

@@ -43,8 +43,9 @@ where
 fn sample_failure() -> WorkflowFailure {
     WorkflowFailure {
         kind: FailureKind::StepFailed,
-        message: "step `b::x` failed on node `node-b` handling `blazen::StartEvent`: ValueError: no"
-            .into(),
+        message:
+            "step `b::x` failed on node `node-b` handling `blazen::StartEvent`: ValueError: no"
+                .into(),
         remote_type: Some("ValueError".into()),
         remote_traceback: Some("Traceback (most recent call last):\n  ...".into()),
         step_id: Some("b::x".into()),
@@ -122,12 +123,7 @@ fn vector_request_empty_steps_no_timeout() {
 
 #[test]
 fn request_helper_builds_the_first_vector() {
-    let envelope = request(
-        "wf",
-        vec!["a::b".into()],
-        br#"{"x":1}"#.to_vec(),
-        Some(30),
-    );
+    let envelope = request("wf", vec!["a::b".into()], br#"{"x":1}"#.to_vec(), Some(30));
     assert_eq!(
         envelope.encode().unwrap(),
         hex("01 02 77 66 01 04 61 3a 3a 62 07 7b 22 78 22 3a 31 7d 01 1e")
@@ -234,7 +230,10 @@ fn peek_version_errors_on_empty_and_unterminated_varints() {
     assert_encode_error(peek_version(&hex("80")), "unterminated varint");
     assert_encode_error(peek_version(&hex("ff ff ff ff")), "unterminated varint");
     // Six bytes cannot be a u32 varint.
-    assert_encode_error(peek_version(&hex("ff ff ff ff ff 01")), "overlong u32 varint");
+    assert_encode_error(
+        peek_version(&hex("ff ff ff ff ff 01")),
+        "overlong u32 varint",
+    );
 }
 
 #[test]
@@ -268,7 +267,10 @@ fn decode_rejects_version_2_with_the_wire_message() {
         PeerError::EnvelopeVersion { got, supported } => assert_eq!((*got, *supported), (2, 1)),
         other => panic!("expected EnvelopeVersion, got {other:?}"),
     }
-    assert_eq!(err.to_string(), "envelope version 2 is newer than supported 1");
+    assert_eq!(
+        err.to_string(),
+        "envelope version 2 is newer than supported 1"
+    );
     assert_eq!(err.kind(), "EnvelopeVersion");
     assert_eq!(err.to_status().code(), tonic::Code::FailedPrecondition);
     assert_eq!(
@@ -286,7 +288,10 @@ fn version_is_checked_before_the_rest_is_decoded() {
         Envelope::<DerefRequest>::decode(&hex("02 03")).map(|_| ()),
     ] {
         match decode {
-            Err(PeerError::EnvelopeVersion { got: 2, supported: 1 }) => {}
+            Err(PeerError::EnvelopeVersion {
+                got: 2,
+                supported: 1,
+            }) => {}
             other => panic!("expected EnvelopeVersion, got {other:?}"),
         }
     }
@@ -465,8 +470,8 @@ fn extension_block_is_appended_after_the_v1_fields() {
     let mut block = vec![0x01, 0x01];
     block.extend(postcard::to_stdvec(&failure_bytes).unwrap());
     assert_eq!(&bytes[body_only.len()..], &block[..]);
-    // FailureKind::StepFailed is the first variant.
-    assert_eq!(failure_bytes[0], 0x00);
+    // The kind travels by name: length 10, then "StepFailed".
+    assert_eq!(&failure_bytes[..11], b"\x0aStepFailed");
 }
 
 #[test]
@@ -625,6 +630,90 @@ fn empty_extensions_add_no_bytes() {
 }
 
 // ---------------------------------------------------------------------------
+// What proto/blazen_peer.proto documents for other-language peers
+// ---------------------------------------------------------------------------
+
+/// Fails: proto/blazen_peer.proto documents response tag 1 as
+/// `WorkflowFailure { kind: String, ... }` with kind one of "StepFailed", ...,
+/// but `FailureKind` is a Rust enum that postcard writes as a varint variant
+/// index (StepFailed = `00`), so a peer following the proto comment is not
+/// understood (and cannot read ours).
+#[test]
+fn workflow_failure_kind_is_the_string_the_proto_documents() {
+    let documented = (
+        "StepFailed",
+        "boom",
+        Some("ValueError"),
+        None::<String>,
+        Some("b::x"),
+        "node-b",
+    );
+    let value = postcard::to_stdvec(&documented).unwrap();
+    let mut payload = Envelope::new(SubWorkflowResponse {
+        envelope_version: 1,
+        error: Some("boom".into()),
+        ..Default::default()
+    })
+    .encode()
+    .unwrap();
+    payload.extend(postcard::to_stdvec(&vec![(1u32, ByteBuf::from(value.clone()))]).unwrap());
+    let decoded = Envelope::<SubWorkflowResponse>::decode(&payload).unwrap();
+    let ours = WorkflowFailure {
+        kind: FailureKind::StepFailed,
+        message: "boom".into(),
+        remote_type: Some("ValueError".into()),
+        remote_traceback: None,
+        step_id: Some("b::x".into()),
+        node_id: "node-b".into(),
+    };
+    assert_eq!(
+        postcard::to_stdvec(&ours).unwrap(),
+        value,
+        "our encoding of tag 1"
+    );
+    assert_eq!(decoded.extensions.get::<WorkflowFailure>(), Some(ours));
+}
+
+/// Fails: proto/blazen_peer.proto documents the NOT_FOUND details as postcard
+/// `UnknownStepDetail { step_id: String, registered: Vec<String> }`, but
+/// error.rs sends and expects `NotFoundDetail { missing, is_workflow: bool,
+/// registered }`. A documented detail from another peer loses its step id
+/// (from_status falls back to `step_id: ""`), and a peer decoding ours as
+/// documented reads `is_workflow` as the count and gets no registered ids.
+#[test]
+fn unknown_step_details_are_the_ones_the_proto_documents() {
+    let documented = (
+        "b::missing",
+        false,
+        vec!["a::b".to_string(), "c::d".to_string()],
+    );
+    let status = tonic::Status::with_details(
+        tonic::Code::NotFound,
+        "step `b::missing` is not registered",
+        postcard::to_stdvec(&documented).unwrap().into(),
+    );
+    match PeerError::from_status(&status, "http://peer") {
+        PeerError::UnknownStep {
+            step_id,
+            registered,
+            ..
+        } => {
+            assert_eq!(step_id, "b::missing");
+            assert_eq!(registered, documented.2);
+        }
+        other => panic!("expected UnknownStep, got {other:?}"),
+    }
+    let ours = PeerError::UnknownStep {
+        step_id: "b::missing".into(),
+        registered: documented.2.clone(),
+        node: "`node-b`".into(),
+    }
+    .to_status();
+    let read: (String, bool, Vec<String>) = postcard::from_bytes(ours.details()).unwrap();
+    assert_eq!(read, ("b::missing".to_string(), false, documented.2));
+}
+
+// ---------------------------------------------------------------------------
 // Property tests
 // ---------------------------------------------------------------------------
 
@@ -676,14 +765,12 @@ fn arb_response() -> impl Strategy<Value = SubWorkflowResponse> {
         any::<Option<String>>(),
     )
         .prop_map(
-            |(envelope_version, state_json, result_json, remote_refs, error)| {
-                SubWorkflowResponse {
-                    envelope_version,
-                    state_json,
-                    result_json,
-                    remote_refs,
-                    error,
-                }
+            |(envelope_version, state_json, result_json, remote_refs, error)| SubWorkflowResponse {
+                envelope_version,
+                state_json,
+                result_json,
+                remote_refs,
+                error,
             },
         )
 }

@@ -61,7 +61,9 @@ fn stop_event(result_json: &str) -> Event {
 }
 
 fn payload(event: &Event) -> serde_json::Value {
-    let json = event.as_json().expect("test events carry JsonEvent payloads");
+    let json = event
+        .as_json()
+        .expect("test events carry JsonEvent payloads");
     serde_json::from_slice(&json.0).expect("test payloads are JSON")
 }
 
@@ -105,7 +107,10 @@ fn json_event_result_json_extracts_the_result_key() {
         JsonEvent(br#"{"result":{"a":[1,2]},"other":3}"#.to_vec()).result_json(),
         Ok(br#"{"a":[1,2]}"#.to_vec())
     );
-    assert_eq!(JsonEvent(br#"{"x":1}"#.to_vec()).result_json(), Ok(b"null".to_vec()));
+    assert_eq!(
+        JsonEvent(br#"{"x":1}"#.to_vec()).result_json(),
+        Ok(b"null".to_vec())
+    );
     assert!(JsonEvent(b"not json".to_vec()).result_json().is_err());
 }
 
@@ -122,7 +127,10 @@ async fn linear_pipeline_ends_at_the_stop_event() {
         step("t::first", &[START_EVENT], move |ctx, event| {
             let calls = first_calls.clone();
             async move {
-                calls.lock().unwrap().push(format!("first:{}", event.types.name()));
+                calls
+                    .lock()
+                    .unwrap()
+                    .push(format!("first:{}", event.types.name()));
                 assert_eq!(ctx.node_id(), "node-a");
                 assert_eq!(ctx.workflow_name(), "wf");
                 let n = payload(&event)["n"].as_i64().unwrap();
@@ -134,7 +142,10 @@ async fn linear_pipeline_ends_at_the_stop_event() {
         step("t::second", &["t::Mid"], move |_ctx, event| {
             let calls = second_calls.clone();
             async move {
-                calls.lock().unwrap().push(format!("second:{}", event.types.name()));
+                calls
+                    .lock()
+                    .unwrap()
+                    .push(format!("second:{}", event.types.name()));
                 let n = payload(&event)["n"].as_i64().unwrap();
                 Ok(vec![stop_event(&format!(r#"{{"doubled":{}}}"#, n * 2))])
             }
@@ -150,7 +161,10 @@ async fn linear_pipeline_ends_at_the_stop_event() {
     assert_eq!(stop.data.result_json(), Ok(br#"{"doubled":6}"#.to_vec()));
     assert_eq!(
         *calls.lock().unwrap(),
-        vec!["first:blazen::StartEvent".to_string(), "second:t::Mid".to_string()]
+        vec![
+            "first:blazen::StartEvent".to_string(),
+            "second:t::Mid".to_string()
+        ]
     );
     assert!(ctx.is_cancelled(), "the context is marked done after a run");
 }
@@ -168,7 +182,9 @@ async fn steps_share_the_run_context_state() {
         step("t::reader", &["t::Mid"], |ctx, _event| {
             async move {
                 let value = match ctx.get("count") {
-                    Some(crate::context::StateValue::Json(json)) => String::from_utf8(json).unwrap(),
+                    Some(crate::context::StateValue::Json(json)) => {
+                        String::from_utf8(json).unwrap()
+                    }
                     _ => "missing".into(),
                 };
                 Ok(vec![stop_event(&value)])
@@ -177,7 +193,9 @@ async fn steps_share_the_run_context_state() {
         }),
     ];
     let ctx = ctx();
-    let stop = run_workflow(&steps, ctx.clone(), start("{}"), None).await.unwrap();
+    let stop = run_workflow(&steps, ctx.clone(), start("{}"), None)
+        .await
+        .unwrap();
     assert_eq!(stop.data.result_json(), Ok(b"7".to_vec()));
     assert_eq!(ctx.exported_state().get("count"), Some(&b"7".to_vec()));
 }
@@ -302,7 +320,9 @@ async fn base_event_step_receives_every_event_and_subclasses_match() {
             .boxed()
         }),
     ];
-    let stop = run_workflow(&steps, ctx(), start("{}"), None).await.unwrap();
+    let stop = run_workflow(&steps, ctx(), start("{}"), None)
+        .await
+        .unwrap();
     assert_eq!(stop.data.result_json(), Ok(br#""observed""#.to_vec()));
     assert_eq!(
         *seen.lock().unwrap(),
@@ -325,9 +345,11 @@ async fn event_nobody_accepts_fails_with_no_accepting_step() {
         step("t::first", &[START_EVENT], |_ctx, _event| {
             async move { Ok(vec![json_event(&["t::Orphan", BASE_EVENT], "{}")]) }.boxed()
         }),
-        step("t::other", &["t::Unrelated", "t::Another"], |_ctx, _event| {
-            async move { Ok(vec![]) }.boxed()
-        }),
+        step(
+            "t::other",
+            &["t::Unrelated", "t::Another"],
+            |_ctx, _event| async move { Ok(vec![]) }.boxed(),
+        ),
     ];
     let failure = run_workflow(&steps, ctx(), start("{}"), None)
         .await
@@ -461,7 +483,9 @@ async fn first_stop_event_wins_over_later_emitted_events() {
             async move { Ok(vec![stop_event("2")]) }.boxed()
         }),
     ];
-    let stop = run_workflow(&steps, ctx(), start("{}"), None).await.unwrap();
+    let stop = run_workflow(&steps, ctx(), start("{}"), None)
+        .await
+        .unwrap();
     assert_eq!(stop.data.result_json(), Ok(b"1".to_vec()));
     assert_eq!(later_calls.load(Ordering::SeqCst), 0);
 }
@@ -480,9 +504,14 @@ async fn deadline_fails_with_timeout_and_cancels_the_context() {
     })];
     let ctx = ctx();
     let began = tokio::time::Instant::now();
-    let failure = run_workflow(&steps, ctx.clone(), start("{}"), Some(Duration::from_secs(5)))
-        .await
-        .unwrap_err();
+    let failure = run_workflow(
+        &steps,
+        ctx.clone(),
+        start("{}"),
+        Some(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap_err();
     let elapsed = began.elapsed();
     assert_eq!(failure.kind, FailureKind::Timeout);
     assert_eq!(
@@ -492,7 +521,10 @@ async fn deadline_fails_with_timeout_and_cancels_the_context() {
     assert_eq!(failure.step_id, None);
     assert_eq!(failure.node_id, "node-a");
     assert_eq!(*seen_cancelled_at_start.lock().unwrap(), Some(false));
-    assert!(ctx.is_cancelled(), "context must be cancelled once the run ended");
+    assert!(
+        ctx.is_cancelled(),
+        "context must be cancelled once the run ended"
+    );
     assert!(
         elapsed >= Duration::from_secs(5) && elapsed < Duration::from_secs(6),
         "elapsed {elapsed:?}"
@@ -535,9 +567,15 @@ async fn dropping_the_run_drops_in_flight_step_futures() {
     let mut run = Box::pin(run_workflow(&steps, ctx.clone(), start("{}"), None));
     assert!((&mut run).now_or_never().is_none(), "the run cannot finish");
     assert!(started.load(Ordering::SeqCst), "the step future was polled");
-    assert!(!dropped.load(Ordering::SeqCst), "the step future is still alive");
+    assert!(
+        !dropped.load(Ordering::SeqCst),
+        "the step future is still alive"
+    );
     assert!(!ctx.is_cancelled());
     drop(run);
-    assert!(dropped.load(Ordering::SeqCst), "dropping the run drops the step future");
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "dropping the run drops the step future"
+    );
     assert!(ctx.is_cancelled(), "dropping the run cancels the context");
 }

@@ -1,0 +1,184 @@
+"""Shared fixtures: a peer ("node-b") in a separate process, and clients of it.
+
+`tests/peer_app.py` runs as a subprocess; the fixture waits for the
+`LISTENING HOST:PORT` line it prints after `PeerServer.start` returned (no
+sleeping), stops it by closing its stdin, and fails with the peer's stderr
+when the process died or did not exit cleanly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import selectors
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from blazen_peer import PeerClient, unregister_step
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+PEER_APP = TESTS_DIR / "peer_app.py"
+STARTUP_TIMEOUT_SECS = 30.0
+EXIT_TIMEOUT_SECS = 10.0
+
+
+@dataclass
+class PeerProcess:
+    """A running `tests/peer_app.py` and where it listens."""
+
+    proc: subprocess.Popen[bytes]
+    host_port: str
+    stderr_path: Path
+
+    @property
+    def address(self) -> str:
+        return f"http://{self.host_port}"
+
+    @property
+    def port(self) -> int:
+        return int(self.host_port.rsplit(":", 1)[1])
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def check_alive(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            pytest.fail(f"peer process exited with status {code}; its stderr:\n{self.stderr()}")
+
+    def kill(self) -> None:
+        """Kills the process abruptly (a machine going away) and reaps it."""
+        self.proc.kill()
+        self.proc.wait(timeout=EXIT_TIMEOUT_SECS)
+
+    def stop(self) -> int:
+        """Closes stdin (the peer's signal to stop) and waits; returns the exit status."""
+        if self.proc.poll() is None:
+            if self.proc.stdin is not None and not self.proc.stdin.closed:
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=EXIT_TIMEOUT_SECS)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=EXIT_TIMEOUT_SECS)
+                pytest.fail(
+                    f"peer process did not exit within {EXIT_TIMEOUT_SECS}s of stdin closing; "
+                    f"its stderr:\n{self.stderr()}"
+                )
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None and not stream.closed:
+                stream.close()
+        return self.proc.returncode
+
+
+def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """Reads one line of the process's stdout, waiting at most `timeout` seconds."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    buffer = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while b"\n" not in buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            buffer += chunk
+    return buffer.decode(errors="replace")
+
+
+def start_peer_process(stderr_path: Path, *args: str) -> PeerProcess:
+    """Starts `python tests/peer_app.py ARGS...` and waits for its LISTENING line."""
+    with stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, str(PEER_APP), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            cwd=REPO_ROOT,
+        )
+    line = _read_line(proc, STARTUP_TIMEOUT_SECS)
+    if not line.startswith("LISTENING "):
+        proc.kill()
+        proc.wait(timeout=EXIT_TIMEOUT_SECS)
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+        pytest.fail(
+            f"peer_app.py did not report its address (stdout: {line!r}, "
+            f"status: {proc.returncode}); its stderr:\n{stderr_path.read_text(errors='replace')}"
+        )
+    return PeerProcess(proc, line.split()[1], stderr_path)
+
+
+@pytest.fixture(scope="session")
+def peer_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerProcess]:
+    """The session's node-b, serving tests/peer_app.py's steps in another process."""
+    peer = start_peer_process(tmp_path_factory.mktemp("peer") / "stderr.txt")
+    yield peer
+    died_early = peer.proc.poll()
+    status = peer.stop()
+    if died_early is not None or status != 0:
+        pytest.fail(f"peer process ended with status {status}; its stderr:\n{peer.stderr()}")
+
+
+@pytest.fixture
+def peer_address(peer_process: PeerProcess) -> str:
+    """`http://127.0.0.1:PORT` of the session's peer (checked alive for each test)."""
+    peer_process.check_alive()
+    return peer_process.address
+
+
+@pytest.fixture
+async def client(peer_address: str) -> AsyncIterator[PeerClient]:
+    """A client of the session's peer, as node-a."""
+    connected = await PeerClient.connect(peer_address, node_id="node-a")
+    yield connected
+    await connected.close()
+
+
+@pytest.fixture
+def spawn_peer(tmp_path: Path) -> Iterator[Callable[..., PeerProcess]]:
+    """Starts extra peer processes for one test (ones the test may kill); stops them after."""
+    started: list[PeerProcess] = []
+    counter = itertools.count()
+
+    def spawn(*args: str) -> PeerProcess:
+        peer = start_peer_process(tmp_path / f"peer-{next(counter)}-stderr.txt", *args)
+        started.append(peer)
+        return peer
+
+    yield spawn
+    for peer in started:
+        peer.stop()
+
+
+_ids = itertools.count()
+
+
+@pytest.fixture
+def step_ids(request: pytest.FixtureRequest) -> Iterator[Callable[[str], str]]:
+    """Makes step ids unique to this test; unregisters them afterwards.
+
+    The step registry is process-wide, so tests that register steps use these.
+    """
+    made: list[str] = []
+
+    def make(name: str) -> str:
+        step_id = f"t{next(_ids)}::{request.node.name}::{name}"
+        made.append(step_id)
+        return step_id
+
+    yield make
+    for step_id in made:
+        unregister_step(step_id)

@@ -1,0 +1,270 @@
+"""The peer ("node-b") that the test suite talks to across a process boundary.
+
+Importable as a module of steps (importing it registers them in this process's
+step registry) and runnable as a server::
+
+    python tests/peer_app.py [HOST:PORT]     # default 127.0.0.1:0 (a free port)
+
+The script prints ``LISTENING HOST:PORT`` once ``PeerServer.start`` has returned,
+then serves until its stdin reaches end-of-file or it receives SIGTERM, and
+exits with status 0 after ``PeerServer.stop``.
+
+The README example steps (``my_app::analyze`` and ``my_app::summarize``) are
+imported from ``examples/peer_b.py`` itself, so the example code is what runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+if str(_EXAMPLES) not in sys.path:
+    sys.path.insert(0, str(_EXAMPLES))
+
+import peer_b  # noqa: E402  (registers my_app::analyze and my_app::summarize)
+
+from blazen_peer import (  # noqa: E402
+    Context,
+    Event,
+    PeerServer,
+    StartEvent,
+    StopEvent,
+    event_type_name,
+    register_workflow,
+    step,
+)
+
+NODE_ID = "node-b"
+README_STEP_IDS = [peer_b.analyze.id, peer_b.summarize.id]
+SLOW_STEP_SECS = 0.5
+SYNC_SLOW_STEP_SECS = 0.5
+
+
+# --- events with fixed wire names (the module is `__main__` when run as a script) ---
+
+
+class Item(Event, event_type="tests.Item"):
+    """One piece of a fan-out."""
+
+    index: int
+    total: int
+
+
+class Orphan(Event, event_type="tests.Orphan"):
+    """Emitted by `test::orphan`; no step accepts it."""
+
+    note: str
+
+
+class Ping(Event, event_type="tests.Ping"):
+    """Emitted by `test::emit_ping`, received by the step that accepts any Event."""
+
+    value: int
+
+
+class Base(Event, event_type="tests.Base"):
+    """A base event; a step accepting it also receives `Child`."""
+
+    value: str
+
+
+class Child(Base, event_type="tests.Child"):
+    """A subclass of `Base`."""
+
+    extra: int = 0
+
+
+# --- the README pipeline, runnable with empty step_ids ---
+
+register_workflow("analyze-pipeline", README_STEP_IDS)
+
+
+# --- test steps ---
+
+
+@step("test::echo")
+def echo(ctx: Context, ev: StartEvent) -> StopEvent:
+    """A sync step reporting what it received and where it ran."""
+    return StopEvent(
+        result={
+            "data": ev.data,
+            "run_id": ctx.run_id,
+            "node_id": ctx.node_id,
+            "workflow_name": ctx.workflow_name,
+            "on_main_thread": threading.current_thread() is threading.main_thread(),
+        }
+    )
+
+
+@step("test::async_echo")
+async def async_echo(ctx: Context, ev: StartEvent) -> StopEvent:
+    """The async twin of `test::echo`."""
+    await asyncio.sleep(0)
+    return StopEvent(
+        result={
+            "data": ev.data,
+            "run_id": ctx.run_id,
+            "node_id": ctx.node_id,
+            "workflow_name": ctx.workflow_name,
+            "on_main_thread": threading.current_thread() is threading.main_thread(),
+        }
+    )
+
+
+@step("test::boom")
+async def boom(ctx: Context, ev: StartEvent) -> StopEvent:
+    raise ValueError("boom")
+
+
+@step("test::sleep")
+async def sleep_long(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Sleeps far past any timeout the tests use."""
+    await asyncio.sleep(30)
+    return StopEvent(result="woke up")
+
+
+@step("test::slow")
+async def slow(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Takes SLOW_STEP_SECS; concurrent calls must overlap."""
+    await asyncio.sleep(SLOW_STEP_SECS)
+    return StopEvent(result=ev.data)
+
+
+@step("test::sync_slow")
+def sync_slow(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Blocks its worker thread for SYNC_SLOW_STEP_SECS."""
+    time.sleep(SYNC_SLOW_STEP_SECS)
+    return StopEvent(result=ev.data)
+
+
+@step("test::fan_out")
+async def fan_out(ctx: Context, ev: StartEvent) -> list[Item]:
+    """Emits `n` Items at once; `test::collect` handles them concurrently."""
+    total = int(ev.n)
+    # Shared, process-local progress of this run (a private key never leaves the peer).
+    await ctx.set("_collect", {"seen": [], "all_arrived": asyncio.Event()})
+    return [Item(index=i, total=total) for i in range(total)]
+
+
+@step("test::collect")
+async def collect(ctx: Context, ev: Item) -> StopEvent | None:
+    """Each call waits until every Item of its run is being handled at the same time;
+    if the calls ran one after another the first would wait forever (here: 10 s, then fail)."""
+    progress = await ctx.get("_collect")
+    progress["seen"].append(ev.index)
+    if len(progress["seen"]) == ev.total:
+        progress["all_arrived"].set()
+    await asyncio.wait_for(progress["all_arrived"].wait(), timeout=10)
+    if ev.index == 0:
+        return StopEvent(result={"seen": sorted(progress["seen"]), "run_id": ctx.run_id})
+    return None
+
+
+@step("test::bad_result")
+def bad_result(ctx: Context, ev: StartEvent) -> StopEvent:
+    """A sync step whose StopEvent result is not JSON-serializable."""
+    return StopEvent(result=object())
+
+
+@step("test::bad_state")
+async def bad_state(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Stores a non-JSON value under a public (exported) key."""
+    await ctx.set("bad", object())
+    return StopEvent(result="unreachable")
+
+
+@step("test::state")
+async def state(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Public keys are exported with the result; `_` keys stay in this process."""
+    await ctx.set("count", 3)
+    await ctx.set("nested", {"a": [1, 2, None], "ok": True})
+    await ctx.set("_secret", object())
+    return StopEvent(
+        result={"count": await ctx.get("count"), "secret_kept": await ctx.get("_secret") is not None}
+    )
+
+
+@step("test::emit_ping")
+async def emit_ping(ctx: Context, ev: StartEvent) -> Ping:
+    return Ping(value=int(ev.value))
+
+
+@step("test::any_event")
+async def any_event(ctx: Context, ev: Event) -> StopEvent | None:
+    """Annotated `Event`: receives the StartEvent and the Ping."""
+    seen = await ctx.get("_any_seen")
+    if seen is None:
+        seen = {"types": [], "start_seen": asyncio.Event()}
+        await ctx.set("_any_seen", seen)
+    seen["types"].append(event_type_name(type(ev)))
+    if isinstance(ev, StartEvent):
+        seen["start_seen"].set()
+        if ev.data == "stop-on-start":
+            return StopEvent(result={"types": seen["types"]})
+        return None
+    await asyncio.wait_for(seen["start_seen"].wait(), timeout=10)
+    return StopEvent(result={"types": sorted(seen["types"]), "value": ev.value})
+
+
+@step("test::emit_child")
+async def emit_child(ctx: Context, ev: StartEvent) -> Child:
+    return Child(value=ev.value, extra=7)
+
+
+@step("test::on_base")
+def on_base(ctx: Context, ev: Base) -> StopEvent:
+    return StopEvent(
+        result={
+            "class": type(ev).__name__,
+            "event_type": event_type_name(type(ev)),
+            "is_base": isinstance(ev, Base),
+            "value": ev.value,
+            "extra": getattr(ev, "extra", None),
+        }
+    )
+
+
+@step("test::orphan")
+async def orphan(ctx: Context, ev: StartEvent) -> Orphan:
+    return Orphan(note="nobody listens")
+
+
+@step("test::returns_none")
+async def returns_none(ctx: Context, ev: StartEvent) -> None:
+    return None
+
+
+# --- serving ---
+
+
+def _stop_on_stdin_eof(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Runs in a daemon thread: reads stdin to its end, then asks the loop to stop."""
+    with contextlib.suppress(OSError, ValueError):
+        while sys.stdin.buffer.read(4096):
+            pass
+    with contextlib.suppress(RuntimeError):  # the loop may already be closed
+        loop.call_soon_threadsafe(stop.set)
+
+
+async def main(address: str) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    server = PeerServer(NODE_ID)
+    bound = await server.start(address)
+    print(f"LISTENING {bound}", flush=True)
+    threading.Thread(target=_stop_on_stdin_eof, args=(loop, stop), daemon=True).start()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:0"))

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Every check and test, Rust and Python. Expects the package and its test
+# extras installed: pip install ".[test]"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt"; cargo fmt --all --check
+echo "== cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
+# The pyo3 crate is a Python extension (it links against the interpreter at
+# import time), so its behaviour is tested from Python below.
+echo "== cargo test"; cargo test -p blazen-peer-core --locked
+echo "== ruff"; ruff check python tests examples benches && ruff format --check python tests examples benches
+echo "== mypy --strict"; mypy
+echo "== stubtest"; python -m mypy.stubtest blazen_peer._native
+echo "== pytest"; python -m pytest

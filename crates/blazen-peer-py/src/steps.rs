@@ -22,7 +22,8 @@ pub struct PyHost {
 }
 
 struct PyStep {
-    func: Py<PyAny>,
+    // Behind an Arc so a call can take its own handle without the GIL.
+    func: Arc<Py<PyAny>>,
     is_async: bool,
 }
 
@@ -32,7 +33,7 @@ impl StepHandler for PyStep {
         ctx: RunContext,
         event: Event,
     ) -> BoxFuture<'static, Result<StepOutput, StepFailure>> {
-        let func = Python::attach(|py| self.func.clone_ref(py));
+        let func = self.func.clone();
         if self.is_async {
             Box::pin(invoke_async(func, ctx, event))
         } else {
@@ -46,7 +47,7 @@ impl StepHandler for PyStep {
 }
 
 async fn invoke_sync(
-    func: Py<PyAny>,
+    func: Arc<Py<PyAny>>,
     ctx: RunContext,
     event: Event,
 ) -> Result<StepOutput, StepFailure> {
@@ -66,7 +67,7 @@ async fn invoke_sync(
 }
 
 async fn invoke_async(
-    func: Py<PyAny>,
+    func: Arc<Py<PyAny>>,
     ctx: RunContext,
     event: Event,
 ) -> Result<StepOutput, StepFailure> {
@@ -87,7 +88,7 @@ async fn invoke_async(
             "call_soon_threadsafe",
             (
                 bridge::start_async_step(py)?,
-                func,
+                func.bind(py),
                 ctx_ref,
                 event,
                 completion.clone_ref(py),
@@ -247,7 +248,10 @@ pub fn register_step(
     let step = Step {
         id: step_id.into(),
         accepts: accepts.into(),
-        handler: Arc::new(PyStep { func, is_async }),
+        handler: Arc::new(PyStep {
+            func: Arc::new(func),
+            is_async,
+        }),
     };
     StepRegistry::global()
         .register(step, replace, |existing| {

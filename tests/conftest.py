@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from blazen_peer import PeerClient, unregister_step
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -78,7 +77,7 @@ class PeerProcess:
         return self.proc.returncode
 
 
-def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
+def read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
     """Reads one line of the process's stdout, waiting at most `timeout` seconds."""
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
@@ -107,7 +106,7 @@ def start_peer_process(stderr_path: Path, *args: str) -> PeerProcess:
             stderr=stderr,
             cwd=REPO_ROOT,
         )
-    line = _read_line(proc, STARTUP_TIMEOUT_SECS)
+    line = read_line(proc, STARTUP_TIMEOUT_SECS)
     if not line.startswith("LISTENING "):
         proc.kill()
         proc.wait(timeout=EXIT_TIMEOUT_SECS)

@@ -28,7 +28,6 @@ if str(_EXAMPLES) not in sys.path:
     sys.path.insert(0, str(_EXAMPLES))
 
 import peer_b  # noqa: E402  (registers my_app::analyze and my_app::summarize)
-
 from blazen_peer import (  # noqa: E402
     Context,
     Event,
@@ -186,7 +185,10 @@ async def state(ctx: Context, ev: StartEvent) -> StopEvent:
     await ctx.set("nested", {"a": [1, 2, None], "ok": True})
     await ctx.set("_secret", object())
     return StopEvent(
-        result={"count": await ctx.get("count"), "secret_kept": await ctx.get("_secret") is not None}
+        result={
+            "count": await ctx.get("count"),
+            "secret_kept": await ctx.get("_secret") is not None,
+        }
     )
 
 
@@ -228,6 +230,12 @@ def on_base(ctx: Context, ev: Base) -> StopEvent:
             "extra": getattr(ev, "extra", None),
         }
     )
+
+
+@step("test::base_sink")
+async def base_sink(ctx: Context, ev: Base) -> None:
+    """Accepts Base (so also Child) and returns nothing: the run ends without a StopEvent."""
+    return None
 
 
 @step("test::orphan")

@@ -6,9 +6,8 @@ from __future__ import annotations
 import socket
 import time
 
-import pytest
-
 import blazen_peer
+import pytest
 from blazen_peer import (
     ENVELOPE_VERSION,
     AuthenticationError,
@@ -18,6 +17,7 @@ from blazen_peer import (
     PeerError,
     PeerServer,
     PeerTimeoutError,
+    SessionRefNotFoundError,
     TlsError,
     TransportError,
     UnknownStepError,
@@ -40,6 +40,7 @@ KINDS = {
     AuthenticationError: "Authentication",
     WorkflowError: "Workflow",
     PeerTimeoutError: "Timeout",
+    SessionRefNotFoundError: "SessionRefNotFound",
     ValidationError: "Validation",
 }
 
@@ -57,6 +58,7 @@ def test_error_hierarchy_matches_the_builtin_exceptions_it_stands_for() -> None:
     assert issubclass(PeerTimeoutError, TimeoutError)
     assert issubclass(ValidationError, ValueError)
     assert issubclass(UnknownWorkflowError, UnknownStepError)
+    assert issubclass(SessionRefNotFoundError, LookupError)
     assert not issubclass(TransportError, ValueError | TimeoutError)
 
 
@@ -118,6 +120,7 @@ def test_from_native_builds_workflow_and_timeout_errors_with_remote_details() ->
         ("Tls", TlsError),
         ("Authentication", AuthenticationError),
         ("Validation", ValidationError),
+        ("SessionRefNotFound", SessionRefNotFoundError),
     ],
 )
 def test_from_native_builds_plain_errors(kind: str, cls: type[PeerError]) -> None:
@@ -311,6 +314,55 @@ async def test_invoke_sub_workflow_returns_a_failed_run_with_error_set(client: P
         response.raise_for_error()
     assert excinfo.value.remote_type == "ValueError"
     assert excinfo.value.node_id == "node-b"
+
+
+async def test_a_run_without_a_stop_event_names_the_step_the_event_type_and_the_steps(
+    client: PeerClient,
+) -> None:
+    # `test::base_sink` accepts tests.Base, receives a tests.Child and returns nothing.
+    with pytest.raises(WorkflowError) as excinfo:
+        await client.run_remote_workflow(
+            "quiet", ["test::emit_child", "test::base_sink"], {"value": "v"}
+        )
+    err = excinfo.value
+    message = str(err)
+    assert err.failure_kind == "NoStopEvent"
+    assert err.node_id == "node-b"
+    assert "without a StopEvent" in message
+    assert "steps present: [" in message
+    assert "`test::emit_child` (accepts blazen::StartEvent)" in message
+    assert "`test::base_sink` (accepts tests.Base)" in message
+    # The event the run ended on is a tests.Child; the README promises the message names it.
+    assert "tests.Child" in message, message
+
+
+async def test_an_event_nobody_accepts_fails_the_run_naming_step_event_and_steps(
+    client: PeerClient,
+) -> None:
+    with pytest.raises(WorkflowError) as excinfo:
+        await client.run_remote_workflow("lonely", ["test::orphan"])
+    err = excinfo.value
+    assert err.failure_kind == "NoAcceptingStep"
+    assert err.step_id == "test::orphan"
+    assert err.node_id == "node-b"
+    assert str(err) == (
+        "no step of workflow `lonely` accepts event `tests.Orphan` emitted by step "
+        "`test::orphan`; steps present: [`test::orphan` (accepts blazen::StartEvent)]"
+    )
+
+
+async def test_a_raising_step_fails_the_run_naming_step_event_and_steps(
+    client: PeerClient,
+) -> None:
+    # README: "a step raising fails the run with a message naming the step, the event
+    # type and the steps present".
+    with pytest.raises(WorkflowError) as excinfo:
+        await client.run_remote_workflow("boom-wf", ["test::boom", "test::emit_ping"])
+    message = str(excinfo.value)
+    assert "`test::boom`" in message
+    assert "`blazen::StartEvent`" in message
+    assert "steps present" in message, message
+    assert "test::emit_ping" in message, message
 
 
 async def test_run_remote_workflow_json_raises_workflow_error(client: PeerClient) -> None:

@@ -5,7 +5,6 @@ import dataclasses
 from collections.abc import Callable
 
 import pytest
-
 from blazen_peer import (
     Context,
     Event,
@@ -191,7 +190,7 @@ async def test_a_step_accepting_a_sibling_class_does_not_receive_it(
         "no-downcast",
         [register_step(step_ids("emit"), emit_animal), register_step(step_ids("dog"), on_dog)],
     )
-    with pytest.raises(WorkflowError, match="accepts event `tests.events.Animal`"):
+    with pytest.raises(WorkflowError, match=r"accepts event `tests\.events\.Animal`"):
         await (await wf.run()).result()
 
 

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from blazen_peer import (
     Context,
     PeerClient,
@@ -22,8 +21,11 @@ from blazen_peer import (
     ValidationError,
     step,
 )
+from conftest import PeerProcess
 
 CALL_PEER = Path(__file__).resolve().parent / "call_peer.py"
+PEER_LIFECYCLES = 24
+CALLS_PER_LIFECYCLE = 100
 
 
 class Ticker:
@@ -200,9 +202,11 @@ async def test_stop_waits_for_in_flight_calls(step_ids: Callable[[str], str]) ->
     client = await PeerClient.connect(f"http://{bound}", node_id="node-a")
     call = asyncio.ensure_future(client.run_remote_workflow("wf", [step_id]))
     await asyncio.wait_for(entered.wait(), timeout=10)
+    stop_started = time.monotonic()
     await server.stop()
-    assert call.done()
-    assert call.result() == "finished"
+    # The step had ~0.3 s to go: stop() returned only after it finished and was answered.
+    assert time.monotonic() - stop_started >= 0.2
+    assert await asyncio.wait_for(call, timeout=5) == "finished"
     await client.close()
 
 
@@ -280,3 +284,40 @@ async def test_a_server_listening_on_a_host_name_is_reachable() -> None:
         port = bound.rsplit(":", 1)[1]
         async with await PeerClient.connect(f"http://{bound}", node_id="node-a") as client:
             assert client.address.endswith(port)
+
+
+async def test_peer_processes_exit_cleanly_after_serving_calls(
+    spawn_peer: Callable[..., PeerProcess],
+) -> None:
+    """A peer that served calls and was asked to stop must exit with status 0.
+
+    The crash this guards against (a native worker thread touching the interpreter
+    while it finalizes: "Fatal Python error: PyGILState_Release", SIGABRT/SIGSEGV)
+    happens at a fraction of exits, so several peers go through their whole life.
+    """
+
+    async def lifecycle() -> tuple[int, str]:
+        peer = await asyncio.to_thread(spawn_peer)
+        async with await PeerClient.connect(peer.address, node_id="node-a") as client:
+            results = await asyncio.gather(
+                *(
+                    client.run_remote_workflow(
+                        "exit-wf", ["test::async_echo" if i % 2 else "test::echo"], i
+                    )
+                    for i in range(CALLS_PER_LIFECYCLE)
+                )
+            )
+        assert [r["data"] for r in results] == list(range(CALLS_PER_LIFECYCLE))
+        status = await asyncio.to_thread(peer.stop)
+        return status, peer.stderr()
+
+    async def worker(count: int) -> list[tuple[int, str]]:
+        return [await lifecycle() for _ in range(count)]
+
+    batches = await asyncio.gather(*(worker(PEER_LIFECYCLES // 4) for _ in range(4)))
+    outcomes = [outcome for batch in batches for outcome in batch]
+    crashed = [(status, stderr) for status, stderr in outcomes if status != 0]
+    assert not crashed, (
+        f"{len(crashed)} of {len(outcomes)} peer processes crashed on exit; first: "
+        f"status {crashed[0][0]}, stderr:\n{crashed[0][1]}"
+    )

@@ -7,7 +7,6 @@ import typing
 from collections.abc import Callable
 
 import pytest
-
 from blazen_peer import (
     Context,
     Event,

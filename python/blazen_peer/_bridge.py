@@ -78,7 +78,7 @@ def normalize_output(output: Any) -> Emitted:
 
 def stop_result_json(event: StopEvent) -> bytes:
     try:
-        return json.dumps(event.result, separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps(event.result, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"StopEvent.result holds a {type(event.result).__name__}, which is not "

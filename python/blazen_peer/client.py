@@ -61,11 +61,11 @@ class SubWorkflowResponse:
 
 def _encode_input(value: Any) -> bytes:
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise EncodeError(
             f"the workflow input is not JSON-serializable: {exc}; pass dicts, lists, strings, "
-            "numbers, booleans and None"
+            "finite numbers, booleans and None"
         ) from exc
 
 

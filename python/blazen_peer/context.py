@@ -60,7 +60,7 @@ class Context:
             self._ref.set_object(key, value)
             return
         try:
-            encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+            encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise EncodeError(
                 f"state key {key!r} holds a {type(value).__name__}, which is not JSON-serializable "

@@ -58,26 +58,36 @@ async fn drive(
 ) -> Result<Event, Box<WorkflowFailure>> {
     let mut in_flight: FuturesUnordered<Call> = FuturesUnordered::new();
     dispatch(steps, ctx, start, None, &mut in_flight)?;
+    let mut last_handled = None;
     while let Some((step, event, outcome)) = in_flight.next().await {
-        let emitted = outcome.map_err(|err| step_failed(ctx, &step, &event, err))?;
+        let emitted = outcome.map_err(|err| step_failed(ctx, steps, &step, &event, err))?;
         for next in emitted {
             if next.types.is_stop() {
                 return Ok(next);
             }
             dispatch(steps, ctx, next, Some(&step), &mut in_flight)?;
         }
+        last_handled = Some((step, event));
     }
+    let ended_on = match &last_handled {
+        Some((step, event)) => format!(
+            "; the last step to finish was `{}`, handling `{}`",
+            step.id,
+            event.types.name()
+        ),
+        None => String::new(),
+    };
     Err(failure(
         ctx,
         FailureKind::NoStopEvent,
         format!(
             "workflow `{}` on node `{}` ended without a StopEvent: every step finished and none \
-             returned one; steps present: {}",
+             returned one{ended_on}; steps present: {}",
             ctx.workflow_name(),
             ctx.node_id(),
             describe_steps(steps)
         ),
-        None,
+        last_handled.map(|(step, _)| step.id.to_string()),
     ))
 }
 
@@ -118,6 +128,7 @@ fn dispatch(
 
 fn step_failed(
     ctx: &RunContext,
+    steps: &[Step],
     step: &Step,
     event: &Event,
     err: StepFailure,
@@ -130,12 +141,13 @@ fn step_failed(
     Box::new(WorkflowFailure {
         kind,
         message: format!(
-            "step `{}` failed on node `{}` handling `{}`: {}: {}",
+            "step `{}` failed on node `{}` handling `{}`: {}: {}; steps present: {}",
             step.id,
             ctx.node_id(),
             event.types.name(),
             err.error_type,
-            err.message
+            err.message,
+            describe_steps(steps)
         ),
         remote_type: Some(err.error_type),
         remote_traceback: err.traceback,

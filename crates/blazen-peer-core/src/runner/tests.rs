@@ -406,10 +406,10 @@ async fn run_without_stop_event_fails_with_no_stop_event() {
     assert_eq!(
         failure.message,
         "workflow `wf` on node `node-a` ended without a StopEvent: every step finished and none \
-         returned one; steps present: [`t::first` (accepts blazen::StartEvent), `t::second` \
-         (accepts t::Mid)]"
+         returned one; the last step to finish was `t::second`, handling `t::Mid`; steps \
+         present: [`t::first` (accepts blazen::StartEvent), `t::second` (accepts t::Mid)]"
     );
-    assert_eq!(failure.step_id, None);
+    assert_eq!(failure.step_id.as_deref(), Some("t::second"));
     assert_eq!(failure.node_id, "node-a");
 }
 
@@ -440,7 +440,8 @@ async fn failing_step_fails_the_run_with_step_failed() {
     );
     assert_eq!(
         failure.message,
-        "step `t::second` failed on node `node-a` handling `t::Mid`: ValueError: bad input"
+        "step `t::second` failed on node `node-a` handling `t::Mid`: ValueError: bad input; \
+         steps present: [`t::first` (accepts blazen::StartEvent), `t::second` (accepts t::Mid)]"
     );
     assert_eq!(failure.node_id, "node-a");
 }

@@ -303,7 +303,8 @@ async fn failing_step_returns_ok_with_error_and_failure_extension() {
         .await
         .unwrap();
     let expected = "step `b::fail` failed on node `node-b` handling `blazen::StartEvent`: \
-                    ValueError: refusing on purpose";
+                    ValueError: refusing on purpose; steps present: [`b::fail` (accepts \
+                    blazen::StartEvent)]";
     assert_eq!(response.body.error.as_deref(), Some(expected));
     assert_eq!(response.body.result_json, None);
     assert!(response.body.state_json.is_empty());

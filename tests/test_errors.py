@@ -308,7 +308,8 @@ async def test_invoke_sub_workflow_returns_a_failed_run_with_error_set(client: P
     assert response.result is None
     assert response.state == {}
     assert response.error == (
-        "step `test::boom` failed on node `node-b` handling `blazen::StartEvent`: ValueError: boom"
+        "step `test::boom` failed on node `node-b` handling `blazen::StartEvent`: "
+        "ValueError: boom; steps present: [`test::boom` (accepts blazen::StartEvent)]"
     )
     with pytest.raises(WorkflowError) as excinfo:
         response.raise_for_error()

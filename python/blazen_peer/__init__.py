@@ -5,7 +5,9 @@ them with :class:`PeerServer`, and call them from elsewhere with
 :class:`PeerClient`. :class:`Workflow` runs the same steps in-process.
 """
 
-from ._native import ENVELOPE_VERSION
+import atexit
+
+from ._native import ENVELOPE_VERSION, close_python_gate
 from .client import PeerClient, RemoteRefDescriptor, SubWorkflowResponse
 from .context import Context
 from .errors import (
@@ -34,6 +36,9 @@ from .steps import (
     unregister_step,
 )
 from .workflow import Workflow, WorkflowHandler
+
+# Runtime threads must be out of Python before the interpreter finalizes.
+atexit.register(close_python_gate)
 
 __all__ = [
     "ENVELOPE_VERSION",

@@ -19,6 +19,16 @@ from .events import Event, StartEvent, StopEvent
 Emitted = list[tuple[Event, _native.EventTypes]]
 
 
+def resolve(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def reject(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
 def start_async_step(
     fn: Any, ctx: _native.RunContext, event: Any, completion: _native.Completion
 ) -> None:
@@ -78,12 +88,15 @@ def normalize_output(output: Any) -> Emitted:
 
 def stop_result_json(event: StopEvent) -> bytes:
     try:
-        return json.dumps(event.result, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        encoded = json.dumps(
+            event.result, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"StopEvent.result holds a {type(event.result).__name__}, which is not "
             f"JSON-serializable ({exc}); results of remote runs travel as JSON"
         ) from exc
+    return encoded.encode()
 
 
 def describe_exception(exc: BaseException) -> tuple[str, str, str, bool]:

@@ -6,6 +6,7 @@ from typing import Any, final
 
 __all__ = [
     "ENVELOPE_VERSION",
+    "AbortOnCancel",
     "Completion",
     "EventTypes",
     "LocalRun",
@@ -13,6 +14,7 @@ __all__ = [
     "PeerServer",
     "RunContext",
     "SubWorkflowResponse",
+    "close_python_gate",
     "register_step",
     "register_workflow",
     "registered_step_ids",
@@ -161,6 +163,15 @@ class LocalRun:
         self, start_event: object, types: EventTypes, timeout_secs: float | None = None
     ) -> asyncio.Future[Any]:
         """Runs from `start_event` to the StopEvent, which the awaitable returns."""
+
+@final
+class AbortOnCancel:
+    """Done-callback that aborts the Rust task when the asyncio future was cancelled."""
+
+    def __call__(self, future: asyncio.Future[Any]) -> None: ...
+
+def close_python_gate() -> None:
+    """Closes the gate and waits for runtime threads to leave Python (atexit hook)."""
 
 def register_step(
     step_id: str, accepts: Sequence[str], func: object, is_async: bool, replace: bool = False

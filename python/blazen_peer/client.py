@@ -61,12 +61,13 @@ class SubWorkflowResponse:
 
 def _encode_input(value: Any) -> bytes:
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise EncodeError(
             f"the workflow input is not JSON-serializable: {exc}; pass dicts, lists, strings, "
             "finite numbers, booleans and None"
         ) from exc
+    return encoded.encode()
 
 
 def _wire_timeout(timeout_secs: float | None) -> int | None:

@@ -56,6 +56,12 @@ impl PeerClient {
         node_id: &str,
         config: ClientConfig,
     ) -> Result<Self, PeerError> {
+        if !(address.starts_with("http://") || address.starts_with("https://")) {
+            return Err(PeerError::Validation(format!(
+                "`{address}` is not a peer address (it has no scheme); use http://HOST:PORT \
+                 or https://HOST:PORT"
+            )));
+        }
         let endpoint = Endpoint::from_shared(address.to_owned())
             .map_err(|err| {
                 PeerError::Validation(format!(

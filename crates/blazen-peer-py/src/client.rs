@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use uuid::Uuid;
 
+use crate::awaitable::{self, Bytes, Class};
 use crate::errors::{to_py, IntoPyResult};
 use crate::runtime;
 
@@ -64,13 +65,10 @@ impl PeerClientRef {
         node_id: String,
         connect_timeout_secs: f64,
     ) -> PyResult<Bound<'_, PyAny>> {
-        runtime::check_not_forked().py_err()?;
         let config = config(connect_timeout_secs).py_err()?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let client = PeerClient::connect(&address, &node_id, config)
-                .await
-                .py_err()?;
-            Ok(wrap(client))
+        awaitable::spawn(py, async move {
+            let client = PeerClient::connect(&address, &node_id, config).await?;
+            Ok(Class(wrap(client)))
         })
     }
 
@@ -129,12 +127,11 @@ impl PeerClientRef {
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
         let request = envelope::request(workflow_name, step_ids, input_json, timeout_secs);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        awaitable::spawn(py, async move {
             client
                 .invoke(&request)
                 .await
-                .map(ResponseRef::from)
-                .py_err()
+                .map(|response| Class(ResponseRef::from(response)))
         })
     }
 
@@ -159,26 +156,20 @@ impl PeerClientRef {
     fn deref<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
         let key = parse_key(key)?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let bytes = client.deref(key).await.py_err()?;
-            Ok(Python::attach(|py| PyBytes::new(py, &bytes).unbind()))
-        })
+        awaitable::spawn(py, async move { client.deref(key).await.map(Bytes) })
     }
 
     /// Releases a session ref; resolves to False when it was already gone.
     fn release<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
         let key = parse_key(key)?;
-        pyo3_async_runtimes::tokio::future_into_py(
-            py,
-            async move { client.release(key).await.py_err() },
-        )
+        awaitable::spawn(py, async move { client.release(key).await })
     }
 }
 
 impl PeerClientRef {
     fn client(&self) -> PyResult<PeerClient> {
-        runtime::check_not_forked().py_err()?;
+        runtime::runtime().py_err()?;
         let inner = self
             .inner
             .read()

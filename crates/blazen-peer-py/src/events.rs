@@ -6,7 +6,7 @@ use blazen_peer_core::{Event, EventData, EventTypes};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
-use crate::bridge;
+use crate::{bridge, gil};
 
 /// The routing chain of one Python event class, built once per class.
 #[pyclass(frozen, name = "EventTypes", module = "blazen_peer._native")]
@@ -46,11 +46,12 @@ pub struct PyEvent {
 
 impl EventData for PyEvent {
     fn result_json(&self) -> Result<Vec<u8>, String> {
-        Python::attach(|py| {
+        gil::with_python(|py| {
             let encoded =
                 bridge::stop_result_json(py, self.obj.bind(py)).map_err(|err| err.to_string())?;
             Ok(encoded.as_bytes().to_vec())
         })
+        .unwrap_or_else(|| Err("the Python interpreter is shutting down".into()))
     }
 
     fn as_any(&self) -> &dyn Any {

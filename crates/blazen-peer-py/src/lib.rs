@@ -2,11 +2,13 @@
 //! values and maps errors; behaviour lives in `blazen-peer-core`, and the public
 //! API in the `blazen_peer` Python package.
 
+mod awaitable;
 mod bridge;
 mod client;
 mod context;
 mod errors;
 mod events;
+mod gil;
 mod runtime;
 mod server;
 mod steps;
@@ -16,7 +18,6 @@ use pyo3::prelude::*;
 
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
-    runtime::configure();
     module.add("ENVELOPE_VERSION", blazen_peer_core::ENVELOPE_VERSION)?;
     module.add_class::<events::EventTypesRef>()?;
     module.add_class::<context::RunContextRef>()?;
@@ -25,6 +26,8 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<client::PeerClientRef>()?;
     module.add_class::<client::ResponseRef>()?;
     module.add_class::<workflow::LocalRunRef>()?;
+    module.add_class::<awaitable::AbortOnCancel>()?;
+    module.add_function(wrap_pyfunction!(gil::close_python_gate, module)?)?;
     module.add_function(wrap_pyfunction!(steps::register_step, module)?)?;
     module.add_function(wrap_pyfunction!(steps::unregister_step, module)?)?;
     module.add_function(wrap_pyfunction!(steps::registered_step_ids, module)?)?;

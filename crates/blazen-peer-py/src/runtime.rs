@@ -8,34 +8,31 @@ use std::sync::OnceLock;
 use blazen_peer_core::PeerError;
 use tokio::runtime::{Builder, Runtime};
 
-static OWNER_PID: OnceLock<u32> = OnceLock::new();
-
-/// Configures the runtime pyo3-async-runtimes will build on first use.
-pub fn configure() {
-    let mut builder = Builder::new_multi_thread();
-    builder
-        .worker_threads(2)
-        .thread_name("blazen-peer-worker")
-        .enable_all();
-    pyo3_async_runtimes::tokio::init(builder);
-    OWNER_PID.get_or_init(std::process::id);
-}
+static RUNTIME: OnceLock<Result<(u32, Runtime), String>> = OnceLock::new();
 
 /// The runtime, after checking that this is the process that created it.
 pub fn runtime() -> Result<&'static Runtime, PeerError> {
-    check_not_forked()?;
-    Ok(pyo3_async_runtimes::tokio::get_runtime())
-}
-
-/// Fails when called in a child forked after the runtime was configured.
-pub fn check_not_forked() -> Result<(), PeerError> {
-    let owner = *OWNER_PID.get_or_init(std::process::id);
-    if owner != std::process::id() {
+    let (owner, runtime) = RUNTIME
+        .get_or_init(|| {
+            Builder::new_multi_thread()
+                .worker_threads(2)
+                .max_blocking_threads(64)
+                .thread_name("blazen-peer-worker")
+                .enable_all()
+                .build()
+                .map(|runtime| (std::process::id(), runtime))
+                .map_err(|err| err.to_string())
+        })
+        .as_ref()
+        .map_err(|err| {
+            PeerError::Validation(format!("cannot start the blazen-peer runtime: {err}"))
+        })?;
+    if *owner != std::process::id() {
         return Err(PeerError::Validation(
-            "blazen_peer was initialised in the parent process and cannot be used after fork(); \
-             start child processes with the 'spawn' method, or import blazen_peer only in the child"
+            "blazen_peer started its runtime in the parent process and cannot use it after fork(); \
+             start child processes with the 'spawn' method, or use blazen_peer only in the child"
                 .into(),
         ));
     }
-    Ok(())
+    Ok(runtime)
 }

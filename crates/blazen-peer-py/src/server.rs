@@ -7,6 +7,7 @@ use std::time::Duration;
 use blazen_peer_core::{PeerError, PeerService, RunningServer, ServerConfig, SessionRefRegistry};
 use pyo3::prelude::*;
 
+use crate::awaitable;
 use crate::errors::IntoPyResult;
 use crate::runtime;
 use crate::steps::PyHost;
@@ -69,7 +70,7 @@ impl PeerServerRef {
         address: &str,
         event_loop: Py<PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        runtime::check_not_forked().py_err()?;
+        runtime::runtime().py_err()?;
         let addr = parse_listen_address(address).py_err()?;
         {
             let mut state = lock(&self.state);
@@ -99,7 +100,7 @@ impl PeerServerRef {
         };
         let service = PeerService::new(self.node_id.as_str(), config);
         let state = self.state.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        awaitable::spawn(py, async move {
             match RunningServer::start(service, addr).await {
                 Ok(running) => {
                     let bound = running.local_addr().to_string();
@@ -108,7 +109,7 @@ impl PeerServerRef {
                 }
                 Err(err) => {
                     *lock(&state) = ServerState::Idle;
-                    Err(crate::errors::to_py(err))
+                    Err(err)
                 }
             }
         })
@@ -117,9 +118,9 @@ impl PeerServerRef {
     /// Stops serving; waits for in-flight calls. Idempotent.
     fn stop<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let previous = std::mem::replace(&mut *lock(&self.state), ServerState::Stopped);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        awaitable::spawn(py, async move {
             if let ServerState::Running(mut running) = previous {
-                running.stop().await.py_err()?;
+                running.stop().await?;
             }
             Ok(())
         })

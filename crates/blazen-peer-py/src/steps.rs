@@ -11,10 +11,17 @@ use futures::future::BoxFuture;
 use pyo3::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::bridge;
 use crate::context::RunContextRef;
 use crate::errors::IntoPyResult;
 use crate::events::{self, EventTypesRef};
+use crate::{bridge, gil};
+
+fn interpreter_exiting() -> StepFailure {
+    StepFailure {
+        cancelled: true,
+        ..StepFailure::new("CancelledError", "the Python interpreter is shutting down")
+    }
+}
 
 /// What a run carries for Python steps: the loop that runs `async def` steps.
 pub struct PyHost {
@@ -52,7 +59,7 @@ async fn invoke_sync(
     event: Event,
 ) -> Result<StepOutput, StepFailure> {
     let call = tokio::task::spawn_blocking(move || {
-        Python::attach(|py| {
+        gil::with_python(|py| {
             let outcome = (|| {
                 let ctx = Bound::new(py, RunContextRef { ctx })?.into_any();
                 let event = events::to_py(py, &event)?;
@@ -61,6 +68,7 @@ async fn invoke_sync(
             })();
             outcome.map_err(|err| bridge::describe_failure(py, err))
         })
+        .unwrap_or_else(|| Err(interpreter_exiting()))
     });
     call.await
         .unwrap_or_else(|join| Err(StepFailure::new("WorkerThreadError", join.to_string())))
@@ -72,7 +80,7 @@ async fn invoke_async(
     event: Event,
 ) -> Result<StepOutput, StepFailure> {
     let (tx, rx) = oneshot::channel();
-    let scheduled = Python::attach(|py| -> PyResult<(Py<Completion>, Py<PyAny>)> {
+    let scheduled = gil::with_python(|py| -> PyResult<(Py<Completion>, Py<PyAny>)> {
         let event_loop = ctx
             .host::<PyHost>()
             .map(|host| host.event_loop.clone_ref(py))
@@ -97,8 +105,12 @@ async fn invoke_async(
         Ok((completion, event_loop))
     });
     let (completion, event_loop) = match scheduled {
-        Ok(handles) => handles,
-        Err(err) => return Err(Python::attach(|py| bridge::describe_failure(py, err))),
+        Some(Ok(handles)) => handles,
+        Some(Err(err)) => {
+            return Err(gil::with_python(|py| bridge::describe_failure(py, err))
+                .unwrap_or_else(interpreter_exiting))
+        }
+        None => return Err(interpreter_exiting()),
     };
     let mut guard = CancelOnDrop {
         completion: Some(completion),
@@ -129,7 +141,7 @@ impl Drop for CancelOnDrop {
             return;
         };
         // During interpreter shutdown there is nothing left to cancel.
-        let _ = Python::try_attach(|py| {
+        gil::with_python(|py| {
             let task = completion.get().abandon();
             if let Some(task) = task {
                 if let Ok(cancel) = task.bind(py).getattr("cancel") {

@@ -7,8 +7,9 @@ use blazen_peer_core::runner::run_workflow;
 use blazen_peer_core::{Event, PeerError, RunContext, Step, StepRegistry};
 use pyo3::prelude::*;
 
+use crate::awaitable::{self, PyEventObject};
 use crate::context::RunContextRef;
-use crate::errors::{to_py, IntoPyResult};
+use crate::errors::IntoPyResult;
 use crate::events::{EventTypesRef, PyEvent};
 use crate::steps::PyHost;
 
@@ -70,21 +71,11 @@ impl LocalRunRef {
         };
         let steps = self.steps.clone();
         let ctx = self.ctx.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let stop = run_workflow(&steps, ctx, start, deadline)
+        awaitable::spawn(py, async move {
+            run_workflow(&steps, ctx, start, deadline)
                 .await
-                .map_err(|failure| to_py(PeerError::Workflow(failure)))?;
-            let stop = stop
-                .data
-                .as_any()
-                .downcast_ref::<PyEvent>()
-                .map(|event| Python::attach(|py| event.obj.clone_ref(py)))
-                .ok_or_else(|| {
-                    to_py(PeerError::Encode(
-                        "the run ended with a StopEvent that is not a Python object".into(),
-                    ))
-                })?;
-            Ok(stop)
+                .map(PyEventObject)
+                .map_err(PeerError::Workflow)
         })
     }
 }

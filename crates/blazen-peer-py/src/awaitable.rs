@@ -1,0 +1,131 @@
+//! Rust futures as asyncio futures of the calling loop.
+//!
+//! The future runs on the package's runtime; its outcome is converted to
+//! Python only at the hand-off (through the gate in `gil`) and set on the loop
+//! thread with `call_soon_threadsafe`. Cancelling the asyncio future aborts
+//! the Rust task, which drops whatever it was doing (a gRPC call, a run).
+
+use std::future::Future;
+
+use blazen_peer_core::{Event, PeerError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use tokio::task::AbortHandle;
+
+use crate::errors::{to_py, IntoPyResult};
+use crate::events::PyEvent;
+use crate::{bridge, gil, runtime};
+
+/// A value a future hands back to Python.
+pub trait ToPython: Send + 'static {
+    /// Builds the Python object.
+    fn to_python(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>>;
+}
+
+impl ToPython for () {
+    fn to_python(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+        Ok(py.None().into_bound(py))
+    }
+}
+
+impl ToPython for bool {
+    fn to_python(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+        Ok(pyo3::types::PyBool::new(py, self).to_owned().into_any())
+    }
+}
+
+impl ToPython for String {
+    fn to_python(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+        Ok(self.into_pyobject(py)?.into_any())
+    }
+}
+
+/// Bytes handed over as `bytes`, not a list of ints.
+pub struct Bytes(pub Vec<u8>);
+
+impl ToPython for Bytes {
+    fn to_python(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+        Ok(PyBytes::new(py, &self.0).into_any())
+    }
+}
+
+/// The Python object inside an event that a Python step emitted.
+pub struct PyEventObject(pub Event);
+
+impl ToPython for PyEventObject {
+    fn to_python(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+        match self.0.data.as_any().downcast_ref::<PyEvent>() {
+            Some(event) => Ok(event.obj.bind(py).clone()),
+            None => Err(to_py(PeerError::Encode(
+                "the run ended with an event that is not a Python object".into(),
+            ))),
+        }
+    }
+}
+
+/// Any pyclass value.
+pub struct Class<T>(pub T);
+
+impl<T> ToPython for Class<T>
+where
+    T: pyo3::PyClass + Into<pyo3::PyClassInitializer<T>> + Send + 'static,
+{
+    fn to_python(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+        Ok(Bound::new(py, self.0)?.into_any())
+    }
+}
+
+/// Runs `fut` on the runtime and returns an asyncio future of the running loop.
+pub fn spawn<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
+where
+    F: Future<Output = Result<T, PeerError>> + Send + 'static,
+    T: ToPython,
+{
+    let runtime = runtime::runtime().py_err()?;
+    let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
+    let future = event_loop.call_method0("create_future")?;
+    let loop_ref = event_loop.unbind();
+    let future_ref = future.clone().unbind();
+    let task = runtime.spawn(async move {
+        let outcome = fut.await;
+        gil::with_python(|py| {
+            let (setter, value) = match outcome.map_err(to_py).and_then(|value| value.to_python(py))
+            {
+                Ok(value) => (bridge::resolve(py), value),
+                Err(err) => (
+                    bridge::reject(py),
+                    err.into_value(py).into_bound(py).into_any(),
+                ),
+            };
+            // A closed loop has nobody left to tell.
+            if let Ok(setter) = setter {
+                let _ = loop_ref
+                    .bind(py)
+                    .call_method1("call_soon_threadsafe", (setter, future_ref.bind(py), value));
+            }
+        });
+    });
+    future.call_method1(
+        "add_done_callback",
+        (AbortOnCancel {
+            task: task.abort_handle(),
+        },),
+    )?;
+    Ok(future)
+}
+
+/// Done-callback that aborts the Rust task when the asyncio future was cancelled.
+#[pyclass(frozen, module = "blazen_peer._native")]
+pub struct AbortOnCancel {
+    task: AbortHandle,
+}
+
+#[pymethods]
+impl AbortOnCancel {
+    fn __call__(&self, future: &Bound<'_, PyAny>) -> PyResult<()> {
+        if future.call_method0("cancelled")?.is_truthy()? {
+            self.task.abort();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,51 @@
+//! The gate every runtime thread passes to enter Python.
+//!
+//! Once interpreter finalization starts, CPython ends any thread that waits
+//! for the GIL with `pthread_exit`, which aborts the process when it unwinds
+//! through Rust frames (seen as SIGABRT/SIGSEGV at exit). So `blazen_peer`
+//! registers an `atexit` hook that closes this gate and waits, GIL released,
+//! for threads already inside to leave; after that, hand-offs to Python are
+//! skipped: nobody is left to receive them.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+
+static CLOSED: AtomicBool = AtomicBool::new(false);
+static INSIDE: AtomicUsize = AtomicUsize::new(0);
+
+/// How long exit waits for threads running Python code (e.g. a `def` step).
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+struct Leave;
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        INSIDE.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs `f` with the GIL, or returns None when the interpreter is shutting down.
+pub fn with_python<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
+    // Announce first, check second; `close` does the reverse, so with SeqCst
+    // one of the two always sees the other.
+    INSIDE.fetch_add(1, Ordering::SeqCst);
+    let _leave = Leave;
+    if CLOSED.load(Ordering::SeqCst) {
+        return None;
+    }
+    Some(Python::attach(f))
+}
+
+/// Closes the gate and waits for runtime threads to leave Python (atexit hook).
+#[pyfunction]
+pub fn close_python_gate(py: Python<'_>) {
+    CLOSED.store(true, Ordering::SeqCst);
+    py.detach(|| {
+        let started = Instant::now();
+        while INSIDE.load(Ordering::SeqCst) > 0 && started.elapsed() < DRAIN_LIMIT {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+}

@@ -80,7 +80,9 @@ async def peer_round_trip(calls: int) -> list[float]:
 def report(name: str, samples: list[float]) -> tuple[float, float]:
     p50, p99 = percentile(samples, 0.50), percentile(samples, 0.99)
     mean = statistics.fmean(samples)
-    print(f"{name:<28} p50 {p50 * 1e6:8.1f} us   p99 {p99 * 1e6:8.1f} us   mean {mean * 1e6:8.1f} us")
+    print(
+        f"{name:<28} p50 {p50 * 1e6:8.1f} us   p99 {p99 * 1e6:8.1f} us   mean {mean * 1e6:8.1f} us"
+    )
     return p50, p99
 
 

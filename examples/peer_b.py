@@ -6,6 +6,7 @@ this script prints the bound address so other programs can wait for it.
 """
 
 import asyncio
+import contextlib
 import sys
 
 from blazen_peer import Context, Event, PeerServer, StartEvent, StopEvent, step
@@ -35,7 +36,5 @@ async def main(address: str) -> None:
 
 
 if __name__ == "__main__":
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051"))
-    except KeyboardInterrupt:
-        pass

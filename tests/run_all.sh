@@ -9,7 +9,9 @@ echo "== cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D wa
 # The pyo3 crate is a Python extension (it links against the interpreter at
 # import time), so its behaviour is tested from Python below.
 echo "== cargo test"; cargo test -p blazen-peer-core --locked
-echo "== ruff"; ruff check python tests examples benches && ruff format --check python tests examples benches
-echo "== mypy --strict"; mypy
-echo "== stubtest"; python -m mypy.stubtest blazen_peer._native
-echo "== pytest"; python -m pytest
+# `python3 -m` finds tools that pip just installed even behind pyenv shims.
+lint_paths=(python tests examples benches)
+echo "== ruff"; python3 -m ruff check "${lint_paths[@]}" && python3 -m ruff format --check "${lint_paths[@]}"
+echo "== mypy --strict"; python3 -m mypy
+echo "== stubtest"; python3 -m mypy.stubtest blazen_peer._native
+echo "== pytest"; python3 -m pytest

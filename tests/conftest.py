@@ -8,6 +8,7 @@ when the process died or did not exit cleanly.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import selectors
@@ -24,6 +25,7 @@ from blazen_peer import PeerClient, unregister_step
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 PEER_APP = TESTS_DIR / "peer_app.py"
+CALL_PEER = TESTS_DIR / "call_peer.py"
 STARTUP_TIMEOUT_SECS = 30.0
 EXIT_TIMEOUT_SECS = 10.0
 
@@ -181,3 +183,23 @@ def step_ids(request: pytest.FixtureRequest) -> Iterator[Callable[[str], str]]:
     yield make
     for step_id in made:
         unregister_step(step_id)
+
+
+async def run_call_peer(*args: str) -> tuple[int, str, str]:
+    """Runs tests/call_peer.py in its own process; returns (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(CALL_PEER),
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=40)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -90,6 +90,10 @@ register_workflow("analyze-pipeline", README_STEP_IDS)
 @step("test::echo")
 def echo(ctx: Context, ev: StartEvent) -> StopEvent:
     """A sync step reporting what it received and where it ran."""
+    return _echo(ctx, ev)
+
+
+def _echo(ctx: Context, ev: StartEvent) -> StopEvent:
     return StopEvent(
         result={
             "data": ev.data,
@@ -105,15 +109,7 @@ def echo(ctx: Context, ev: StartEvent) -> StopEvent:
 async def async_echo(ctx: Context, ev: StartEvent) -> StopEvent:
     """The async twin of `test::echo`."""
     await asyncio.sleep(0)
-    return StopEvent(
-        result={
-            "data": ev.data,
-            "run_id": ctx.run_id,
-            "node_id": ctx.node_id,
-            "workflow_name": ctx.workflow_name,
-            "on_main_thread": threading.current_thread() is threading.main_thread(),
-        }
-    )
+    return _echo(ctx, ev)
 
 
 @step("test::boom")

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from blazen_peer import (
@@ -23,9 +21,8 @@ from blazen_peer import (
     ValidationError,
     WorkflowError,
 )
-from conftest import PeerProcess
+from conftest import PeerProcess, run_call_peer
 
-CALL_PEER = Path(__file__).resolve().parent / "call_peer.py"
 README_STEPS = ["my_app::analyze", "my_app::summarize"]
 README_RESULT = {"words": 4, "summary": "the quick brown fox"}
 
@@ -423,25 +420,6 @@ async def test_connect_blocking_refuses_to_run_inside_an_event_loop(peer_address
 
 
 # --- client processes ---
-
-
-async def run_call_peer(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(CALL_PEER),
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=40)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_a_client_in_another_process_uses_the_blocking_api(peer_address: str) -> None:

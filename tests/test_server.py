@@ -3,11 +3,9 @@ called from this loop and from a client in another process."""
 
 import asyncio
 import json
-import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from blazen_peer import (
@@ -21,9 +19,8 @@ from blazen_peer import (
     ValidationError,
     step,
 )
-from conftest import PeerProcess
+from conftest import PeerProcess, run_call_peer
 
-CALL_PEER = Path(__file__).resolve().parent / "call_peer.py"
 PEER_LIFECYCLES = 24
 CALLS_PER_LIFECYCLE = 100
 
@@ -55,24 +52,7 @@ async def call_from_subprocess(
     address: str, workflow: str, step_ids: list[str], input_json: str = "null"
 ) -> tuple[int, str, str]:
     """Runs tests/call_peer.py without blocking this loop (which serves the call)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(CALL_PEER),
-        address,
-        workflow,
-        json.dumps(step_ids),
-        input_json,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=40)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_call_peer(address, workflow, json.dumps(step_ids), input_json)
 
 
 async def test_embedded_server_serves_while_the_apps_other_tasks_keep_running(

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import pytest
 from blazen_peer import (
     PeerClient,
+    RefNotFoundError,
     RemoteRefDescriptor,
-    SessionRefNotFoundError,
     SubWorkflowResponse,
     TransportError,
     UnknownStepError,
@@ -267,12 +267,12 @@ async def test_deref_of_an_unknown_session_ref_raises_session_ref_not_found(
     client: PeerClient,
 ) -> None:
     key = uuid.uuid4()
-    with pytest.raises(SessionRefNotFoundError) as excinfo:
+    with pytest.raises(RefNotFoundError) as excinfo:
         await client.deref_session_ref(key)
     err = excinfo.value
     assert isinstance(err, LookupError)
     assert not isinstance(err, UnknownStepError)
-    assert err.kind == "SessionRefNotFound"
+    assert err.kind == "RefNotFound"
     assert str(key) in str(err)
     assert "node-b" in str(err)
 

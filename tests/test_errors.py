@@ -17,7 +17,7 @@ from blazen_peer import (
     PeerError,
     PeerServer,
     PeerTimeoutError,
-    SessionRefNotFoundError,
+    RefNotFoundError,
     TlsError,
     TransportError,
     UnknownStepError,
@@ -40,7 +40,7 @@ KINDS = {
     AuthenticationError: "Authentication",
     WorkflowError: "Workflow",
     PeerTimeoutError: "Timeout",
-    SessionRefNotFoundError: "SessionRefNotFound",
+    RefNotFoundError: "RefNotFound",
     ValidationError: "Validation",
 }
 
@@ -58,7 +58,7 @@ def test_error_hierarchy_matches_the_builtin_exceptions_it_stands_for() -> None:
     assert issubclass(PeerTimeoutError, TimeoutError)
     assert issubclass(ValidationError, ValueError)
     assert issubclass(UnknownWorkflowError, UnknownStepError)
-    assert issubclass(SessionRefNotFoundError, LookupError)
+    assert issubclass(RefNotFoundError, LookupError)
     assert not issubclass(TransportError, ValueError | TimeoutError)
 
 
@@ -120,7 +120,7 @@ def test_from_native_builds_workflow_and_timeout_errors_with_remote_details() ->
         ("Tls", TlsError),
         ("Authentication", AuthenticationError),
         ("Validation", ValidationError),
-        ("SessionRefNotFound", SessionRefNotFoundError),
+        ("RefNotFound", RefNotFoundError),
     ],
 )
 def test_from_native_builds_plain_errors(kind: str, cls: type[PeerError]) -> None:

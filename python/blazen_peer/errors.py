@@ -15,7 +15,7 @@ __all__ = [
     "EnvelopeVersionError",
     "PeerError",
     "PeerTimeoutError",
-    "SessionRefNotFoundError",
+    "RefNotFoundError",
     "TlsError",
     "TransportError",
     "UnknownStepError",
@@ -90,10 +90,10 @@ class EnvelopeVersionError(PeerError):
         self.supported = supported
 
 
-class SessionRefNotFoundError(PeerError, LookupError):
+class RefNotFoundError(PeerError, LookupError):
     """The peer holds no session ref under that key (released, expired, or never created)."""
 
-    kind = "SessionRefNotFound"
+    kind = "RefNotFound"
 
 
 class EncodeError(PeerError):
@@ -157,7 +157,7 @@ _BY_KIND: dict[str, type[PeerError]] = {
         UnknownStepError,
         UnknownWorkflowError,
         EnvelopeVersionError,
-        SessionRefNotFoundError,
+        RefNotFoundError,
         EncodeError,
         TlsError,
         AuthenticationError,

@@ -73,7 +73,7 @@ impl PeerError {
             PeerError::Transport { .. } => "Transport",
             PeerError::UnknownStep { .. } => "UnknownStep",
             PeerError::UnknownWorkflow { .. } => "UnknownWorkflow",
-            PeerError::RefNotFound(_) => "SessionRefNotFound",
+            PeerError::RefNotFound(_) => "RefNotFound",
             PeerError::EnvelopeVersion { .. } => "EnvelopeVersion",
             PeerError::Encode(_) => "Encode",
             PeerError::Tls(_) => "Tls",

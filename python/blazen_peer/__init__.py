@@ -8,12 +8,13 @@ them with :class:`PeerServer`, and call them from elsewhere with
 import atexit
 
 from ._native import ENVELOPE_VERSION, close_python_gate
-from .client import PeerClient, RemoteRefDescriptor, SubWorkflowResponse
+from .client import ParentRun, PeerClient, RemoteRefDescriptor, SubWorkflowResponse
 from .context import Context
 from .errors import (
     AuthenticationError,
     EncodeError,
     EnvelopeVersionError,
+    MessageTooLargeError,
     PeerError,
     PeerTimeoutError,
     RefNotFoundError,
@@ -25,6 +26,7 @@ from .errors import (
     WorkflowError,
 )
 from .events import Event, StartEvent, StopEvent, event_type_name
+from .refs import RefInfo, RefLifetime, SessionRefRegistry, SessionRefs, register_ref_codec
 from .server import PeerServer
 from .steps import (
     Step,
@@ -47,12 +49,18 @@ __all__ = [
     "EncodeError",
     "EnvelopeVersionError",
     "Event",
+    "MessageTooLargeError",
+    "ParentRun",
     "PeerClient",
     "PeerError",
     "PeerServer",
     "PeerTimeoutError",
+    "RefInfo",
+    "RefLifetime",
     "RefNotFoundError",
     "RemoteRefDescriptor",
+    "SessionRefRegistry",
+    "SessionRefs",
     "StartEvent",
     "Step",
     "StopEvent",
@@ -66,6 +74,7 @@ __all__ = [
     "WorkflowError",
     "WorkflowHandler",
     "event_type_name",
+    "register_ref_codec",
     "register_step",
     "register_workflow",
     "registered_step_ids",

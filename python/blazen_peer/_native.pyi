@@ -13,6 +13,7 @@ __all__ = [
     "PeerClient",
     "PeerServer",
     "RunContext",
+    "SessionRefRegistry",
     "SubWorkflowResponse",
     "close_python_gate",
     "register_step",
@@ -55,8 +56,35 @@ class RunContext:
         """Stores any object under a private key."""
     def get(self, key: str) -> Any:
         """JSON bytes or the stored object under `key`, or None."""
+    def insert_ref(self, value: object, payload: object, type_tag: str, lifetime: str) -> str:
+        """Stores a session ref owned by this run; returns its key."""
+    def get_ref(self, key: str) -> Any:
+        """The session ref value under `key`, or None."""
+    def remove_ref(self, key: str) -> bool:
+        """Drops a session ref; True when it was there."""
     def exported_state(self) -> list[tuple[str, bytes]]:
         """Every exported key with its JSON text."""
+
+@final
+class SessionRefRegistry:
+    """Session refs held by this process; share one between a server and local runs."""
+
+    def __new__(cls, lease_secs: float = 300.0) -> SessionRefRegistry: ...
+    def __len__(self) -> int: ...
+    @property
+    def total_bytes(self) -> int:
+        """Bytes held by live refs."""
+    @property
+    def lease_secs(self) -> float:
+        """Lease of `UNTIL_PARENT_FINISH` refs, in seconds."""
+    def list(self) -> list[tuple[str, str, int, str, int, str | None, str | None]]:
+        """`[(key, type_tag, size, lifetime, created_at_epoch_ms, owner_run, parent_run), ...]`."""
+    def insert(self, value: object, payload: object, type_tag: str, lifetime: str) -> str:
+        """Stores a value with no owning run (it lives until removed, or per `lifetime`)."""
+    def get(self, key: str) -> Any:
+        """The value under `key`, or None."""
+    def remove(self, key: str) -> bool:
+        """Drops the value under `key`; True when it was there."""
 
 @final
 class Completion:
@@ -73,7 +101,16 @@ class Completion:
 class PeerServer:
     """A peer server; serves once, from `start` until `stop`."""
 
-    def __new__(cls, node_id: str, default_timeout_secs: float = 300.0) -> PeerServer: ...
+    def __new__(
+        cls,
+        node_id: str,
+        default_timeout_secs: float = 300.0,
+        session_refs: SessionRefRegistry | None = None,
+        max_message_bytes: int = ...,
+    ) -> PeerServer: ...
+    @property
+    def session_refs(self) -> SessionRefRegistry:
+        """The registry this server's runs keep session refs in."""
     @property
     def node_id(self) -> str:
         """This server's node id."""
@@ -112,10 +149,14 @@ class PeerClient:
     """A connected client; calls share one HTTP/2 channel."""
 
     @staticmethod
-    def connect(address: str, node_id: str, connect_timeout_secs: float) -> Awaitable[PeerClient]:
+    def connect(
+        address: str, node_id: str, connect_timeout_secs: float, max_message_bytes: int = ...
+    ) -> Awaitable[PeerClient]:
         """Connects to `address`; the awaitable fails fast when nothing listens."""
     @staticmethod
-    def connect_blocking(address: str, node_id: str, connect_timeout_secs: float) -> PeerClient:
+    def connect_blocking(
+        address: str, node_id: str, connect_timeout_secs: float, max_message_bytes: int = ...
+    ) -> PeerClient:
         """Blocking form of `connect`."""
     @property
     def node_id(self) -> str:
@@ -134,6 +175,7 @@ class PeerClient:
         step_ids: Sequence[str],
         input_json: bytes,
         timeout_secs: int | None = None,
+        parent_run: str | None = None,
     ) -> Awaitable[SubWorkflowResponse]:
         """Runs a sub-workflow; resolves to a `SubWorkflowResponse`."""
     def invoke_blocking(
@@ -142,10 +184,15 @@ class PeerClient:
         step_ids: Sequence[str],
         input_json: bytes,
         timeout_secs: int | None = None,
+        parent_run: str | None = None,
     ) -> SubWorkflowResponse:
         """Blocking form of `invoke`."""
-    def deref(self, key: str) -> Awaitable[bytes]:
-        """Fetches a session ref's bytes."""
+    def fetch(self, key: str) -> Awaitable[tuple[str, bytes]]:
+        """Fetches a session ref of any size; resolves to `(type_tag, bytes)`."""
+    def finish_parent(self, parent_run: str) -> Awaitable[int]:
+        """Releases the `UNTIL_PARENT_FINISH` refs of a parent run; resolves to how many."""
+    def renew_parent(self, parent_run: str) -> Awaitable[float]:
+        """Renews a parent run's lease; resolves to the peer's lease in seconds."""
     def release(self, key: str) -> Awaitable[bool]:
         """Releases a session ref; resolves to False when it was already gone."""
 
@@ -154,7 +201,11 @@ class LocalRun:
     """One in-process run of registered steps."""
 
     def __new__(
-        cls, workflow_name: str, step_ids: Sequence[str], event_loop: asyncio.AbstractEventLoop
+        cls,
+        workflow_name: str,
+        step_ids: Sequence[str],
+        event_loop: asyncio.AbstractEventLoop,
+        session_refs: SessionRefRegistry | None = None,
     ) -> LocalRun: ...
     @property
     def context(self) -> RunContext:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import math
 import uuid
@@ -12,9 +13,12 @@ from types import TracebackType
 from typing import Any
 
 from . import _native
-from .errors import EncodeError, ValidationError
+from .errors import EncodeError, PeerError, ValidationError
+from .refs import decode_ref_value
 
-__all__ = ["PeerClient", "RemoteRefDescriptor", "SubWorkflowResponse"]
+__all__ = ["ParentRun", "PeerClient", "RemoteRefDescriptor", "SubWorkflowResponse"]
+
+_DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -97,21 +101,41 @@ class PeerClient:
 
     def __init__(self, ref: _native.PeerClient) -> None:
         self._ref = ref
+        # Type tags of refs seen in responses, for peers that only serve the v1 deref.
+        self._ref_tags: dict[uuid.UUID, str] = {}
 
     @classmethod
     async def connect(
-        cls, address: str, *, node_id: str, connect_timeout_secs: float = 5.0
+        cls,
+        address: str,
+        *,
+        node_id: str,
+        connect_timeout_secs: float = 5.0,
+        max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
     ) -> PeerClient:
         """Connects to ``address`` (``http://HOST:PORT``); TransportError when nothing listens."""
-        return cls(await _native.PeerClient.connect(address, node_id, connect_timeout_secs))
+        return cls(
+            await _native.PeerClient.connect(
+                address, node_id, connect_timeout_secs, max_message_bytes
+            )
+        )
 
     @classmethod
     def connect_blocking(
-        cls, address: str, *, node_id: str, connect_timeout_secs: float = 5.0
+        cls,
+        address: str,
+        *,
+        node_id: str,
+        connect_timeout_secs: float = 5.0,
+        max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
     ) -> PeerClient:
         """Blocking :meth:`connect`, for code without an event loop."""
         _refuse_inside_loop("connect_blocking", "connect")
-        return cls(_native.PeerClient.connect_blocking(address, node_id, connect_timeout_secs))
+        return cls(
+            _native.PeerClient.connect_blocking(
+                address, node_id, connect_timeout_secs, max_message_bytes
+            )
+        )
 
     @property
     def node_id(self) -> str:
@@ -138,9 +162,13 @@ class PeerClient:
         """Runs steps on the peer. A failed workflow comes back with ``.error`` set;
         a run past ``timeout_secs`` raises PeerTimeoutError."""
         native = await self._ref.invoke(
-            workflow_name, list(step_ids), _encode_input(input), _wire_timeout(timeout_secs)
+            workflow_name,
+            list(step_ids),
+            _encode_input(input),
+            _wire_timeout(timeout_secs),
+            self._current_parent(),
         )
-        return SubWorkflowResponse._from_native(native)
+        return self._remember(SubWorkflowResponse._from_native(native))
 
     async def run_remote_workflow(
         self,
@@ -163,7 +191,11 @@ class PeerClient:
     ) -> str:
         """JSON text in, the result's JSON text out; raises WorkflowError on failure."""
         native = await self._ref.invoke(
-            workflow_name, list(step_ids), input_json.encode(), _wire_timeout(timeout_secs)
+            workflow_name,
+            list(step_ids),
+            input_json.encode(),
+            _wire_timeout(timeout_secs),
+            self._current_parent(),
         )
         return _result_json_text(native)
 
@@ -177,9 +209,13 @@ class PeerClient:
         """Blocking :meth:`invoke_sub_workflow`."""
         _refuse_inside_loop("invoke_sub_workflow_blocking", "invoke_sub_workflow")
         native = self._ref.invoke_blocking(
-            workflow_name, list(step_ids), _encode_input(input), _wire_timeout(timeout_secs)
+            workflow_name,
+            list(step_ids),
+            _encode_input(input),
+            _wire_timeout(timeout_secs),
+            self._current_parent(),
         )
-        return SubWorkflowResponse._from_native(native)
+        return self._remember(SubWorkflowResponse._from_native(native))
 
     def run_remote_workflow_blocking(
         self,
@@ -204,17 +240,49 @@ class PeerClient:
         """Blocking :meth:`run_remote_workflow_json`."""
         _refuse_inside_loop("run_remote_workflow_json_blocking", "run_remote_workflow_json")
         native = self._ref.invoke_blocking(
-            workflow_name, list(step_ids), input_json.encode(), _wire_timeout(timeout_secs)
+            workflow_name,
+            list(step_ids),
+            input_json.encode(),
+            _wire_timeout(timeout_secs),
+            self._current_parent(),
         )
         return _result_json_text(native)
 
     async def deref_session_ref(self, key: uuid.UUID | str) -> bytes:
-        """The bytes of a session ref held by the peer."""
-        return await self._ref.deref(str(key))
+        """The bytes of a session ref held by the peer, of any size (streamed in pieces)."""
+        _tag, raw = await self._ref.fetch(str(key))
+        return raw
+
+    async def fetch_session_ref(self, key: uuid.UUID | str) -> Any:
+        """A session ref decoded by the codec for its type tag (see ``register_ref_codec``)."""
+        tag, raw = await self._ref.fetch(str(key))
+        if not tag:
+            tag = self._ref_tags.get(uuid.UUID(str(key)), "bytes")
+        return decode_ref_value(tag, raw)
 
     async def release_session_ref(self, key: uuid.UUID | str) -> bool:
         """Frees a session ref on the peer; False when it was already gone."""
         return await self._ref.release(str(key))
+
+    def parent_run(self) -> ParentRun:
+        """``async with client.parent_run() as run:`` tags every call inside with
+        ``run.id``; refs those runs insert with ``UNTIL_PARENT_FINISH`` are
+        released when the block ends, and leased (renewed in the background)
+        while it runs, so a crashed parent cannot leak them."""
+        return ParentRun(self)
+
+    async def finish_parent(self, run_id: uuid.UUID | str) -> int:
+        """Releases every ``UNTIL_PARENT_FINISH`` ref of a parent run; returns how many."""
+        return await self._ref.finish_parent(str(run_id))
+
+    def _current_parent(self) -> str | None:
+        run = _PARENT_RUN.get()
+        return str(run.id) if run is not None and run.client is self else None
+
+    def _remember(self, response: SubWorkflowResponse) -> SubWorkflowResponse:
+        for key, descriptor in response.remote_refs.items():
+            self._ref_tags[key] = descriptor.type_tag
+        return response
 
     async def close(self) -> None:
         """Closes the channel; later calls raise ValidationError. Idempotent."""
@@ -254,3 +322,47 @@ def _result_json_text(native: _native.SubWorkflowResponse) -> str:
     native.raise_for_error()
     raw = native.result_json
     return "null" if raw is None else raw.decode()
+
+
+_PARENT_RUN: contextvars.ContextVar[ParentRun | None] = contextvars.ContextVar(
+    "blazen_peer_parent_run", default=None
+)
+
+
+class ParentRun:
+    """A parent run on one peer; see :meth:`PeerClient.parent_run`."""
+
+    def __init__(self, client: PeerClient, run_id: uuid.UUID | None = None) -> None:
+        self.client = client
+        self.id = run_id or uuid.uuid4()
+        self._token: contextvars.Token[ParentRun | None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ParentRun:
+        self._token = _PARENT_RUN.set(self)
+        self._heartbeat = asyncio.create_task(self._renew_lease())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        if self._token is not None:
+            _PARENT_RUN.reset(self._token)
+        await self.client.finish_parent(self.id)
+
+    async def _renew_lease(self) -> None:
+        # Renewing at a third of the peer's lease survives two lost renewals.
+        while True:
+            try:
+                lease_secs = await self.client._ref.renew_parent(str(self.id))
+            except PeerError:
+                lease_secs = 3.0
+            await asyncio.sleep(max(lease_secs / 3, 0.05))
+
+    def __repr__(self) -> str:
+        return f"ParentRun({self.id})"

@@ -7,6 +7,7 @@ from typing import Any
 
 from . import _native
 from .errors import EncodeError
+from .refs import SessionRefs
 
 __all__ = ["Context"]
 
@@ -40,6 +41,11 @@ class Context:
     def workflow_name(self) -> str:
         """Name the run was requested under."""
         return self._ref.workflow_name
+
+    @property
+    def session_refs(self) -> SessionRefs:
+        """Values this run keeps on this node, by key (see :class:`RefLifetime`)."""
+        return SessionRefs(self._ref)
 
     @property
     def cancelled(self) -> bool:

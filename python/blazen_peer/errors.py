@@ -13,6 +13,7 @@ __all__ = [
     "AuthenticationError",
     "EncodeError",
     "EnvelopeVersionError",
+    "MessageTooLargeError",
     "PeerError",
     "PeerTimeoutError",
     "RefNotFoundError",
@@ -96,6 +97,12 @@ class RefNotFoundError(PeerError, LookupError):
     kind = "RefNotFound"
 
 
+class MessageTooLargeError(PeerError):
+    """A message exceeds ``max_message_bytes``; the text says the size, the limit and what to do."""
+
+    kind = "MessageTooLarge"
+
+
 class EncodeError(PeerError):
     """A value could not be encoded or a payload could not be decoded."""
 
@@ -158,6 +165,7 @@ _BY_KIND: dict[str, type[PeerError]] = {
         UnknownWorkflowError,
         EnvelopeVersionError,
         RefNotFoundError,
+        MessageTooLargeError,
         EncodeError,
         TlsError,
         AuthenticationError,

@@ -8,6 +8,7 @@ from types import TracebackType
 
 from . import _native
 from .errors import ValidationError
+from .refs import SessionRefRegistry
 
 __all__ = ["PeerServer"]
 
@@ -21,9 +22,27 @@ class PeerServer:
     A server serves once.
     """
 
-    def __init__(self, node_id: str, *, default_timeout_secs: float = 300.0) -> None:
-        self._ref = _native.PeerServer(node_id, default_timeout_secs)
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        default_timeout_secs: float = 300.0,
+        session_refs: SessionRefRegistry | None = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self._ref = _native.PeerServer(
+            node_id,
+            default_timeout_secs,
+            session_refs._ref if session_refs is not None else None,
+            max_message_bytes,
+        )
+        self._session_refs = session_refs or SessionRefRegistry._wrap(self._ref.session_refs)
         self._address: str | None = None
+
+    @property
+    def session_refs(self) -> SessionRefRegistry:
+        """The registry this server's runs keep session refs in."""
+        return self._session_refs
 
     @property
     def node_id(self) -> str:

@@ -9,11 +9,21 @@ from typing import Any
 from . import _native
 from .context import Context
 from .events import StartEvent, StopEvent
+from .refs import SessionRefRegistry
 from .steps import Step
 
 __all__ = ["Workflow", "WorkflowHandler"]
 
 _NO_INPUT: Any = object()
+_DEFAULT_LOCAL_REGISTRY: SessionRefRegistry | None = None
+
+
+def default_local_registry() -> SessionRefRegistry:
+    """The registry of in-process runs that were given none."""
+    global _DEFAULT_LOCAL_REGISTRY
+    if _DEFAULT_LOCAL_REGISTRY is None:
+        _DEFAULT_LOCAL_REGISTRY = SessionRefRegistry()
+    return _DEFAULT_LOCAL_REGISTRY
 
 
 class WorkflowHandler:
@@ -69,10 +79,22 @@ class Workflow:
         self.step_ids = [s.id if isinstance(s, Step) else s for s in steps]
         self.timeout_secs = timeout_secs
 
-    async def run(self, input: Any = _NO_INPUT, /, **fields: Any) -> WorkflowHandler:
-        """Starts a run whose StartEvent carries ``input`` or the keyword fields."""
+    async def run(
+        self,
+        input: Any = _NO_INPUT,
+        /,
+        *,
+        session_refs: SessionRefRegistry | None = None,
+        **fields: Any,
+    ) -> WorkflowHandler:
+        """Starts a run whose StartEvent carries ``input`` or the keyword fields.
+
+        Session refs its steps insert go to ``session_refs`` (shared with a
+        server, say) or to the process's default registry.
+        """
         start = StartEvent(**fields) if input is _NO_INPUT else StartEvent(input, **fields)
-        run = _native.LocalRun(self.name, self.step_ids, asyncio.get_running_loop())
+        registry = session_refs if session_refs is not None else default_local_registry()
+        run = _native.LocalRun(self.name, self.step_ids, asyncio.get_running_loop(), registry._ref)
         future = run.run(start, StartEvent._blazen_types, self.timeout_secs)
         return WorkflowHandler(run, future)
 

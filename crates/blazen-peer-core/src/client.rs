@@ -6,13 +6,16 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
 use uuid::Uuid;
 
+use futures::StreamExt;
+
 use crate::envelope::{
-    DerefRequest, DerefResponse, Envelope, ReleaseRequest, ReleaseResponse, SubWorkflowRequest,
-    SubWorkflowResponse, ENVELOPE_VERSION,
+    DerefChunk, DerefRequest, DerefResponse, Envelope, ParentRunRequest, ParentRunResponse,
+    ReleaseRequest, ReleaseResponse, SubWorkflowRequest, SubWorkflowResponse, ENVELOPE_VERSION,
 };
 use crate::error::PeerError;
 use crate::pb::blazen_peer_client::BlazenPeerClient;
 use crate::pb::PostcardRequest;
+use crate::server::{CONNECTION_WINDOW_BYTES, DEFAULT_MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES};
 
 /// Metadata key carrying the caller's node id, for the peer's logs.
 pub const NODE_ID_HEADER: &str = "x-blazen-node-id";
@@ -28,6 +31,8 @@ pub struct ClientConfig {
     /// Extra time past a run's `timeout_secs` before the client gives up on the call,
     /// so a peer that never answers cannot hang the caller.
     pub deadline_margin: Duration,
+    /// Largest message sent or accepted.
+    pub max_message_bytes: usize,
 }
 
 impl Default for ClientConfig {
@@ -35,6 +40,7 @@ impl Default for ClientConfig {
         Self {
             connect_timeout: Duration::from_secs(5),
             deadline_margin: Duration::from_secs(5),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -69,7 +75,9 @@ impl PeerClient {
                 ))
             })?
             .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
         let node_header = node_id.parse().map_err(|_| {
             PeerError::Validation(format!(
                 "node_id `{node_id}` must be printable ASCII (it travels as gRPC metadata)"
@@ -83,8 +91,8 @@ impl PeerClient {
         })?;
         Ok(Self {
             grpc: BlazenPeerClient::new(channel)
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX),
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(config.max_message_bytes),
             address: address.to_owned(),
             node_id: node_id.to_owned(),
             node_header,
@@ -115,6 +123,14 @@ impl PeerClient {
             .filter(|secs| *secs <= MAX_CLIENT_DEADLINE_SECS)
             .map(|secs| Duration::from_secs(secs) + self.config.deadline_margin);
         let payload = request.encode()?;
+        if payload.len() > self.config.max_message_bytes {
+            return Err(PeerError::MessageTooLarge(format!(
+                "the request of {} bytes exceeds max_message_bytes {}; raise it on both sides \
+                 (PeerClient.connect and PeerServer), or keep large values on the peer as session refs",
+                payload.len(),
+                self.config.max_message_bytes
+            )));
+        }
         let mut grpc = self.grpc.clone();
         let reply = grpc
             .invoke_sub_workflow(self.request(payload, deadline))
@@ -134,18 +150,108 @@ impl PeerClient {
         let reply = grpc
             .deref_session_ref(self.request(payload, None))
             .await
-            .map_err(|status| match status.code() {
-                tonic::Code::NotFound => PeerError::RefNotFound(format!(
-                    "peer {} does not hold session ref {key}: {}",
-                    self.address,
-                    status.message()
-                )),
-                _ => self.status_error(&status),
-            })?;
+            .map_err(|status| self.deref_error(key, &status))?;
         Ok(self
             .decode::<DerefResponse>(&reply.into_inner().postcard_payload)?
             .body
             .payload)
+    }
+
+    /// Streams a session ref of any size into `sink`, in bounded pieces. Peers
+    /// that only serve the v1 unary deref are read with it instead.
+    pub async fn deref_into(&self, key: Uuid, sink: &mut dyn ChunkSink) -> Result<(), PeerError> {
+        let payload = Envelope::new(DerefRequest {
+            envelope_version: ENVELOPE_VERSION,
+            ref_uuid: key,
+        })
+        .encode()?;
+        let mut grpc = self.grpc.clone();
+        let mut stream = match grpc
+            .deref_session_ref_chunks(self.request(payload, None))
+            .await
+        {
+            Ok(reply) => reply.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                let bytes = self.deref(key).await?;
+                sink.begin(bytes.len() as u64, "")?;
+                return sink.write(0, &bytes);
+            }
+            Err(status) => return Err(self.deref_error(key, &status)),
+        };
+        let mut expected_offset = 0u64;
+        let mut total = None;
+        while let Some(item) = stream.next().await {
+            let item = item.map_err(|status| self.deref_error(key, &status))?;
+            let chunk = self.decode::<DerefChunk>(&item.postcard_payload)?.body;
+            if total.is_none() {
+                sink.begin(chunk.total_len, &chunk.type_tag)?;
+                total = Some(chunk.total_len);
+            }
+            let end = chunk.offset + chunk.bytes.len() as u64;
+            if Some(chunk.total_len) != total
+                || chunk.offset != expected_offset
+                || end > chunk.total_len
+            {
+                return Err(PeerError::Encode(format!(
+                    "peer {} sent session ref {key} out of order (piece at {} of {}, expected {expected_offset})",
+                    self.address, chunk.offset, chunk.total_len
+                )));
+            }
+            sink.write(chunk.offset, &chunk.bytes)?;
+            expected_offset = end;
+        }
+        match total {
+            Some(total) if total == expected_offset => Ok(()),
+            _ => Err(PeerError::transport(format!(
+                "peer {} ended session ref {key} after {expected_offset} bytes, before its end",
+                self.address
+            ))),
+        }
+    }
+
+    /// Releases every `UntilParentFinish` ref of `parent`; returns how many.
+    pub async fn finish_parent(&self, parent: Uuid) -> Result<u64, PeerError> {
+        let mut grpc = self.grpc.clone();
+        let reply = grpc
+            .finish_parent_run(self.request(Self::parent_payload(parent)?, None))
+            .await
+            .map_err(|status| self.status_error(&status))?;
+        Ok(self
+            .decode::<ParentRunResponse>(&reply.into_inner().postcard_payload)?
+            .body
+            .refs)
+    }
+
+    /// Renews the lease of `parent`'s refs; returns (refs renewed, the peer's lease).
+    pub async fn renew_parent(&self, parent: Uuid) -> Result<(u64, Duration), PeerError> {
+        let mut grpc = self.grpc.clone();
+        let reply = grpc
+            .renew_parent_lease(self.request(Self::parent_payload(parent)?, None))
+            .await
+            .map_err(|status| self.status_error(&status))?;
+        let body = self
+            .decode::<ParentRunResponse>(&reply.into_inner().postcard_payload)?
+            .body;
+        Ok((body.refs, Duration::from_millis(body.lease_ms)))
+    }
+
+    fn parent_payload(parent: Uuid) -> Result<Vec<u8>, PeerError> {
+        Envelope::new(ParentRunRequest {
+            envelope_version: ENVELOPE_VERSION,
+            parent_run_id: parent,
+        })
+        .encode()
+    }
+
+    fn deref_error(&self, key: Uuid, status: &tonic::Status) -> PeerError {
+        match status.code() {
+            tonic::Code::NotFound => PeerError::RefNotFound(format!(
+                "peer {} does not hold session ref {key}: {}",
+                self.address,
+                status.message()
+            )),
+            _ => self.status_error(status),
+        }
     }
 
     /// Asks the peer to drop a session ref; false when it was already gone.
@@ -208,6 +314,47 @@ impl PeerClient {
             }
         }
         PeerError::from_status(status, &self.address)
+    }
+}
+
+/// Receives a session ref piece by piece.
+pub trait ChunkSink: Send {
+    /// Called once, before any piece, with the value's size and codec name
+    /// (empty when the peer only speaks the v1 unary deref).
+    fn begin(&mut self, total_len: u64, type_tag: &str) -> Result<(), PeerError>;
+    /// One contiguous piece; offsets ascend from 0.
+    fn write(&mut self, offset: u64, bytes: &[u8]) -> Result<(), PeerError>;
+}
+
+/// Collects a value into memory.
+#[derive(Debug, Default)]
+pub struct VecSink {
+    /// The bytes received.
+    pub bytes: Vec<u8>,
+    /// The value's codec name.
+    pub type_tag: String,
+}
+
+impl ChunkSink for VecSink {
+    fn begin(&mut self, total_len: u64, type_tag: &str) -> Result<(), PeerError> {
+        let total_len = usize::try_from(total_len).map_err(|_| {
+            PeerError::Encode(format!(
+                "a value of {total_len} bytes does not fit in memory here"
+            ))
+        })?;
+        self.bytes = Vec::new();
+        self.bytes.try_reserve_exact(total_len).map_err(|_| {
+            PeerError::Encode(format!(
+                "cannot allocate {total_len} bytes for a session ref"
+            ))
+        })?;
+        self.type_tag = type_tag.to_owned();
+        Ok(())
+    }
+
+    fn write(&mut self, _offset: u64, bytes: &[u8]) -> Result<(), PeerError> {
+        self.bytes.extend_from_slice(bytes);
+        Ok(())
     }
 }
 

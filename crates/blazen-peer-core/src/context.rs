@@ -7,6 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
+use crate::envelope::RemoteRefDescriptor;
+use crate::session_refs::SessionRefRegistry;
+
 /// A value stored with `ctx.set`.
 #[derive(Clone)]
 pub enum StateValue {
@@ -26,7 +29,11 @@ struct Inner {
     workflow_name: String,
     state: Mutex<HashMap<String, StateValue>>,
     cancelled: AtomicBool,
+    finished: AtomicBool,
     host: Option<Arc<dyn Any + Send + Sync>>,
+    session_refs: Arc<SessionRefRegistry>,
+    parent_run: Option<Uuid>,
+    outliving_refs: Mutex<BTreeMap<Uuid, RemoteRefDescriptor>>,
 }
 
 impl RunContext {
@@ -37,14 +44,66 @@ impl RunContext {
         workflow_name: impl Into<String>,
         host: Option<Arc<dyn Any + Send + Sync>>,
     ) -> Self {
+        Self::with_session_refs(node_id, workflow_name, host, Arc::default(), None)
+    }
+
+    /// A fresh run keeping its session refs in `session_refs`, on behalf of `parent_run`.
+    pub fn with_session_refs(
+        node_id: Arc<str>,
+        workflow_name: impl Into<String>,
+        host: Option<Arc<dyn Any + Send + Sync>>,
+        session_refs: Arc<SessionRefRegistry>,
+        parent_run: Option<Uuid>,
+    ) -> Self {
         Self(Arc::new(Inner {
             run_id: Uuid::new_v4(),
             node_id,
             workflow_name: workflow_name.into(),
             state: Mutex::new(HashMap::new()),
             cancelled: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
             host,
+            session_refs,
+            parent_run,
+            outliving_refs: Mutex::new(BTreeMap::new()),
         }))
+    }
+
+    /// Where this run's session refs live.
+    pub fn session_refs(&self) -> &Arc<SessionRefRegistry> {
+        &self.0.session_refs
+    }
+
+    /// The caller's parent run, when the request named one.
+    pub fn parent_run(&self) -> Option<Uuid> {
+        self.0.parent_run
+    }
+
+    /// Refs this run created that outlive it; known once the run finished.
+    pub fn outliving_refs(&self) -> BTreeMap<Uuid, RemoteRefDescriptor> {
+        self.0
+            .outliving_refs
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
+    /// Ends the run once: marks it cancelled for lingering sync steps and
+    /// settles its session refs (all of them are dropped when it `failed`).
+    pub(crate) fn finish(&self, failed: bool) {
+        if self.0.finished.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.cancel();
+        let outliving = self
+            .0
+            .session_refs
+            .finish_run(self.0.run_id, failed, &self.0.node_id);
+        *self
+            .0
+            .outliving_refs
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = outliving;
     }
 
     /// Unique id of this run.

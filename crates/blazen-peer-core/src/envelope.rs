@@ -310,6 +310,54 @@ impl From<String> for FailureKind {
     }
 }
 
+/// The caller's parent run (request extension tag 1): session refs created with
+/// `UntilParentFinish` are released when that parent finishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRun {
+    /// Id the caller chose for its parent run.
+    pub parent_run_id: Uuid,
+}
+
+impl Extension for ParentRun {
+    const TAG: u32 = 1;
+}
+
+/// One piece of a session ref streamed by `DerefSessionRefChunks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DerefChunk {
+    /// Payload version.
+    pub envelope_version: u32,
+    /// Size of the whole value.
+    pub total_len: u64,
+    /// Codec name of the value.
+    pub type_tag: String,
+    /// Where `bytes` starts in the value.
+    pub offset: u64,
+    /// This piece.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// Names a parent run (`FinishParentRun`, `RenewParentLease`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRunRequest {
+    /// Payload version.
+    pub envelope_version: u32,
+    /// The parent run.
+    pub parent_run_id: Uuid,
+}
+
+/// How many refs a parent-run call touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRunResponse {
+    /// Payload version.
+    pub envelope_version: u32,
+    /// Refs released (finish) or renewed (renew).
+    pub refs: u64,
+    /// The peer's lease, so the caller knows how often to renew.
+    pub lease_ms: u64,
+}
+
 /// Status details of NOT_FOUND for unknown steps or workflows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotFoundDetail {

@@ -38,6 +38,9 @@ pub enum PeerError {
     /// A session ref is not (or no longer) held by the peer.
     #[error("{0}")]
     RefNotFound(String),
+    /// A message is larger than the configured limit.
+    #[error("{0}")]
+    MessageTooLarge(String),
     /// A payload's version is newer than this build supports.
     #[error("envelope version {got} is newer than supported {supported}")]
     EnvelopeVersion {
@@ -74,6 +77,7 @@ impl PeerError {
             PeerError::UnknownStep { .. } => "UnknownStep",
             PeerError::UnknownWorkflow { .. } => "UnknownWorkflow",
             PeerError::RefNotFound(_) => "RefNotFound",
+            PeerError::MessageTooLarge(_) => "MessageTooLarge",
             PeerError::EnvelopeVersion { .. } => "EnvelopeVersion",
             PeerError::Encode(_) => "Encode",
             PeerError::Tls(_) => "Tls",
@@ -107,6 +111,7 @@ impl PeerError {
                 ..
             } => not_found(message, workflow_name, true, registered),
             PeerError::RefNotFound(_) => Status::not_found(message),
+            PeerError::MessageTooLarge(_) => Status::out_of_range(message),
             PeerError::EnvelopeVersion { .. } => Status::failed_precondition(message),
             PeerError::Encode(_) | PeerError::Validation(_) => Status::invalid_argument(message),
             PeerError::Authentication(_) => Status::unauthenticated(message),
@@ -151,6 +156,10 @@ impl PeerError {
             }
             Code::Unauthenticated => PeerError::Authentication(format!(
                 "peer {address} rejected the credentials: {message}"
+            )),
+            Code::OutOfRange => PeerError::MessageTooLarge(format!(
+                "peer {address} refused an oversized message: {message}; raise max_message_bytes \
+                 on both sides (PeerServer and PeerClient.connect), or pass large values as session refs"
             )),
             Code::DeadlineExceeded => PeerError::Timeout(format!(
                 "call to peer {address} passed its deadline: {message}"

@@ -21,11 +21,11 @@ pub mod pb {
     tonic::include_proto!("blazen.peer.v1");
 }
 
-pub use client::{ClientConfig, PeerClient};
+pub use client::{ChunkSink, ClientConfig, PeerClient, VecSink};
 pub use context::{RunContext, StateValue};
 pub use envelope::{Envelope, ENVELOPE_VERSION};
 pub use error::PeerError;
 pub use event::{Event, EventData, EventTypes, JsonEvent};
 pub use registry::{Step, StepFailure, StepHandler, StepRegistry};
 pub use server::{PeerService, RunningServer, ServerConfig};
-pub use session_refs::SessionRefRegistry;
+pub use session_refs::{RefInfo, RefLifetime, RefOwner, RefPayload, SessionRefRegistry};

@@ -20,9 +20,11 @@ pub async fn run_workflow(
     start: Event,
     deadline: Option<Duration>,
 ) -> Result<Event, Box<WorkflowFailure>> {
-    let _mark_done = CancelOnDrop(ctx.clone());
+    // However the run ends — even by this future being dropped — it is finished,
+    // and its refs settled, exactly once.
+    let guard = FinishOnDrop(ctx.clone());
     let run = drive(steps, &ctx, start);
-    match deadline {
+    let outcome = match deadline {
         None => run.await,
         Some(limit) => match tokio::time::timeout(limit, run).await {
             Ok(outcome) => outcome,
@@ -38,14 +40,16 @@ pub async fn run_workflow(
                 None,
             )),
         },
-    }
+    };
+    guard.0.finish(outcome.is_err());
+    outcome
 }
 
-struct CancelOnDrop(RunContext);
+struct FinishOnDrop(RunContext);
 
-impl Drop for CancelOnDrop {
+impl Drop for FinishOnDrop {
     fn drop(&mut self) {
-        self.0.cancel();
+        self.0.finish(true);
     }
 }
 

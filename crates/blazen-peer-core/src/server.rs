@@ -6,15 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
 use crate::context::RunContext;
 use crate::envelope::{
-    self, DerefRequest, DerefResponse, Envelope, ReleaseRequest, ReleaseResponse,
-    SubWorkflowRequest, SubWorkflowResponse, WorkflowFailure, ENVELOPE_VERSION,
+    self, DerefChunk, DerefRequest, DerefResponse, Envelope, ParentRun, ParentRunRequest,
+    ParentRunResponse, ReleaseRequest, ReleaseResponse, SubWorkflowRequest, SubWorkflowResponse,
+    WorkflowFailure, ENVELOPE_VERSION,
 };
 use crate::error::PeerError;
 use crate::event::Event;
@@ -23,6 +26,17 @@ use crate::pb::{PostcardRequest, PostcardResponse};
 use crate::registry::StepRegistry;
 use crate::runner::run_workflow;
 use crate::session_refs::SessionRefRegistry;
+
+/// Default bound on one gRPC message, both directions.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Size of the pieces `DerefSessionRefChunks` sends.
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+/// Pieces a deref stream may have queued ahead of the network.
+const CHUNKS_IN_FLIGHT: usize = 4;
+/// HTTP/2 flow-control windows: large enough that big values stream at memory speed.
+pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+/// Connection-wide HTTP/2 window.
+pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 
 /// Server settings; `Default` gives the documented defaults.
 #[derive(Clone)]
@@ -35,6 +49,8 @@ pub struct ServerConfig {
     pub session_refs: Arc<SessionRefRegistry>,
     /// Per-run data for the step host (for Python: its event loop).
     pub host: Option<Arc<dyn Any + Send + Sync>>,
+    /// Largest message accepted or sent.
+    pub max_message_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +60,7 @@ impl Default for ServerConfig {
             registry: StepRegistry::global().clone(),
             session_refs: Arc::new(SessionRefRegistry::default()),
             host: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -66,7 +83,12 @@ impl PeerService {
 
     /// Runs one request to completion; `Err` only for protocol-level refusals.
     pub async fn invoke(&self, payload: &[u8]) -> Result<Envelope<SubWorkflowResponse>, PeerError> {
-        let request = Envelope::<SubWorkflowRequest>::decode(payload)?.body;
+        let request = Envelope::<SubWorkflowRequest>::decode(payload)?;
+        let parent_run = request
+            .extensions
+            .get::<ParentRun>()
+            .map(|parent| parent.parent_run_id);
+        let request = request.body;
         serde_json::from_slice::<serde::de::IgnoredAny>(&request.input_json).map_err(|err| {
             PeerError::Encode(format!("input_json is not valid UTF-8 JSON: {err}"))
         })?;
@@ -75,10 +97,12 @@ impl PeerService {
             self.config
                 .registry
                 .resolve(&request.workflow_name, &request.step_ids, &node)?;
-        let ctx = RunContext::new(
+        let ctx = RunContext::with_session_refs(
             self.node_id.clone(),
             request.workflow_name,
             self.config.host.clone(),
+            self.config.session_refs.clone(),
+            parent_run,
         );
         let deadline = request
             .timeout_secs
@@ -110,6 +134,7 @@ impl PeerService {
             envelope_version: ENVELOPE_VERSION,
             ..Default::default()
         });
+        let outliving = ctx.outliving_refs();
         match result {
             Ok(result_json) => {
                 response.body.result_json = Some(result_json.into());
@@ -118,8 +143,13 @@ impl PeerService {
                     .into_iter()
                     .map(|(key, value)| (key, value.into()))
                     .collect();
+                response.body.remote_refs = outliving;
             }
             Err(failure) => {
+                // The caller of a failed run never learns these keys.
+                for key in outliving.keys() {
+                    self.config.session_refs.remove(key);
+                }
                 response.body.error = Some(failure.message.clone());
                 // Encoding a struct of strings into a Vec cannot fail.
                 let _ = response.extensions.insert(failure.as_ref());
@@ -127,14 +157,66 @@ impl PeerService {
         }
         response
     }
+
+    fn reply<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        body: Envelope<T>,
+        what: &str,
+    ) -> Result<Response<PostcardResponse>, Status> {
+        let postcard_payload = body.encode().map_err(|err| err.to_status())?;
+        if postcard_payload.len() > self.config.max_message_bytes {
+            return Err(PeerError::MessageTooLarge(format!(
+                "{what} of {} bytes exceeds max_message_bytes {} on peer `{}`; raise it on both \
+                 sides (PeerServer and PeerClient.connect), or return a session ref instead",
+                postcard_payload.len(),
+                self.config.max_message_bytes,
+                self.node_id
+            ))
+            .to_status());
+        }
+        Ok(Response::new(PostcardResponse { postcard_payload }))
+    }
+
+    fn find_ref(&self, payload: &[u8]) -> Result<(Uuid, crate::session_refs::SessionRef), Status> {
+        let key = Envelope::<DerefRequest>::decode(payload)
+            .map_err(|err| err.to_status())?
+            .body
+            .ref_uuid;
+        let entry = self.config.session_refs.get(&key).ok_or_else(|| {
+            PeerError::RefNotFound(format!(
+                "session ref {key} not found on node `{}` (released, expired, or never created here)",
+                self.node_id
+            ))
+            .to_status()
+        })?;
+        Ok((key, entry))
+    }
+
+    fn parent_run(payload: &[u8]) -> Result<Uuid, Status> {
+        Envelope::<ParentRunRequest>::decode(payload)
+            .map(|request| request.body.parent_run_id)
+            .map_err(|err| err.to_status())
+    }
+
+    fn parent_reply(&self, refs: usize) -> Result<Response<PostcardResponse>, Status> {
+        let lease_ms = self
+            .config
+            .session_refs
+            .lease()
+            .as_millis()
+            .min(u64::MAX as u128) as u64;
+        self.reply(
+            Envelope::new(ParentRunResponse {
+                envelope_version: ENVELOPE_VERSION,
+                refs: refs as u64,
+                lease_ms,
+            }),
+            "reply",
+        )
+    }
 }
 
-fn reply<T: serde::Serialize + serde::de::DeserializeOwned>(
-    body: Envelope<T>,
-) -> Result<Response<PostcardResponse>, Status> {
-    let postcard_payload = body.encode().map_err(|err| err.to_status())?;
-    Ok(Response::new(PostcardResponse { postcard_payload }))
-}
+type ItemStream = futures::stream::BoxStream<'static, Result<PostcardResponse, Status>>;
 
 #[tonic::async_trait]
 impl BlazenPeer for PeerService {
@@ -144,11 +226,10 @@ impl BlazenPeer for PeerService {
     ) -> Result<Response<PostcardResponse>, Status> {
         let payload = request.into_inner().postcard_payload;
         let response = self.invoke(&payload).await.map_err(|err| err.to_status())?;
-        reply(response)
+        self.reply(response, "the response")
     }
 
-    type StreamSubWorkflowEventsStream =
-        futures::stream::BoxStream<'static, Result<PostcardResponse, Status>>;
+    type StreamSubWorkflowEventsStream = ItemStream;
 
     async fn stream_sub_workflow_events(
         &self,
@@ -163,22 +244,57 @@ impl BlazenPeer for PeerService {
         &self,
         request: Request<PostcardRequest>,
     ) -> Result<Response<PostcardResponse>, Status> {
-        let payload = request.into_inner().postcard_payload;
-        let key = Envelope::<DerefRequest>::decode(&payload)
-            .map_err(|err| err.to_status())?
-            .body
-            .ref_uuid;
-        let entry = self.config.session_refs.get(&key).ok_or_else(|| {
-            PeerError::RefNotFound(format!(
-                "session ref {key} not found on node `{}` (released, expired, or never created here)",
-                self.node_id
+        let (key, entry) = self.find_ref(&request.into_inner().postcard_payload)?;
+        let size = entry.payload.bytes().len();
+        if size > self.config.max_message_bytes {
+            return Err(PeerError::MessageTooLarge(format!(
+                "session ref {key} holds {size} bytes, more than one message may carry \
+                 (max_message_bytes {}); fetch it with DerefSessionRefChunks",
+                self.config.max_message_bytes
             ))
-            .to_status()
-        })?;
-        reply(Envelope::new(DerefResponse {
+            .to_status());
+        }
+        let response = Envelope::new(DerefResponse {
             envelope_version: ENVELOPE_VERSION,
-            payload: entry.bytes.to_vec(),
-        }))
+            payload: entry.payload.bytes().to_vec(),
+        });
+        self.reply(response, &format!("session ref {key}"))
+    }
+
+    type DerefSessionRefChunksStream = ItemStream;
+
+    async fn deref_session_ref_chunks(
+        &self,
+        request: Request<PostcardRequest>,
+    ) -> Result<Response<Self::DerefSessionRefChunksStream>, Status> {
+        let (_, entry) = self.find_ref(&request.into_inner().postcard_payload)?;
+        // A bounded channel: the producer waits while the client is slow, so a
+        // value never sits in memory twice.
+        let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        tokio::spawn(async move {
+            let bytes = entry.payload.bytes();
+            let total_len = bytes.len() as u64;
+            let mut offset = 0;
+            loop {
+                let end = (offset + CHUNK_BYTES).min(bytes.len());
+                let chunk = Envelope::new(DerefChunk {
+                    envelope_version: ENVELOPE_VERSION,
+                    total_len,
+                    type_tag: entry.type_tag.clone(),
+                    offset: offset as u64,
+                    bytes: bytes[offset..end].to_vec(),
+                });
+                let item = chunk
+                    .encode()
+                    .map(|postcard_payload| PostcardResponse { postcard_payload })
+                    .map_err(|err| err.to_status());
+                if tx.send(item).await.is_err() || end == bytes.len() {
+                    break;
+                }
+                offset = end;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn release_session_ref(
@@ -190,10 +306,30 @@ impl BlazenPeer for PeerService {
             .map_err(|err| err.to_status())?
             .body
             .ref_uuid;
-        reply(Envelope::new(ReleaseResponse {
-            envelope_version: ENVELOPE_VERSION,
-            released: self.config.session_refs.remove(&key),
-        }))
+        let released = self.config.session_refs.remove(&key);
+        self.reply(
+            Envelope::new(ReleaseResponse {
+                envelope_version: ENVELOPE_VERSION,
+                released,
+            }),
+            "reply",
+        )
+    }
+
+    async fn finish_parent_run(
+        &self,
+        request: Request<PostcardRequest>,
+    ) -> Result<Response<PostcardResponse>, Status> {
+        let parent = Self::parent_run(&request.into_inner().postcard_payload)?;
+        self.parent_reply(self.config.session_refs.finish_parent(parent))
+    }
+
+    async fn renew_parent_lease(
+        &self,
+        request: Request<PostcardRequest>,
+    ) -> Result<Response<PostcardResponse>, Status> {
+        let parent = Self::parent_run(&request.into_inner().postcard_payload)?;
+        self.parent_reply(self.config.session_refs.renew_parent(parent))
     }
 }
 
@@ -202,6 +338,7 @@ pub struct RunningServer {
     local_addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    sweeper: JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -221,8 +358,15 @@ impl RunningServer {
         // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to small replies.
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let router =
-            tonic::transport::Server::builder().add_service(BlazenPeerServer::new(service));
+        let limit = service.config.max_message_bytes;
+        let sweeper = tokio::spawn(sweep_leases(service.config.session_refs.clone()));
+        let grpc = BlazenPeerServer::new(service)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+        let router = tonic::transport::Server::builder()
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .add_service(grpc);
         let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = shutdown_rx.await;
         }));
@@ -230,6 +374,7 @@ impl RunningServer {
             local_addr,
             shutdown: Some(shutdown_tx),
             task: Some(task),
+            sweeper,
         })
     }
 
@@ -240,6 +385,7 @@ impl RunningServer {
 
     /// Stops accepting, waits for in-flight calls, and returns once the server is down.
     pub async fn stop(&mut self) -> Result<(), PeerError> {
+        self.sweeper.abort();
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
@@ -260,8 +406,20 @@ impl RunningServer {
     }
 }
 
+/// Frees refs of parents that stopped renewing their lease.
+async fn sweep_leases(session_refs: Arc<SessionRefRegistry>) {
+    let period =
+        (session_refs.lease() / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let mut ticks = tokio::time::interval(period);
+    loop {
+        ticks.tick().await;
+        session_refs.sweep_expired();
+    }
+}
+
 impl Drop for RunningServer {
     fn drop(&mut self) {
+        self.sweeper.abort();
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }

@@ -1,65 +1,306 @@
 //! Values that stay on this peer and are fetched or released by key.
+//!
+//! Every ref records the run that created it, the parent run that asked for
+//! that run (if the caller said), and its lifetime:
+//! - `UntilContextDrop` refs die with their run, however it ends;
+//! - `UntilParentFinish` refs live until released, until their parent run
+//!   finishes, or until their lease runs out — a crashed parent stops renewing;
+//! - `UntilExplicitDrop` refs live until released.
 
-use std::collections::HashMap;
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
 use crate::envelope::RemoteRefDescriptor;
 
+/// Default lease of `UntilParentFinish` refs.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(300);
+
+/// When a session ref is purged automatically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RefLifetime {
+    /// Purged when the run that created it ends.
+    #[default]
+    UntilContextDrop,
+    /// Lives until released, its parent run finishes, or its lease expires.
+    UntilParentFinish,
+    /// Lives until released.
+    UntilExplicitDrop,
+}
+
+impl RefLifetime {
+    /// Upper-case name, as the Python enum spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RefLifetime::UntilContextDrop => "UNTIL_CONTEXT_DROP",
+            RefLifetime::UntilParentFinish => "UNTIL_PARENT_FINISH",
+            RefLifetime::UntilExplicitDrop => "UNTIL_EXPLICIT_DROP",
+        }
+    }
+
+    /// Whether refs of this lifetime outlive their run (and are listed in `remote_refs`).
+    pub fn outlives_run(self) -> bool {
+        self != RefLifetime::UntilContextDrop
+    }
+}
+
+/// The stored bytes of a ref; hosts keep their own objects behind it (zero-copy).
+pub trait RefPayload: Send + Sync + 'static {
+    /// The encoded value.
+    fn bytes(&self) -> &[u8];
+    /// Lets the host recover its own payload type.
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl RefPayload for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// Who a ref belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RefOwner {
+    /// The run that created the ref.
+    pub run: Option<Uuid>,
+    /// The caller's parent run, when the request named one.
+    pub parent: Option<Uuid>,
+}
+
 /// One stored value.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionRef {
-    /// Encoded value.
-    pub bytes: Arc<[u8]>,
+    /// The value.
+    pub payload: Arc<dyn RefPayload>,
     /// Codec name for the bytes.
     pub type_tag: String,
+    /// When it is purged.
+    pub lifetime: RefLifetime,
     /// Creation time on this node.
     pub created_at_epoch_ms: u64,
+    /// Creating run and parent.
+    pub owner: RefOwner,
+    lease_until: Option<Instant>,
+}
+
+/// What operators see of a live ref.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefInfo {
+    /// Key of the ref.
+    pub key: Uuid,
+    /// Codec name.
+    pub type_tag: String,
+    /// Size in bytes.
+    pub size: usize,
+    /// When it is purged.
+    pub lifetime: RefLifetime,
+    /// Creation time on this node.
+    pub created_at_epoch_ms: u64,
+    /// The run that created it.
+    pub owner_run: Option<Uuid>,
+    /// The caller's parent run.
+    pub parent_run: Option<Uuid>,
 }
 
 /// Session refs by key; shared between a server and in-process workflows.
-#[derive(Debug, Default)]
 pub struct SessionRefRegistry {
     refs: Mutex<HashMap<Uuid, SessionRef>>,
+    lease: Duration,
+}
+
+impl Default for SessionRefRegistry {
+    fn default() -> Self {
+        Self::with_lease(DEFAULT_LEASE)
+    }
+}
+
+impl std::fmt::Debug for SessionRefRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRefRegistry")
+            .field("len", &self.lock().len())
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+fn now_epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl SessionRefRegistry {
-    /// Stores `bytes` under a fresh key.
-    pub fn insert(&self, bytes: Arc<[u8]>, type_tag: impl Into<String>) -> Uuid {
+    /// A registry whose `UntilParentFinish` refs expire `lease` after their last renewal.
+    pub fn with_lease(lease: Duration) -> Self {
+        Self {
+            refs: Mutex::new(HashMap::new()),
+            lease,
+        }
+    }
+
+    /// The lease given to `UntilParentFinish` refs.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Stores a value under a fresh key.
+    pub fn insert(
+        &self,
+        payload: Arc<dyn RefPayload>,
+        type_tag: impl Into<String>,
+        lifetime: RefLifetime,
+        owner: RefOwner,
+    ) -> Uuid {
         let key = Uuid::new_v4();
-        let created_at_epoch_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|since| since.as_millis() as u64)
-            .unwrap_or(0);
+        let lease_until =
+            (lifetime == RefLifetime::UntilParentFinish).then(|| Instant::now() + self.lease);
         let entry = SessionRef {
-            bytes,
+            payload,
             type_tag: type_tag.into(),
-            created_at_epoch_ms,
+            lifetime,
+            created_at_epoch_ms: now_epoch_ms(),
+            owner,
+            lease_until,
         };
         self.lock().insert(key, entry);
         key
     }
 
-    /// The value under `key`.
+    /// Stores plain bytes with the default lifetime and no owner.
+    pub fn insert_bytes(&self, bytes: Vec<u8>, type_tag: impl Into<String>) -> Uuid {
+        self.insert(
+            Arc::new(bytes),
+            type_tag,
+            RefLifetime::UntilExplicitDrop,
+            RefOwner::default(),
+        )
+    }
+
+    /// The value under `key`; reading it renews its lease.
     pub fn get(&self, key: &Uuid) -> Option<SessionRef> {
-        self.lock().get(key).cloned()
+        let mut refs = self.lock();
+        let now = Instant::now();
+        let entry = refs.get_mut(key)?;
+        if entry.lease_until.is_some_and(|until| until <= now) {
+            let expired = refs.remove(key);
+            drop(refs);
+            drop(expired);
+            return None;
+        }
+        if entry.lease_until.is_some() {
+            entry.lease_until = Some(now + self.lease);
+        }
+        Some(entry.clone())
     }
 
     /// Drops the value; true when it was present.
     pub fn remove(&self, key: &Uuid) -> bool {
-        self.lock().remove(key).is_some()
+        let removed = self.lock().remove(key);
+        removed.is_some()
     }
 
     /// Number of live refs.
     pub fn len(&self) -> usize {
+        self.sweep_expired();
         self.lock().len()
     }
 
     /// True when no ref is alive.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.len() == 0
+    }
+
+    /// Bytes held by live refs.
+    pub fn total_bytes(&self) -> usize {
+        self.sweep_expired();
+        self.lock()
+            .values()
+            .map(|entry| entry.payload.bytes().len())
+            .sum()
+    }
+
+    /// Every live ref, oldest first.
+    pub fn list(&self) -> Vec<RefInfo> {
+        self.sweep_expired();
+        let mut infos: Vec<RefInfo> = self
+            .lock()
+            .iter()
+            .map(|(key, entry)| RefInfo {
+                key: *key,
+                type_tag: entry.type_tag.clone(),
+                size: entry.payload.bytes().len(),
+                lifetime: entry.lifetime,
+                created_at_epoch_ms: entry.created_at_epoch_ms,
+                owner_run: entry.owner.run,
+                parent_run: entry.owner.parent,
+            })
+            .collect();
+        infos.sort_by_key(|info| (info.created_at_epoch_ms, info.key));
+        infos
+    }
+
+    /// Ends `run`: drops its `UntilContextDrop` refs (all of its refs when `failed`,
+    /// since the caller of a failed run never learns their keys) and returns the
+    /// descriptors of the refs that outlive it.
+    pub fn finish_run(
+        &self,
+        run: Uuid,
+        failed: bool,
+        origin_node_id: &str,
+    ) -> BTreeMap<Uuid, RemoteRefDescriptor> {
+        let mut refs = self.lock();
+        let purged: Vec<SessionRef> = refs
+            .extract_if(|_, entry| {
+                entry.owner.run == Some(run) && (failed || !entry.lifetime.outlives_run())
+            })
+            .map(|(_, entry)| entry)
+            .collect();
+        let outliving = refs
+            .iter()
+            .filter(|(_, entry)| entry.owner.run == Some(run))
+            .map(|(key, entry)| {
+                let descriptor = RemoteRefDescriptor {
+                    origin_node_id: origin_node_id.to_owned(),
+                    type_tag: entry.type_tag.clone(),
+                    created_at_epoch_ms: entry.created_at_epoch_ms,
+                };
+                (*key, descriptor)
+            })
+            .collect();
+        drop(refs);
+        drop(purged);
+        outliving
+    }
+
+    /// Releases every `UntilParentFinish` ref of `parent`; returns how many.
+    pub fn finish_parent(&self, parent: Uuid) -> usize {
+        self.purge(|entry| {
+            entry.owner.parent == Some(parent) && entry.lifetime == RefLifetime::UntilParentFinish
+        })
+    }
+
+    /// Renews the lease of every ref of `parent`; returns how many.
+    pub fn renew_parent(&self, parent: Uuid) -> usize {
+        let until = Instant::now() + self.lease;
+        self.lock()
+            .values_mut()
+            .filter(|entry| entry.owner.parent == Some(parent) && entry.lease_until.is_some())
+            .map(|entry| entry.lease_until = Some(until))
+            .count()
+    }
+
+    /// Drops refs whose lease ran out; returns how many.
+    pub fn sweep_expired(&self) -> usize {
+        let now = Instant::now();
+        self.purge(|entry| entry.lease_until.is_some_and(|until| until <= now))
     }
 
     /// The wire descriptor of the ref under `key`.
@@ -71,6 +312,18 @@ impl SessionRefRegistry {
         })
     }
 
+    /// Removes matching refs. Their payloads are dropped after the lock is
+    /// released: a host payload may need the GIL to drop, and a thread holding
+    /// the GIL may be waiting for this lock.
+    fn purge(&self, matches: impl Fn(&SessionRef) -> bool) -> usize {
+        let purged: Vec<SessionRef> = self
+            .lock()
+            .extract_if(|_, entry| matches(entry))
+            .map(|(_, entry)| entry)
+            .collect();
+        purged.len()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, SessionRef>> {
         // Each operation is one map call, so a poisoned lock holds a valid map.
         self.refs
@@ -78,3 +331,6 @@ impl SessionRefRegistry {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests;

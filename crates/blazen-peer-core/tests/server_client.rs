@@ -630,7 +630,7 @@ async fn shared_session_ref_derefs_then_releases_once() {
     let client = harness.client().await;
     let key = harness
         .refs
-        .insert(Arc::from(&b"payload \x00\xff bytes"[..]), "bytes");
+        .insert_bytes(b"payload \x00\xff bytes".to_vec(), "bytes");
     assert_eq!(harness.refs.len(), 1);
     let descriptor = harness.refs.descriptor(&key, "node-b").unwrap();
     assert_eq!(descriptor.origin_node_id, "node-b");

@@ -9,7 +9,6 @@ use std::future::Future;
 
 use blazen_peer_core::{Event, PeerError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
 use tokio::task::AbortHandle;
 
 use crate::errors::{to_py, IntoPyResult};
@@ -28,26 +27,17 @@ impl ToPython for () {
     }
 }
 
-impl ToPython for bool {
-    fn to_python(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-        Ok(pyo3::types::PyBool::new(py, self).to_owned().into_any())
-    }
+macro_rules! plain_to_python {
+    ($($ty:ty),*) => {$(
+        impl ToPython for $ty {
+            fn to_python(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+                Ok(self.into_pyobject(py)?.to_owned().into_any())
+            }
+        }
+    )*};
 }
 
-impl ToPython for String {
-    fn to_python(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-        Ok(self.into_pyobject(py)?.into_any())
-    }
-}
-
-/// Bytes handed over as `bytes`, not a list of ints.
-pub struct Bytes(pub Vec<u8>);
-
-impl ToPython for Bytes {
-    fn to_python(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-        Ok(PyBytes::new(py, &self.0).into_any())
-    }
-}
+plain_to_python!(bool, u64, f64, String);
 
 /// The Python object inside an event that a Python step emitted.
 pub struct PyEventObject(pub Event);

@@ -5,15 +5,19 @@ use std::future::Future;
 use std::sync::RwLock;
 use std::time::Duration;
 
-use blazen_peer_core::envelope::{self, FailureKind, SubWorkflowResponse, WorkflowFailure};
+use blazen_peer_core::envelope::{
+    self, FailureKind, ParentRun, SubWorkflowRequest, SubWorkflowResponse, WorkflowFailure,
+};
+use blazen_peer_core::server::DEFAULT_MAX_MESSAGE_BYTES;
 use blazen_peer_core::{ClientConfig, Envelope, PeerClient, PeerError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use uuid::Uuid;
 
-use crate::awaitable::{self, Bytes, Class};
+use crate::awaitable::{self, Class};
 use crate::errors::{to_py, IntoPyResult};
+use crate::refs::{parse_key, BytesSink, Fetched};
 use crate::runtime;
+use crate::server::positive_size;
 
 /// A connected client; calls share one HTTP/2 channel.
 #[pyclass(frozen, name = "PeerClient", module = "blazen_peer._native")]
@@ -23,7 +27,7 @@ pub struct PeerClientRef {
     address: String,
 }
 
-fn config(connect_timeout_secs: f64) -> Result<ClientConfig, PeerError> {
+fn config(connect_timeout_secs: f64, max_message_bytes: usize) -> PyResult<ClientConfig> {
     let connect_timeout = Duration::try_from_secs_f64(connect_timeout_secs)
         .ok()
         .filter(|timeout| !timeout.is_zero())
@@ -31,9 +35,11 @@ fn config(connect_timeout_secs: f64) -> Result<ClientConfig, PeerError> {
             PeerError::Validation(format!(
                 "connect_timeout_secs must be a positive number of seconds, got {connect_timeout_secs}"
             ))
-        })?;
+        })
+        .py_err()?;
     Ok(ClientConfig {
         connect_timeout,
+        max_message_bytes: positive_size(max_message_bytes)?,
         ..ClientConfig::default()
     })
 }
@@ -59,13 +65,15 @@ fn block_on<T: Send>(
 impl PeerClientRef {
     /// Connects to `address`; the awaitable fails fast when nothing listens.
     #[staticmethod]
+    #[pyo3(signature = (address, node_id, connect_timeout_secs, max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES))]
     fn connect(
         py: Python<'_>,
         address: String,
         node_id: String,
         connect_timeout_secs: f64,
+        max_message_bytes: usize,
     ) -> PyResult<Bound<'_, PyAny>> {
-        let config = config(connect_timeout_secs).py_err()?;
+        let config = config(connect_timeout_secs, max_message_bytes)?;
         awaitable::spawn(py, async move {
             let client = PeerClient::connect(&address, &node_id, config).await?;
             Ok(Class(wrap(client)))
@@ -74,13 +82,15 @@ impl PeerClientRef {
 
     /// Blocking form of `connect`.
     #[staticmethod]
+    #[pyo3(signature = (address, node_id, connect_timeout_secs, max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES))]
     fn connect_blocking(
         py: Python<'_>,
         address: String,
         node_id: String,
         connect_timeout_secs: f64,
+        max_message_bytes: usize,
     ) -> PyResult<Self> {
-        let config = config(connect_timeout_secs).py_err()?;
+        let config = config(connect_timeout_secs, max_message_bytes)?;
         let client = block_on(py, async move {
             PeerClient::connect(&address, &node_id, config).await
         })?;
@@ -116,7 +126,7 @@ impl PeerClientRef {
     }
 
     /// Runs a sub-workflow; resolves to a `SubWorkflowResponse`.
-    #[pyo3(signature = (workflow_name, step_ids, input_json, timeout_secs=None))]
+    #[pyo3(signature = (workflow_name, step_ids, input_json, timeout_secs=None, parent_run=None))]
     fn invoke<'py>(
         &self,
         py: Python<'py>,
@@ -124,9 +134,16 @@ impl PeerClientRef {
         step_ids: Vec<String>,
         input_json: Vec<u8>,
         timeout_secs: Option<u64>,
+        parent_run: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
-        let request = envelope::request(workflow_name, step_ids, input_json, timeout_secs);
+        let request = build_request(
+            workflow_name,
+            step_ids,
+            input_json,
+            timeout_secs,
+            parent_run,
+        )?;
         awaitable::spawn(py, async move {
             client
                 .invoke(&request)
@@ -136,7 +153,7 @@ impl PeerClientRef {
     }
 
     /// Blocking form of `invoke`.
-    #[pyo3(signature = (workflow_name, step_ids, input_json, timeout_secs=None))]
+    #[pyo3(signature = (workflow_name, step_ids, input_json, timeout_secs=None, parent_run=None))]
     fn invoke_blocking(
         &self,
         py: Python<'_>,
@@ -144,19 +161,30 @@ impl PeerClientRef {
         step_ids: Vec<String>,
         input_json: Vec<u8>,
         timeout_secs: Option<u64>,
+        parent_run: Option<&str>,
     ) -> PyResult<ResponseRef> {
         let client = self.client()?;
-        let request = envelope::request(workflow_name, step_ids, input_json, timeout_secs);
+        let request = build_request(
+            workflow_name,
+            step_ids,
+            input_json,
+            timeout_secs,
+            parent_run,
+        )?;
         block_on(py, async move {
             client.invoke(&request).await.map(ResponseRef::from)
         })
     }
 
-    /// Fetches a session ref's bytes.
-    fn deref<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyAny>> {
+    /// Fetches a session ref of any size; resolves to `(type_tag, bytes)`.
+    fn fetch<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
         let key = parse_key(key)?;
-        awaitable::spawn(py, async move { client.deref(key).await.map(Bytes) })
+        awaitable::spawn(py, async move {
+            let mut sink = BytesSink::default();
+            client.deref_into(key, &mut sink).await?;
+            Ok(Fetched(sink))
+        })
     }
 
     /// Releases a session ref; resolves to False when it was already gone.
@@ -165,6 +193,40 @@ impl PeerClientRef {
         let key = parse_key(key)?;
         awaitable::spawn(py, async move { client.release(key).await })
     }
+
+    /// Releases the `UNTIL_PARENT_FINISH` refs of a parent run; resolves to how many.
+    fn finish_parent<'py>(&self, py: Python<'py>, parent_run: &str) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client()?;
+        let parent = parse_key(parent_run)?;
+        awaitable::spawn(py, async move { client.finish_parent(parent).await })
+    }
+
+    /// Renews a parent run's lease; resolves to the peer's lease in seconds.
+    fn renew_parent<'py>(&self, py: Python<'py>, parent_run: &str) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client()?;
+        let parent = parse_key(parent_run)?;
+        awaitable::spawn(py, async move {
+            let (_, lease) = client.renew_parent(parent).await?;
+            Ok(lease.as_secs_f64())
+        })
+    }
+}
+
+fn build_request(
+    workflow_name: String,
+    step_ids: Vec<String>,
+    input_json: Vec<u8>,
+    timeout_secs: Option<u64>,
+    parent_run: Option<&str>,
+) -> PyResult<Envelope<SubWorkflowRequest>> {
+    let mut request = envelope::request(workflow_name, step_ids, input_json, timeout_secs);
+    if let Some(parent) = parent_run {
+        let parent = ParentRun {
+            parent_run_id: parse_key(parent)?,
+        };
+        request.extensions.insert(&parent).py_err()?;
+    }
+    Ok(request)
 }
 
 impl PeerClientRef {
@@ -181,14 +243,6 @@ impl PeerClientRef {
             )))
         })
     }
-}
-
-fn parse_key(key: &str) -> PyResult<Uuid> {
-    Uuid::parse_str(key)
-        .map_err(|err| {
-            PeerError::Validation(format!("`{key}` is not a session ref key (a UUID): {err}"))
-        })
-        .py_err()
 }
 
 /// A decoded `SubWorkflowResponse`; JSON stays as bytes for Python to parse.

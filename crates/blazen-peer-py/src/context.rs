@@ -1,8 +1,10 @@
 //! `Context` state and identity, held by the core run.
 
-use blazen_peer_core::{RunContext, StateValue};
+use blazen_peer_core::{RefOwner, RunContext, StateValue};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+
+use crate::refs;
 
 /// Native half of `blazen_peer.Context`.
 #[pyclass(frozen, name = "RunContext", module = "blazen_peer._native")]
@@ -55,6 +57,38 @@ impl RunContextRef {
                 .downcast_ref::<Py<PyAny>>()
                 .map(|obj| obj.bind(py).clone()),
         }
+    }
+
+    /// Stores a session ref owned by this run; returns its key.
+    fn insert_ref(
+        &self,
+        value: Py<PyAny>,
+        payload: &Bound<'_, PyAny>,
+        type_tag: String,
+        lifetime: &str,
+    ) -> PyResult<String> {
+        let owner = RefOwner {
+            run: Some(self.ctx.run_id()),
+            parent: self.ctx.parent_run(),
+        };
+        refs::insert(
+            self.ctx.session_refs(),
+            value,
+            payload,
+            type_tag,
+            lifetime,
+            owner,
+        )
+    }
+
+    /// The session ref value under `key`, or None.
+    fn get_ref<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        refs::get(py, self.ctx.session_refs(), key)
+    }
+
+    /// Drops a session ref; True when it was there.
+    fn remove_ref(&self, key: &str) -> PyResult<bool> {
+        Ok(self.ctx.session_refs().remove(&refs::parse_key(key)?))
     }
 
     /// Every exported key with its JSON text.

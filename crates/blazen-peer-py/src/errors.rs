@@ -72,6 +72,7 @@ fn build<'py>(py: Python<'py>, err: &PeerError) -> PyResult<Bound<'py, PyAny>> {
         }
         PeerError::Encode(_)
         | PeerError::RefNotFound(_)
+        | PeerError::MessageTooLarge(_)
         | PeerError::Tls(_)
         | PeerError::Authentication(_)
         | PeerError::Timeout(_)

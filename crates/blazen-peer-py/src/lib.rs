@@ -9,6 +9,7 @@ mod context;
 mod errors;
 mod events;
 mod gil;
+mod refs;
 mod runtime;
 mod server;
 mod steps;
@@ -26,6 +27,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<client::PeerClientRef>()?;
     module.add_class::<client::ResponseRef>()?;
     module.add_class::<workflow::LocalRunRef>()?;
+    module.add_class::<refs::SessionRefRegistryRef>()?;
     module.add_class::<awaitable::AbortOnCancel>()?;
     module.add_function(wrap_pyfunction!(gil::close_python_gate, module)?)?;
     module.add_function(wrap_pyfunction!(steps::register_step, module)?)?;

@@ -4,11 +4,13 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use blazen_peer_core::server::DEFAULT_MAX_MESSAGE_BYTES;
 use blazen_peer_core::{PeerError, PeerService, RunningServer, ServerConfig, SessionRefRegistry};
 use pyo3::prelude::*;
 
 use crate::awaitable;
 use crate::errors::IntoPyResult;
+use crate::refs::SessionRefRegistryRef;
 use crate::runtime;
 use crate::steps::PyHost;
 
@@ -25,7 +27,19 @@ pub struct PeerServerRef {
     node_id: String,
     default_timeout: Duration,
     session_refs: Arc<SessionRefRegistry>,
+    max_message_bytes: usize,
     state: Arc<Mutex<ServerState>>,
+}
+
+/// Rejects a zero message limit, which would refuse every call.
+pub fn positive_size(max_message_bytes: usize) -> PyResult<usize> {
+    if max_message_bytes == 0 {
+        return Err(PeerError::Validation(
+            "max_message_bytes must be positive".into(),
+        ))
+        .py_err();
+    }
+    Ok(max_message_bytes)
 }
 
 fn lock(state: &Mutex<ServerState>) -> std::sync::MutexGuard<'_, ServerState> {
@@ -35,8 +49,13 @@ fn lock(state: &Mutex<ServerState>) -> std::sync::MutexGuard<'_, ServerState> {
 #[pymethods]
 impl PeerServerRef {
     #[new]
-    #[pyo3(signature = (node_id, default_timeout_secs=300.0))]
-    fn new(node_id: String, default_timeout_secs: f64) -> PyResult<Self> {
+    #[pyo3(signature = (node_id, default_timeout_secs=300.0, session_refs=None, max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES))]
+    fn new(
+        node_id: String,
+        default_timeout_secs: f64,
+        session_refs: Option<PyRef<'_, SessionRefRegistryRef>>,
+        max_message_bytes: usize,
+    ) -> PyResult<Self> {
         if node_id.is_empty() {
             return Err(PeerError::Validation("node_id cannot be empty".into())).py_err();
         }
@@ -52,7 +71,10 @@ impl PeerServerRef {
         Ok(Self {
             node_id,
             default_timeout,
-            session_refs: Arc::new(SessionRefRegistry::default()),
+            session_refs: session_refs
+                .map(|refs| refs.registry.clone())
+                .unwrap_or_default(),
+            max_message_bytes: positive_size(max_message_bytes)?,
             state: Arc::new(Mutex::new(ServerState::Idle)),
         })
     }
@@ -95,6 +117,7 @@ impl PeerServerRef {
         let config = ServerConfig {
             default_timeout: self.default_timeout,
             session_refs: self.session_refs.clone(),
+            max_message_bytes: self.max_message_bytes,
             host: Some(Arc::new(PyHost { event_loop })),
             ..ServerConfig::default()
         };
@@ -124,6 +147,14 @@ impl PeerServerRef {
             }
             Ok(())
         })
+    }
+
+    /// The registry this server's runs keep session refs in.
+    #[getter]
+    fn session_refs(&self) -> SessionRefRegistryRef {
+        SessionRefRegistryRef {
+            registry: self.session_refs.clone(),
+        }
     }
 
     /// True between a successful `start` and `stop`.

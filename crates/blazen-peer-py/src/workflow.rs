@@ -11,6 +11,7 @@ use crate::awaitable::{self, PyEventObject};
 use crate::context::RunContextRef;
 use crate::errors::IntoPyResult;
 use crate::events::{EventTypesRef, PyEvent};
+use crate::refs::SessionRefRegistryRef;
 use crate::steps::PyHost;
 
 /// Node id reported by in-process runs.
@@ -27,13 +28,27 @@ pub struct LocalRunRef {
 impl LocalRunRef {
     /// Resolves `step_ids` now, so an unknown step fails before the run starts.
     #[new]
-    fn new(workflow_name: String, step_ids: Vec<String>, event_loop: Py<PyAny>) -> PyResult<Self> {
+    #[pyo3(signature = (workflow_name, step_ids, event_loop, session_refs=None))]
+    fn new(
+        workflow_name: String,
+        step_ids: Vec<String>,
+        event_loop: Py<PyAny>,
+        session_refs: Option<PyRef<'_, SessionRefRegistryRef>>,
+    ) -> PyResult<Self> {
         let steps = StepRegistry::global()
             .resolve(&workflow_name, &step_ids, "this process")
             .py_err()?;
         let host: Arc<dyn std::any::Any + Send + Sync> = Arc::new(PyHost { event_loop });
         Ok(Self {
-            ctx: RunContext::new(LOCAL_NODE.into(), workflow_name, Some(host)),
+            ctx: RunContext::with_session_refs(
+                LOCAL_NODE.into(),
+                workflow_name,
+                Some(host),
+                session_refs
+                    .map(|refs| refs.registry.clone())
+                    .unwrap_or_default(),
+                None,
+            ),
             steps,
         })
     }

@@ -1,0 +1,307 @@
+//! Session refs from Python: the registry, values kept without a copy, and the
+//! sink that streams a remote value straight into a `bytes` object.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use blazen_peer_core::{
+    ChunkSink, PeerError, RefLifetime, RefOwner, RefPayload, SessionRefRegistry,
+};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use uuid::Uuid;
+
+use crate::awaitable::ToPython;
+use crate::errors::IntoPyResult;
+use crate::gil;
+
+/// A Python value and a contiguous buffer view of its bytes.
+///
+/// The view pins the exporting object, so its memory stays valid and can be
+/// read from runtime threads without the GIL. Releasing it needs the GIL.
+pub struct PyRefPayload {
+    value: Py<PyAny>,
+    view: Box<ffi::Py_buffer>,
+}
+
+// SAFETY: the view is only read (bytes) or released under the GIL (drop); the
+// memory it points to is kept alive by the view's own reference.
+unsafe impl Send for PyRefPayload {}
+unsafe impl Sync for PyRefPayload {}
+
+impl PyRefPayload {
+    /// Views `payload` (anything with the buffer protocol, C-contiguous).
+    fn new(value: Py<PyAny>, payload: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let mut view = Box::new(ffi::Py_buffer::new());
+        // SAFETY: `view` is a valid, writable Py_buffer; on success it holds a
+        // reference to the exporter until PyBuffer_Release.
+        let status =
+            unsafe { ffi::PyObject_GetBuffer(payload.as_ptr(), &mut *view, ffi::PyBUF_SIMPLE) };
+        if status != 0 {
+            return Err(PyErr::fetch(payload.py()));
+        }
+        Ok(Self { value, view })
+    }
+
+    /// The Python value this payload was inserted as.
+    pub fn value(&self) -> &Py<PyAny> {
+        &self.value
+    }
+}
+
+impl RefPayload for PyRefPayload {
+    fn bytes(&self) -> &[u8] {
+        if self.view.buf.is_null() || self.view.len <= 0 {
+            return &[];
+        }
+        // SAFETY: PyBUF_SIMPLE gives `len` contiguous bytes at `buf`, valid until release.
+        unsafe { std::slice::from_raw_parts(self.view.buf as *const u8, self.view.len as usize) }
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl Drop for PyRefPayload {
+    fn drop(&mut self) {
+        let view = &mut *self.view;
+        // Past interpreter shutdown the exporter is gone with the process; leaking is right.
+        gil::with_python(|_| unsafe { ffi::PyBuffer_Release(view) });
+    }
+}
+
+pub fn parse_lifetime(name: &str) -> PyResult<RefLifetime> {
+    match name {
+        "UNTIL_CONTEXT_DROP" => Ok(RefLifetime::UntilContextDrop),
+        "UNTIL_PARENT_FINISH" => Ok(RefLifetime::UntilParentFinish),
+        "UNTIL_EXPLICIT_DROP" => Ok(RefLifetime::UntilExplicitDrop),
+        other => Err(PeerError::Validation(format!(
+            "unknown ref lifetime `{other}`; use RefLifetime.UNTIL_CONTEXT_DROP, \
+             UNTIL_PARENT_FINISH or UNTIL_EXPLICIT_DROP"
+        )))
+        .py_err(),
+    }
+}
+
+pub fn parse_key(key: &str) -> PyResult<Uuid> {
+    Uuid::parse_str(key)
+        .map_err(|err| {
+            PeerError::Validation(format!("`{key}` is not a session ref key (a UUID): {err}"))
+        })
+        .py_err()
+}
+
+/// Stores `value` (viewed through `payload`) and returns its key.
+pub fn insert(
+    registry: &SessionRefRegistry,
+    value: Py<PyAny>,
+    payload: &Bound<'_, PyAny>,
+    type_tag: String,
+    lifetime: &str,
+    owner: RefOwner,
+) -> PyResult<String> {
+    let lifetime = parse_lifetime(lifetime)?;
+    let payload = PyRefPayload::new(value, payload)?;
+    Ok(registry
+        .insert(Arc::new(payload), type_tag, lifetime, owner)
+        .to_string())
+}
+
+/// The Python value under `key`, or its bytes when it came from elsewhere.
+pub fn get<'py>(
+    py: Python<'py>,
+    registry: &SessionRefRegistry,
+    key: &str,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let key = parse_key(key)?;
+    Ok(registry.get(&key).map(|entry| {
+        match entry.payload.as_any().downcast_ref::<PyRefPayload>() {
+            Some(payload) => payload.value().bind(py).clone(),
+            None => pyo3::types::PyBytes::new(py, entry.payload.bytes()).into_any(),
+        }
+    }))
+}
+
+/// Session refs held by this process; share one between a server and local runs.
+#[pyclass(frozen, name = "SessionRefRegistry", module = "blazen_peer._native")]
+pub struct SessionRefRegistryRef {
+    pub registry: Arc<SessionRefRegistry>,
+}
+
+#[pymethods]
+impl SessionRefRegistryRef {
+    #[new]
+    #[pyo3(signature = (lease_secs=300.0))]
+    fn new(lease_secs: f64) -> PyResult<Self> {
+        let lease = std::time::Duration::try_from_secs_f64(lease_secs)
+            .ok()
+            .filter(|lease| !lease.is_zero())
+            .ok_or_else(|| {
+                PeerError::Validation(format!(
+                    "lease_secs must be a positive number of seconds, got {lease_secs}"
+                ))
+            })
+            .py_err()?;
+        Ok(Self {
+            registry: Arc::new(SessionRefRegistry::with_lease(lease)),
+        })
+    }
+
+    fn __len__(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// Bytes held by live refs.
+    #[getter]
+    fn total_bytes(&self) -> usize {
+        self.registry.total_bytes()
+    }
+
+    /// Lease of `UNTIL_PARENT_FINISH` refs, in seconds.
+    #[getter]
+    fn lease_secs(&self) -> f64 {
+        self.registry.lease().as_secs_f64()
+    }
+
+    /// `[(key, type_tag, size, lifetime, created_at_epoch_ms, owner_run, parent_run), ...]`.
+    #[allow(clippy::type_complexity)]
+    fn list(
+        &self,
+    ) -> Vec<(
+        String,
+        String,
+        usize,
+        &'static str,
+        u64,
+        Option<String>,
+        Option<String>,
+    )> {
+        self.registry
+            .list()
+            .into_iter()
+            .map(|info| {
+                (
+                    info.key.to_string(),
+                    info.type_tag,
+                    info.size,
+                    info.lifetime.name(),
+                    info.created_at_epoch_ms,
+                    info.owner_run.map(|run| run.to_string()),
+                    info.parent_run.map(|run| run.to_string()),
+                )
+            })
+            .collect()
+    }
+
+    /// Stores a value with no owning run (it lives until removed, or per `lifetime`).
+    fn insert(
+        &self,
+        value: Py<PyAny>,
+        payload: &Bound<'_, PyAny>,
+        type_tag: String,
+        lifetime: &str,
+    ) -> PyResult<String> {
+        insert(
+            &self.registry,
+            value,
+            payload,
+            type_tag,
+            lifetime,
+            RefOwner::default(),
+        )
+    }
+
+    /// The value under `key`, or None.
+    fn get<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        get(py, &self.registry, key)
+    }
+
+    /// Drops the value under `key`; True when it was there.
+    fn remove(&self, key: &str) -> PyResult<bool> {
+        Ok(self.registry.remove(&parse_key(key)?))
+    }
+}
+
+/// Streams a remote value into a `bytes` object allocated once at its final size.
+#[derive(Default)]
+pub struct BytesSink {
+    bytes: Option<Py<PyAny>>,
+    // Address of the bytes object's buffer; see `write`.
+    data: usize,
+    len: usize,
+    pub type_tag: String,
+}
+
+impl ChunkSink for BytesSink {
+    fn begin(&mut self, total_len: u64, type_tag: &str) -> Result<(), PeerError> {
+        let len = isize::try_from(total_len).map_err(|_| {
+            PeerError::Encode(format!(
+                "a value of {total_len} bytes does not fit in memory here"
+            ))
+        })?;
+        let allocated = gil::with_python(|py| {
+            // SAFETY: a NULL source asks CPython for an uninitialised bytes object
+            // of `len` bytes, which we fill before anyone else can see it.
+            let raw = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), len) };
+            if raw.is_null() {
+                return Err(PeerError::Encode(format!(
+                    "cannot allocate {total_len} bytes for a session ref: {}",
+                    PyErr::fetch(py)
+                )));
+            }
+            // SAFETY: `raw` is a new, owned reference to a bytes object.
+            let bytes = unsafe { Bound::from_owned_ptr(py, raw) };
+            let data = unsafe { ffi::PyBytes_AsString(raw) } as usize;
+            Ok((bytes.unbind(), data))
+        })
+        .unwrap_or_else(|| {
+            Err(PeerError::Validation(
+                "the Python interpreter is shutting down".into(),
+            ))
+        })?;
+        self.bytes = Some(allocated.0);
+        self.data = allocated.1;
+        self.len = len as usize;
+        self.type_tag = type_tag.to_owned();
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u64, bytes: &[u8]) -> Result<(), PeerError> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        if self.bytes.is_none()
+            || start
+                .checked_add(bytes.len())
+                .is_none_or(|end| end > self.len)
+        {
+            return Err(PeerError::Encode(format!(
+                "a piece at {offset} of {} bytes falls outside the announced {} bytes",
+                bytes.len(),
+                self.len
+            )));
+        }
+        // SAFETY: the destination lies inside the bytes object's buffer (checked
+        // above), which we own and which no Python code has seen yet.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                (self.data as *mut u8).add(start),
+                bytes.len(),
+            )
+        };
+        Ok(())
+    }
+}
+
+/// `(type_tag, bytes)` of a fetched value.
+pub struct Fetched(pub BytesSink);
+
+impl ToPython for Fetched {
+    fn to_python(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+        let bytes = match self.0.bytes {
+            Some(bytes) => bytes.into_bound(py),
+            None => pyo3::types::PyBytes::new(py, b"").into_any(),
+        };
+        Ok((self.0.type_tag, bytes).into_pyobject(py)?.into_any())
+    }
+}

@@ -1,0 +1,292 @@
+"""Session refs: values that stay on the peer that made them.
+
+A step stores a value with ``await ctx.session_refs.insert(value, lifetime=...)``
+and hands out its key; a caller on another machine fetches the bytes lazily
+with ``client.deref_session_ref(key)`` / ``client.fetch_session_ref(key)`` and
+frees them with ``client.release_session_ref(key)``.
+
+Values are encoded by type tag: ``bytes`` for anything with the buffer protocol
+(kept without a copy when C-contiguous), ``json`` for JSON values, and any
+other tag through a codec registered on both sides with
+:func:`register_ref_codec`. Nothing is ever unpickled unless you register a
+pickle codec yourself: a peer must never run a stranger's pickle.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import _native
+from .errors import EncodeError, ValidationError
+
+__all__ = [
+    "RefInfo",
+    "RefLifetime",
+    "SessionRefRegistry",
+    "SessionRefs",
+    "decode_ref_value",
+    "register_ref_codec",
+]
+
+
+class RefLifetime(enum.Enum):
+    """When a session ref is purged automatically."""
+
+    UNTIL_CONTEXT_DROP = "UNTIL_CONTEXT_DROP"
+    """Purged when the run that made it ends, however it ends (the default)."""
+    UNTIL_PARENT_FINISH = "UNTIL_PARENT_FINISH"
+    """Lives until released, until the caller's parent run finishes, or until its lease runs out."""
+    UNTIL_EXPLICIT_DROP = "UNTIL_EXPLICIT_DROP"
+    """Lives until released."""
+
+
+@dataclass(frozen=True)
+class _Codec:
+    type_tag: str
+    encode: Callable[[Any], Any]
+    decode: Callable[[bytes], Any]
+    type: type | None
+
+
+_BUILTIN_TAGS = frozenset({"bytes", "json"})
+_CODECS_BY_TAG: dict[str, _Codec] = {}
+_CODECS_BY_TYPE: dict[type, _Codec] = {}
+
+
+def register_ref_codec(
+    type_tag: str,
+    encode: Callable[[Any], Any],
+    decode: Callable[[bytes], Any],
+    *,
+    type: type | None = None,
+) -> None:
+    """Registers how values tagged ``type_tag`` become bytes and back.
+
+    ``encode`` returns a bytes-like object; ``decode`` takes ``bytes``. With
+    ``type=``, inserting an instance of that type (or a subclass) uses this
+    codec without naming the tag. Register the same codec on both sides.
+    """
+    if not type_tag or type_tag in _BUILTIN_TAGS:
+        raise ValidationError(
+            f"type tag {type_tag!r} is reserved or empty; pick another (e.g. 'numpy.ndarray')"
+        )
+    codec = _Codec(type_tag, encode, decode, type)
+    _CODECS_BY_TAG[type_tag] = codec
+    if type is not None:
+        _CODECS_BY_TYPE[type] = codec
+
+
+def _codec_for_type(cls: type) -> _Codec | None:
+    for base in cls.__mro__:
+        codec = _CODECS_BY_TYPE.get(base)
+        if codec is not None:
+            return codec
+    return None
+
+
+def _as_json(value: Any) -> bytes:
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise EncodeError(f"the value is not JSON for the 'json' ref type: {exc}") from exc
+    return text.encode()
+
+
+def _as_buffer(value: Any) -> Any:
+    view = memoryview(value)
+    return value if view.c_contiguous else view.tobytes()
+
+
+def _run_codec(codec: _Codec, value: Any) -> Any:
+    try:
+        encoded = codec.encode(value)
+        memoryview(encoded)
+    except Exception as exc:
+        raise EncodeError(
+            f"the codec for type tag {codec.type_tag!r} failed to encode a "
+            f"{type(value).__name__}: {exc}"
+        ) from exc
+    return encoded
+
+
+def encode_ref_value(value: Any, type_tag: str | None = None) -> tuple[Any, str]:
+    """The bytes-like payload and type tag a value is stored as."""
+    if type_tag is None:
+        codec = _codec_for_type(type(value))
+        if codec is not None:
+            return _run_codec(codec, value), codec.type_tag
+        try:
+            return _as_buffer(value), "bytes"
+        except TypeError:
+            pass
+        if value is None or isinstance(value, dict | list | str | int | float | bool):
+            return _as_json(value), "json"
+        raise EncodeError(
+            f"cannot store a {type(value).__name__} as a session ref: it has no buffer protocol, "
+            "is not JSON, and no codec is registered for its type; register one with "
+            f"register_ref_codec('your.tag', encode, decode, type={type(value).__name__})"
+        )
+    if type_tag == "bytes":
+        try:
+            return _as_buffer(value), "bytes"
+        except TypeError as exc:
+            raise EncodeError(f"type tag 'bytes' needs a bytes-like value: {exc}") from exc
+    if type_tag == "json":
+        return _as_json(value), "json"
+    codec = _CODECS_BY_TAG.get(type_tag)
+    if codec is None:
+        raise EncodeError(
+            f"no codec is registered for type tag {type_tag!r}; register one with "
+            "register_ref_codec(type_tag, encode, decode)"
+        )
+    return _run_codec(codec, value), type_tag
+
+
+def decode_ref_value(type_tag: str, raw: bytes) -> Any:
+    """Turns fetched bytes back into a value with the codec for ``type_tag``."""
+    if type_tag == "bytes":
+        return raw
+    if type_tag == "json":
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise EncodeError(f"a 'json' session ref does not hold JSON: {exc}") from exc
+    codec = _CODECS_BY_TAG.get(type_tag)
+    if codec is None:
+        raise EncodeError(
+            f"no codec is registered here for type tag {type_tag!r}; register the same codec as "
+            "the peer with register_ref_codec(type_tag, encode, decode), or use "
+            "deref_session_ref for the raw bytes"
+        )
+    try:
+        return codec.decode(raw)
+    except Exception as exc:
+        raise EncodeError(f"the codec for type tag {type_tag!r} failed to decode: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class RefInfo:
+    """What an operator sees of a live session ref."""
+
+    key: uuid.UUID
+    type_tag: str
+    size: int
+    lifetime: RefLifetime
+    created_at_epoch_ms: int
+    owner_run: str | None
+    parent_run: str | None
+
+
+class SessionRefRegistry:
+    """Session refs held by this process. A server owns one by default; pass one
+    to ``PeerServer(session_refs=...)`` and ``Workflow.run(session_refs=...)`` to share it.
+
+    ``lease_secs`` bounds how long ``UNTIL_PARENT_FINISH`` refs outlive a parent
+    that stopped renewing them (a crashed caller).
+    """
+
+    def __init__(self, lease_secs: float = 300.0) -> None:
+        self._ref = _native.SessionRefRegistry(lease_secs)
+
+    @classmethod
+    def _wrap(cls, ref: _native.SessionRefRegistry) -> SessionRefRegistry:
+        registry = cls.__new__(cls)
+        registry._ref = ref
+        return registry
+
+    def __len__(self) -> int:
+        return len(self._ref)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes held by live refs."""
+        return self._ref.total_bytes
+
+    @property
+    def lease_secs(self) -> float:
+        """Lease of ``UNTIL_PARENT_FINISH`` refs."""
+        return self._ref.lease_secs
+
+    def list(self) -> list[RefInfo]:
+        """Every live ref, oldest first."""
+        return [
+            RefInfo(uuid.UUID(key), tag, size, RefLifetime(lifetime), created, owner, parent)
+            for key, tag, size, lifetime, created, owner, parent in self._ref.list()
+        ]
+
+    def insert(
+        self,
+        value: Any,
+        *,
+        lifetime: RefLifetime = RefLifetime.UNTIL_EXPLICIT_DROP,
+        type_tag: str | None = None,
+    ) -> uuid.UUID:
+        """Stores a value outside any run (it lives until removed)."""
+        payload, tag = encode_ref_value(value, type_tag)
+        return uuid.UUID(self._ref.insert(value, payload, tag, lifetime.value))
+
+    def get(self, key: uuid.UUID | str, default: Any = None) -> Any:
+        """The value under ``key``, or ``default``."""
+        value = self._ref.get(str(key))
+        return default if value is None else value
+
+    def remove(self, key: uuid.UUID | str) -> bool:
+        """Drops the value under ``key``; True when it was there."""
+        return self._ref.remove(str(key))
+
+    def __repr__(self) -> str:
+        return f"SessionRefRegistry(refs={len(self)}, total_bytes={self.total_bytes})"
+
+
+class SessionRefs:
+    """``ctx.session_refs``: the run's view of its registry."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, ctx: _native.RunContext) -> None:
+        self._ctx = ctx
+
+    async def insert(
+        self,
+        value: Any,
+        *,
+        lifetime: RefLifetime = RefLifetime.UNTIL_CONTEXT_DROP,
+        type_tag: str | None = None,
+    ) -> uuid.UUID:
+        """Stores ``value`` on this node and returns its key."""
+        return self.insert_sync(value, lifetime=lifetime, type_tag=type_tag)
+
+    async def get(self, key: uuid.UUID | str, default: Any = None) -> Any:
+        """The value under ``key`` (the object itself, in this process), or ``default``."""
+        return self.get_sync(key, default)
+
+    async def remove(self, key: uuid.UUID | str) -> bool:
+        """Drops the value under ``key``; True when it was there."""
+        return self.remove_sync(key)
+
+    def insert_sync(
+        self,
+        value: Any,
+        *,
+        lifetime: RefLifetime = RefLifetime.UNTIL_CONTEXT_DROP,
+        type_tag: str | None = None,
+    ) -> uuid.UUID:
+        """:meth:`insert` for plain ``def`` steps."""
+        if not isinstance(lifetime, RefLifetime):
+            raise ValidationError(f"lifetime must be a RefLifetime, got {lifetime!r}")
+        payload, tag = encode_ref_value(value, type_tag)
+        return uuid.UUID(self._ctx.insert_ref(value, payload, tag, lifetime.value))
+
+    def get_sync(self, key: uuid.UUID | str, default: Any = None) -> Any:
+        """:meth:`get` for plain ``def`` steps."""
+        value = self._ctx.get_ref(str(key))
+        return default if value is None else value
+
+    def remove_sync(self, key: uuid.UUID | str) -> bool:
+        """:meth:`remove` for plain ``def`` steps."""
+        return self._ctx.remove_ref(str(key))

@@ -4,6 +4,8 @@ Importable as a module of steps (importing it registers them in this process's
 step registry) and runnable as a server::
 
     python tests/peer_app.py [HOST:PORT]     # default 127.0.0.1:0 (a free port)
+        [--lease-secs SECS]                  # SessionRefRegistry(lease_secs=...) of the server
+        [--max-message-bytes N]              # PeerServer(max_message_bytes=...)
 
 The script prints ``LISTENING HOST:PORT`` once ``PeerServer.start`` has returned,
 then serves until its stdin reaches end-of-file or it receives SIGTERM, and
@@ -15,8 +17,10 @@ imported from ``examples/peer_b.py`` itself, so the example code is what runs.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import hashlib
 import signal
 import sys
 import threading
@@ -28,13 +32,17 @@ if str(_EXAMPLES) not in sys.path:
     sys.path.insert(0, str(_EXAMPLES))
 
 import peer_b  # noqa: E402  (registers my_app::analyze and my_app::summarize)
+import ref_support  # noqa: E402
 from blazen_peer import (  # noqa: E402
     Context,
     Event,
     PeerServer,
+    RefLifetime,
+    SessionRefRegistry,
     StartEvent,
     StopEvent,
     event_type_name,
+    register_ref_codec,
     register_workflow,
     step,
 )
@@ -244,6 +252,154 @@ async def returns_none(ctx: Context, ev: StartEvent) -> None:
     return None
 
 
+# --- session refs (tests/test_session_refs.py) ---
+
+# The codec both sides register; the peer-only codec is registered in `main`, so a
+# test process that imports this module still lacks it.
+register_ref_codec(
+    ref_support.POINT_TAG,
+    ref_support.encode_point,
+    ref_support.decode_point,
+    type=ref_support.Point,
+)
+
+SERVER: PeerServer | None = None
+"""The serving PeerServer once `main` created it (its registry is what `refs::registry` reports)."""
+
+GATE_TIMEOUT_SECS = 20.0
+_gates: dict[str, asyncio.Event] = {}
+_recorded: dict[str, dict[str, str]] = {}
+_recorded_events: dict[str, asyncio.Event] = {}
+_barriers: dict[str, tuple[list[str], asyncio.Event]] = {}
+
+
+def _event(table: dict[str, asyncio.Event], tag: str) -> asyncio.Event:
+    return table.setdefault(tag, asyncio.Event())
+
+
+def _server_refs() -> SessionRefRegistry:
+    if SERVER is None:
+        raise RuntimeError("refs::registry needs the peer_app server (run peer_app.py)")
+    return SERVER.session_refs
+
+
+async def _insert(ctx: Context, value: object, lifetime: str) -> str:
+    """Inserts with the named lifetime; "DEFAULT" passes none (so the default applies)."""
+    if lifetime == "DEFAULT":
+        key = await ctx.session_refs.insert(value)
+    else:
+        key = await ctx.session_refs.insert(value, lifetime=RefLifetime[lifetime])
+    return str(key)
+
+
+@step("refs::make")
+async def make_refs(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Inserts one ref per item ``{"seed", "size", "lifetime"}`` (built by
+    ``ref_support.pattern_bytes``). With ``barrier: {"name", "parties"}`` the run
+    waits until that many runs have inserted theirs, so their lifetimes overlap."""
+    refs = []
+    for item in ev.items:
+        value = ref_support.pattern_bytes(int(item["seed"]), int(item["size"]))
+        key = await _insert(ctx, value, item.get("lifetime", "DEFAULT"))
+        refs.append({"key": key, "size": len(value), "sha256": hashlib.sha256(value).hexdigest()})
+    barrier = ev.data.get("barrier")
+    if barrier is not None:
+        arrived, all_arrived = _barriers.setdefault(barrier["name"], ([], asyncio.Event()))
+        arrived.append(ctx.run_id)
+        if len(arrived) == int(barrier["parties"]):
+            all_arrived.set()
+        await asyncio.wait_for(all_arrived.wait(), timeout=GATE_TIMEOUT_SECS)
+    return StopEvent(result={"refs": refs, "run_id": ctx.run_id})
+
+
+class Opaque:
+    """Neither bytes-like nor JSON, and no codec is registered for it."""
+
+
+@step("refs::make_value")
+async def make_value(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Inserts one UNTIL_EXPLICIT_DROP value of ``kind``: json (``value``), point,
+    peer_only, bytearray or unencodable."""
+    explicit = RefLifetime.UNTIL_EXPLICIT_DROP
+    refs = ctx.session_refs
+    if ev.kind == "json":
+        key = await refs.insert(ev.value, lifetime=explicit)
+    elif ev.kind == "point":
+        key = await refs.insert(ref_support.Point(3, -4, "pointé"), lifetime=explicit)
+    elif ev.kind == "peer_only":
+        key = await refs.insert("kept here", lifetime=explicit, type_tag=ref_support.PEER_ONLY_TAG)
+    elif ev.kind == "bytearray":
+        key = await refs.insert(bytearray(b"a mutable buffer"), lifetime=explicit)
+    elif ev.kind == "unencodable":
+        key = await refs.insert(Opaque(), lifetime=explicit)
+    else:
+        raise ValueError(f"unknown kind {ev.kind!r}")
+    return StopEvent(result=str(key))
+
+
+@step("refs::gated")
+async def gated(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Inserts one small ref per name in ``lifetimes`` (see `_insert`), publishes
+    their keys for `refs::recorded` under ``tag``, waits for `refs::open_gate`,
+    then returns the keys (``then: "return"``) or raises (``then: "raise"``)."""
+    keys = {}
+    for seed, lifetime in enumerate(ev.lifetimes):
+        keys[lifetime] = await _insert(ctx, ref_support.pattern_bytes(seed, 64), lifetime)
+    _recorded[ev.tag] = keys
+    _event(_recorded_events, ev.tag).set()
+    try:
+        await asyncio.wait_for(_event(_gates, ev.tag).wait(), timeout=GATE_TIMEOUT_SECS)
+    finally:
+        _gates.pop(ev.tag, None)
+    if ev.then == "raise":
+        raise RuntimeError(f"gated run {ev.tag} fails on purpose")
+    return StopEvent(result=keys)
+
+
+@step("refs::open_gate")
+async def open_gate(ctx: Context, ev: StartEvent) -> StopEvent:
+    _event(_gates, ev.tag).set()
+    return StopEvent(result=True)
+
+
+@step("refs::recorded")
+async def recorded(ctx: Context, ev: StartEvent) -> StopEvent:
+    """The keys `refs::gated` inserted under ``tag``, once it has (waits up to 10 s)."""
+    await asyncio.wait_for(_event(_recorded_events, ev.tag).wait(), timeout=10)
+    _recorded_events.pop(ev.tag, None)
+    return StopEvent(result=_recorded.pop(ev.tag))
+
+
+@step("refs::registry")
+def registry(ctx: Context, ev: StartEvent) -> StopEvent:
+    """What the server's registry holds (reading it renews no lease)."""
+    refs = _server_refs()
+    return StopEvent(
+        result={
+            "count": len(refs),
+            "total_bytes": refs.total_bytes,
+            "keys": [str(info.key) for info in refs.list()],
+            "lease_secs": refs.lease_secs,
+        }
+    )
+
+
+@step("refs::insert_default")
+async def insert_default(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Inserts 16 bytes with the default lifetime; returns how many refs the server holds."""
+    await ctx.session_refs.insert(b"sixteen bytes!!!")
+    return StopEvent(result=len(_server_refs()))
+
+
+@step("refs::big_result")
+async def big_result(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Returns a string of ``size`` characters; with ``explicit_ref`` first inserts an
+    UNTIL_EXPLICIT_DROP ref whose key the caller will never see if the reply is refused."""
+    if ev.data.get("explicit_ref"):
+        await ctx.session_refs.insert(b"orphan?", lifetime=RefLifetime.UNTIL_EXPLICIT_DROP)
+    return StopEvent(result="x" * int(ev.size))
+
+
 # --- serving ---
 
 
@@ -256,12 +412,19 @@ def _stop_on_stdin_eof(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> 
         loop.call_soon_threadsafe(stop.set)
 
 
-async def main(address: str) -> None:
+async def main(args: argparse.Namespace) -> None:
+    global SERVER
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    server = PeerServer(NODE_ID)
-    bound = await server.start(address)
+    register_ref_codec(
+        ref_support.PEER_ONLY_TAG, ref_support.encode_peer_only, ref_support.decode_peer_only
+    )
+    session_refs = None if args.lease_secs is None else SessionRefRegistry(args.lease_secs)
+    SERVER = server = PeerServer(
+        NODE_ID, session_refs=session_refs, max_message_bytes=args.max_message_bytes
+    )
+    bound = await server.start(args.address)
     print(f"LISTENING {bound}", flush=True)
     threading.Thread(target=_stop_on_stdin_eof, args=(loop, stop), daemon=True).start()
     try:
@@ -270,5 +433,13 @@ async def main(address: str) -> None:
         await server.stop()
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="The test suite's peer, node-b.")
+    parser.add_argument("address", nargs="?", default="127.0.0.1:0")
+    parser.add_argument("--lease-secs", type=float, default=None)
+    parser.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
+    return parser.parse_args(argv)
+
+
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:0"))
+    asyncio.run(main(parse_args(sys.argv[1:])))

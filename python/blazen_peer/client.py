@@ -276,8 +276,10 @@ class PeerClient:
         return await self._ref.finish_parent(str(run_id))
 
     def _current_parent(self) -> str | None:
-        run = _PARENT_RUN.get()
-        return str(run.id) if run is not None and run.client is self else None
+        for run in reversed(_PARENT_RUNS.get()):
+            if run.client is self:
+                return str(run.id)
+        return None
 
     def _remember(self, response: SubWorkflowResponse) -> SubWorkflowResponse:
         for key, descriptor in response.remote_refs.items():
@@ -324,8 +326,9 @@ def _result_json_text(native: _native.SubWorkflowResponse) -> str:
     return "null" if raw is None else raw.decode()
 
 
-_PARENT_RUN: contextvars.ContextVar[ParentRun | None] = contextvars.ContextVar(
-    "blazen_peer_parent_run", default=None
+# The open parent runs of this context, innermost last; each client uses its own.
+_PARENT_RUNS: contextvars.ContextVar[tuple[ParentRun, ...]] = contextvars.ContextVar(
+    "blazen_peer_parent_runs", default=()
 )
 
 
@@ -335,11 +338,11 @@ class ParentRun:
     def __init__(self, client: PeerClient, run_id: uuid.UUID | None = None) -> None:
         self.client = client
         self.id = run_id or uuid.uuid4()
-        self._token: contextvars.Token[ParentRun | None] | None = None
+        self._token: contextvars.Token[tuple[ParentRun, ...]] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ParentRun:
-        self._token = _PARENT_RUN.set(self)
+        self._token = _PARENT_RUNS.set((*_PARENT_RUNS.get(), self))
         self._heartbeat = asyncio.create_task(self._renew_lease())
         return self
 
@@ -352,7 +355,7 @@ class ParentRun:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         if self._token is not None:
-            _PARENT_RUN.reset(self._token)
+            _PARENT_RUNS.reset(self._token)
         await self.client.finish_parent(self.id)
 
     async def _renew_lease(self) -> None:

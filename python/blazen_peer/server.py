@@ -36,7 +36,11 @@ class PeerServer:
             session_refs._ref if session_refs is not None else None,
             max_message_bytes,
         )
-        self._session_refs = session_refs or SessionRefRegistry._wrap(self._ref.session_refs)
+        self._session_refs = (
+            session_refs
+            if session_refs is not None
+            else SessionRefRegistry._wrap(self._ref.session_refs)
+        )
         self._address: str | None = None
 
     @property

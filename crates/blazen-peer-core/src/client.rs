@@ -9,8 +9,9 @@ use uuid::Uuid;
 use futures::StreamExt;
 
 use crate::envelope::{
-    DerefChunk, DerefRequest, DerefResponse, Envelope, ParentRunRequest, ParentRunResponse,
-    ReleaseRequest, ReleaseResponse, SubWorkflowRequest, SubWorkflowResponse, ENVELOPE_VERSION,
+    ChunkLimit, DerefChunk, DerefRequest, DerefResponse, Envelope, ParentRunRequest,
+    ParentRunResponse, ReleaseRequest, ReleaseResponse, SubWorkflowRequest, SubWorkflowResponse,
+    ENVELOPE_VERSION,
 };
 use crate::error::PeerError;
 use crate::pb::blazen_peer_client::BlazenPeerClient;
@@ -160,11 +161,14 @@ impl PeerClient {
     /// Streams a session ref of any size into `sink`, in bounded pieces. Peers
     /// that only serve the v1 unary deref are read with it instead.
     pub async fn deref_into(&self, key: Uuid, sink: &mut dyn ChunkSink) -> Result<(), PeerError> {
-        let payload = Envelope::new(DerefRequest {
+        let mut request = Envelope::new(DerefRequest {
             envelope_version: ENVELOPE_VERSION,
             ref_uuid: key,
-        })
-        .encode()?;
+        });
+        request.extensions.insert(&ChunkLimit {
+            max_message_bytes: self.config.max_message_bytes as u64,
+        })?;
+        let payload = request.encode()?;
         let mut grpc = self.grpc.clone();
         let mut stream = match grpc
             .deref_session_ref_chunks(self.request(payload, None))

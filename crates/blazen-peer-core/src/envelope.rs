@@ -338,6 +338,18 @@ pub struct DerefChunk {
     pub bytes: Vec<u8>,
 }
 
+/// The largest piece a client accepts (DerefRequest extension tag 1), so a
+/// server with a larger message limit still sends pieces the client can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkLimit {
+    /// Largest message the client decodes.
+    pub max_message_bytes: u64,
+}
+
+impl Extension for ChunkLimit {
+    const TAG: u32 = 1;
+}
+
 /// Names a parent run (`FinishParentRun`, `RenewParentLease`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParentRunRequest {

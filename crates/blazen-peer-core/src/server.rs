@@ -15,9 +15,9 @@ use uuid::Uuid;
 
 use crate::context::RunContext;
 use crate::envelope::{
-    self, DerefChunk, DerefRequest, DerefResponse, Envelope, ParentRun, ParentRunRequest,
-    ParentRunResponse, ReleaseRequest, ReleaseResponse, SubWorkflowRequest, SubWorkflowResponse,
-    WorkflowFailure, ENVELOPE_VERSION,
+    self, ChunkLimit, DerefChunk, DerefRequest, DerefResponse, Envelope, ParentRun,
+    ParentRunRequest, ParentRunResponse, ReleaseRequest, ReleaseResponse, SubWorkflowRequest,
+    SubWorkflowResponse, WorkflowFailure, ENVELOPE_VERSION,
 };
 use crate::error::PeerError;
 use crate::event::Event;
@@ -25,7 +25,7 @@ use crate::pb::blazen_peer_server::{BlazenPeer, BlazenPeerServer};
 use crate::pb::{PostcardRequest, PostcardResponse};
 use crate::registry::StepRegistry;
 use crate::runner::run_workflow;
-use crate::session_refs::SessionRefRegistry;
+use crate::session_refs::{SessionRef, SessionRefRegistry};
 
 /// Default bound on one gRPC message, both directions.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -177,11 +177,10 @@ impl PeerService {
         Ok(Response::new(PostcardResponse { postcard_payload }))
     }
 
-    fn find_ref(&self, payload: &[u8]) -> Result<(Uuid, crate::session_refs::SessionRef), Status> {
-        let key = Envelope::<DerefRequest>::decode(payload)
-            .map_err(|err| err.to_status())?
-            .body
-            .ref_uuid;
+    fn find_ref(&self, payload: &[u8]) -> Result<(Uuid, SessionRef, Option<ChunkLimit>), Status> {
+        let request = Envelope::<DerefRequest>::decode(payload).map_err(|err| err.to_status())?;
+        let limit = request.extensions.get::<ChunkLimit>();
+        let key = request.body.ref_uuid;
         let entry = self.config.session_refs.get(&key).ok_or_else(|| {
             PeerError::RefNotFound(format!(
                 "session ref {key} not found on node `{}` (released, expired, or never created here)",
@@ -189,7 +188,7 @@ impl PeerService {
             ))
             .to_status()
         })?;
-        Ok((key, entry))
+        Ok((key, entry, limit))
     }
 
     fn parent_run(payload: &[u8]) -> Result<Uuid, Status> {
@@ -226,7 +225,13 @@ impl BlazenPeer for PeerService {
     ) -> Result<Response<PostcardResponse>, Status> {
         let payload = request.into_inner().postcard_payload;
         let response = self.invoke(&payload).await.map_err(|err| err.to_status())?;
-        self.reply(response, "the response")
+        let listed: Vec<Uuid> = response.body.remote_refs.keys().copied().collect();
+        self.reply(response, "the response").inspect_err(|_| {
+            // The caller never learns these keys.
+            for key in &listed {
+                self.config.session_refs.remove(key);
+            }
+        })
     }
 
     type StreamSubWorkflowEventsStream = ItemStream;
@@ -244,7 +249,7 @@ impl BlazenPeer for PeerService {
         &self,
         request: Request<PostcardRequest>,
     ) -> Result<Response<PostcardResponse>, Status> {
-        let (key, entry) = self.find_ref(&request.into_inner().postcard_payload)?;
+        let (key, entry, _) = self.find_ref(&request.into_inner().postcard_payload)?;
         let size = entry.payload.bytes().len();
         if size > self.config.max_message_bytes {
             return Err(PeerError::MessageTooLarge(format!(
@@ -267,7 +272,14 @@ impl BlazenPeer for PeerService {
         &self,
         request: Request<PostcardRequest>,
     ) -> Result<Response<Self::DerefSessionRefChunksStream>, Status> {
-        let (_, entry) = self.find_ref(&request.into_inner().postcard_payload)?;
+        let (_, entry, client_limit) = self.find_ref(&request.into_inner().postcard_payload)?;
+        let limit = client_limit
+            .map(|limit| usize::try_from(limit.max_message_bytes).unwrap_or(usize::MAX))
+            .unwrap_or(usize::MAX)
+            .min(self.config.max_message_bytes);
+        // Room for the piece's own fields (version, sizes, offset, tag) and protobuf framing.
+        let overhead = 64 + entry.type_tag.len();
+        let chunk_bytes = CHUNK_BYTES.min(limit.saturating_sub(overhead)).max(1);
         // A bounded channel: the producer waits while the client is slow, so a
         // value never sits in memory twice.
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
@@ -276,7 +288,7 @@ impl BlazenPeer for PeerService {
             let total_len = bytes.len() as u64;
             let mut offset = 0;
             loop {
-                let end = (offset + CHUNK_BYTES).min(bytes.len());
+                let end = (offset + chunk_bytes).min(bytes.len());
                 let chunk = Envelope::new(DerefChunk {
                     envelope_version: ENVELOPE_VERSION,
                     total_len,

@@ -184,19 +184,19 @@ impl SessionRefRegistry {
         )
     }
 
-    /// The value under `key`; reading it renews its lease.
+    /// The value under `key`. Reading does not renew a lease: only the parent
+    /// renews it, so polling a crashed parent's ref cannot keep it alive.
     pub fn get(&self, key: &Uuid) -> Option<SessionRef> {
         let mut refs = self.lock();
-        let now = Instant::now();
-        let entry = refs.get_mut(key)?;
-        if entry.lease_until.is_some_and(|until| until <= now) {
+        let entry = refs.get(key)?;
+        if entry
+            .lease_until
+            .is_some_and(|until| until <= Instant::now())
+        {
             let expired = refs.remove(key);
             drop(refs);
             drop(expired);
             return None;
-        }
-        if entry.lease_until.is_some() {
-            entry.lease_until = Some(now + self.lease);
         }
         Some(entry.clone())
     }

@@ -16,7 +16,9 @@ use crate::envelope::{
 use crate::error::PeerError;
 use crate::pb::blazen_peer_client::BlazenPeerClient;
 use crate::pb::PostcardRequest;
-use crate::server::{CONNECTION_WINDOW_BYTES, DEFAULT_MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES};
+use crate::server::{
+    CONNECTION_WINDOW_BYTES, DEFAULT_MAX_MESSAGE_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES,
+};
 
 /// Metadata key carrying the caller's node id, for the peer's logs.
 pub const NODE_ID_HEADER: &str = "x-blazen-node-id";
@@ -78,7 +80,8 @@ impl PeerClient {
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .max_frame_size(MAX_FRAME_BYTES);
         let node_header = node_id.parse().map_err(|_| {
             PeerError::Validation(format!(
                 "node_id `{node_id}` must be printable ASCII (it travels as gRPC metadata)"
@@ -186,9 +189,14 @@ impl PeerClient {
         let mut total = None;
         while let Some(item) = stream.next().await {
             let item = item.map_err(|status| self.deref_error(key, &status))?;
-            let chunk = self.decode::<DerefChunk>(&item.postcard_payload)?.body;
+            let chunk = DerefChunk::decode_piece(&item.postcard_payload).map_err(|err| {
+                PeerError::Encode(format!(
+                    "peer {} sent a piece we cannot decode: {err}",
+                    self.address
+                ))
+            })?;
             if total.is_none() {
-                sink.begin(chunk.total_len, &chunk.type_tag)?;
+                sink.begin(chunk.total_len, chunk.type_tag)?;
                 total = Some(chunk.total_len);
             }
             let end = chunk.offset + chunk.bytes.len() as u64;
@@ -201,7 +209,7 @@ impl PeerClient {
                     self.address, chunk.offset, chunk.total_len
                 )));
             }
-            sink.write(chunk.offset, &chunk.bytes)?;
+            sink.write(chunk.offset, chunk.bytes)?;
             expected_offset = end;
         }
         match total {

@@ -350,6 +350,61 @@ impl Extension for ChunkLimit {
     const TAG: u32 = 1;
 }
 
+impl DerefChunk {
+    /// Encodes one piece straight from the stored value: the bytes are copied
+    /// once, into the payload, instead of into a `DerefChunk` first.
+    pub fn encode_piece(
+        total_len: u64,
+        type_tag: &str,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<Vec<u8>, PeerError> {
+        #[derive(Serialize)]
+        struct Piece<'a> {
+            envelope_version: u32,
+            total_len: u64,
+            type_tag: &'a str,
+            offset: u64,
+            #[serde(with = "serde_bytes")]
+            bytes: &'a [u8],
+        }
+        let piece = Piece {
+            envelope_version: ENVELOPE_VERSION,
+            total_len,
+            type_tag,
+            offset,
+            bytes,
+        };
+        postcard::to_stdvec(&piece)
+            .map_err(|err| PeerError::Encode(format!("cannot encode a deref piece: {err}")))
+    }
+
+    /// Decodes one piece without copying its bytes out of the payload.
+    pub fn decode_piece(payload: &[u8]) -> Result<DerefPiece<'_>, PeerError> {
+        check_version(payload)?;
+        postcard::take_from_bytes::<DerefPiece<'_>>(payload)
+            .map(|(piece, _extensions)| piece)
+            .map_err(|err| {
+                PeerError::Encode(format!("payload does not decode as DerefChunk: {err}"))
+            })
+    }
+}
+
+/// A [`DerefChunk`] borrowing its bytes from the payload.
+#[derive(Debug, Deserialize)]
+pub struct DerefPiece<'a> {
+    /// Payload version.
+    pub envelope_version: u32,
+    /// Size of the whole value.
+    pub total_len: u64,
+    /// Codec name of the value.
+    pub type_tag: &'a str,
+    /// Where `bytes` starts in the value.
+    pub offset: u64,
+    /// This piece.
+    pub bytes: &'a [u8],
+}
+
 /// Names a parent run (`FinishParentRun`, `RenewParentLease`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParentRunRequest {

@@ -882,3 +882,20 @@ proptest! {
         let _ = Envelope::<SubWorkflowResponse>::decode(&payload);
     }
 }
+
+#[test]
+fn a_borrowed_deref_piece_encodes_like_the_owned_struct() {
+    let owned = DerefChunk {
+        envelope_version: ENVELOPE_VERSION,
+        total_len: 10,
+        type_tag: "bytes".into(),
+        offset: 4,
+        bytes: b"abc".to_vec(),
+    };
+    let borrowed = DerefChunk::encode_piece(10, "bytes", 4, b"abc").unwrap();
+    assert_eq!(borrowed, Envelope::new(owned.clone()).encode().unwrap());
+    assert_eq!(
+        Envelope::<DerefChunk>::decode(&borrowed).unwrap().body,
+        owned
+    );
+}

@@ -24,20 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _procs import spawn
+
 HERE = Path(__file__).resolve().parent
 MIB = 1024 * 1024
 CLIENT_TIMEOUT_SECS = 300
-
-
-def spawn(*args: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if not line.startswith("READY "):
-        proc.kill()
-        proc.wait()
-        raise SystemExit(f"{args} did not start: {line!r}")
-    return proc, line.split(" ", 1)[1]
 
 
 def stop(proc: subprocess.Popen[str]) -> None:

@@ -13,10 +13,10 @@ import argparse
 import asyncio
 import socket
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from _procs import spawn
 
 HERE = Path(__file__).resolve().parent
 
@@ -24,16 +24,6 @@ HERE = Path(__file__).resolve().parent
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def spawn(*args: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if not line.startswith("READY "):
-        proc.kill()
-        raise SystemExit(f"{args} did not start: {line!r}")
-    return proc, line.split(" ", 1)[1]
 
 
 def tcp_floor(calls: int) -> list[float]:

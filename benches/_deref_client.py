@@ -39,7 +39,7 @@ def cpu_seconds() -> float:
     return times.user + times.system
 
 
-def verify(raw: bytes, size: int) -> None:
+def verify(raw: bytes | bytearray, size: int) -> None:
     """Checks the length and every byte against PATTERN (memcmp speed, no copies)."""
     if len(raw) != size:
         raise SystemExit(f"deref returned {len(raw)} bytes, expected {size}")
@@ -86,9 +86,20 @@ async def main() -> None:
                 "peer_cpu": peer_after["cpu"] - peer_before["cpu"],
             }
         )
+    # The same value into one reused buffer: what a caller that fetches repeatedly
+    # (or into memory it already has, e.g. a numpy array) pays.
+    buffer = bytearray(size)
+    into = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        got = await client.deref_session_ref_into(big, buffer)
+        into.append(time.perf_counter() - start)
+        if got != size:
+            raise SystemExit(f"deref_session_ref_into returned {got}, expected {size}")
+        verify(buffer, size)
     await client.release_session_ref(big)
     await client.close()
-    print(json.dumps({"client_baseline": baseline, "runs": runs}))
+    print(json.dumps({"client_baseline": baseline, "runs": runs, "into": into}))
 
 
 asyncio.run(main())

@@ -36,6 +36,7 @@ from blazen_peer import (
     StartEvent,
     StopEvent,
     SubWorkflowResponse,
+    ValidationError,
     Workflow,
     WorkflowError,
     register_ref_codec,
@@ -387,6 +388,54 @@ async def test_deref_returns_values_of_any_size_byte_identical(
     assert released is True
     assert await client.release_session_ref(key) is False
     await assert_gone(client, key)
+
+
+async def test_deref_into_fills_a_reused_buffer_and_returns_the_size(
+    client: PeerClient,
+) -> None:
+    sizes = (3 * MIB + 5, 1, 0)
+    _, refs = await make_refs(
+        client, *(item(40 + n, size, "UNTIL_EXPLICIT_DROP") for n, size in enumerate(sizes))
+    )
+    buffer = bytearray(b"\xee" * (4 * MIB))
+    try:
+        for n, (ref, size) in enumerate(zip(refs, sizes)):
+            assert await client.deref_session_ref_into(ref["key"], buffer) == size
+            assert sha256(buffer[:size]) == ref_support.pattern_sha256(40 + n, size)
+        # Bytes past the value are left as they were.
+        assert buffer[3 * MIB + 5 :] == b"\xee" * (MIB - 5)
+        view = memoryview(buffer)[MIB:]
+        assert await client.deref_session_ref_into(refs[1]["key"], view) == 1
+        assert buffer[MIB : MIB + 1] == ref_support.pattern_bytes(41, 1)
+    finally:
+        for ref in refs:
+            assert await client.release_session_ref(ref["key"]) is True
+
+
+async def test_deref_into_a_buffer_too_small_or_read_only_says_what_is_needed(
+    client: PeerClient,
+) -> None:
+    size = 2 * MIB
+    _, refs = await make_refs(client, item(50, size, "UNTIL_EXPLICIT_DROP"))
+    key = refs[0]["key"]
+    try:
+        small = bytearray(size - 1)
+        with pytest.raises(ValidationError) as info:
+            await client.deref_session_ref_into(key, small)
+        assert f"holds {size} bytes" in str(info.value)
+        assert f"room for {size - 1}" in str(info.value)
+        with pytest.raises(ValidationError, match="writable, contiguous buffer"):
+            await client.deref_session_ref_into(key, b"\0" * size)
+        with pytest.raises(ValidationError, match="writable, contiguous buffer"):
+            await client.deref_session_ref_into(key, memoryview(bytearray(2 * size))[::2])
+        # The buffer is released after a refused fetch: it can be resized again.
+        small.extend(b"\0")
+        assert await client.deref_session_ref_into(key, small) == size
+        assert sha256(small) == ref_support.pattern_sha256(50, size)
+    finally:
+        assert await client.release_session_ref(key) is True
+    with pytest.raises(RefNotFoundError):
+        await client.deref_session_ref_into(key, bytearray(size))
 
 
 async def test_fetch_decodes_bytes_json_and_registered_codecs(client: PeerClient) -> None:

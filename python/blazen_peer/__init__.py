@@ -9,12 +9,13 @@ import atexit
 
 from ._native import ENVELOPE_VERSION, close_python_gate
 from .client import ParentRun, PeerClient, RemoteRefDescriptor, SubWorkflowResponse
-from .context import Context
+from .context import Context, PeerIdentity
 from .errors import (
     AuthenticationError,
     EncodeError,
     EnvelopeVersionError,
     MessageTooLargeError,
+    PeerBusyError,
     PeerError,
     PeerTimeoutError,
     RefNotFoundError,
@@ -37,6 +38,7 @@ from .steps import (
     step,
     unregister_step,
 )
+from .tls import ClientTls, ServerTls
 from .workflow import Workflow, WorkflowHandler
 
 # Runtime threads must be out of Python before the interpreter finalizes.
@@ -45,20 +47,24 @@ atexit.register(close_python_gate)
 __all__ = [
     "ENVELOPE_VERSION",
     "AuthenticationError",
+    "ClientTls",
     "Context",
     "EncodeError",
     "EnvelopeVersionError",
     "Event",
     "MessageTooLargeError",
     "ParentRun",
+    "PeerBusyError",
     "PeerClient",
     "PeerError",
+    "PeerIdentity",
     "PeerServer",
     "PeerTimeoutError",
     "RefInfo",
     "RefLifetime",
     "RefNotFoundError",
     "RemoteRefDescriptor",
+    "ServerTls",
     "SessionRefRegistry",
     "SessionRefs",
     "StartEvent",

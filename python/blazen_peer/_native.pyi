@@ -2,7 +2,9 @@
 
 import asyncio
 from collections.abc import Awaitable, Sequence
-from typing import Any, final
+from typing import Any, Protocol, final
+
+from typing_extensions import Buffer
 
 __all__ = [
     "ENVELOPE_VERSION",
@@ -50,6 +52,13 @@ class RunContext:
     @property
     def cancelled(self) -> bool:
         """True once the run ended or was cancelled."""
+    @property
+    def caller_node_id(self) -> str | None:
+        """The node id the caller announced, for remote runs (not verified)."""
+    @property
+    def peer_identity(self) -> tuple[str, str | None, list[str], list[str], bytes] | None:
+        """`(subject, common_name, dns_names, uris, certificate_der)` of the caller's
+        verified TLS client certificate, under mutual TLS; else None."""
     def set_json(self, key: str, json: bytes) -> None:
         """Stores JSON text under an exported key."""
     def set_object(self, key: str, value: object) -> None:
@@ -97,6 +106,41 @@ class Completion:
     def fail(self, exc: BaseException) -> None:
         """Delivers the exception a step raised."""
 
+class _ConnectOptions(Protocol):
+    """What `PeerClient.connect` reads, by attribute."""
+
+    @property
+    def connect_timeout_secs(self) -> float: ...
+    @property
+    def max_message_bytes(self) -> int: ...
+    @property
+    def token(self) -> str | None: ...
+    @property
+    def tls(self) -> ClientTls | None: ...
+    @property
+    def keepalive_interval_secs(self) -> float | None: ...
+    @property
+    def keepalive_timeout_secs(self) -> float: ...
+
+_Pem = tuple[str, bytes]
+
+@final
+class ServerTls:
+    """A server certificate, its key, and optionally the CA client certificates must chain to."""
+
+    def __new__(cls, cert: _Pem, key: _Pem, client_ca: _Pem | None = None) -> ServerTls: ...
+    @property
+    def requires_client_certificates(self) -> bool:
+        """True when clients must present a certificate signed by the client CA."""
+
+@final
+class ClientTls:
+    """The CA a client trusts, its optional certificate and key, and an optional server name."""
+
+    def __new__(
+        cls, ca: _Pem, identity: tuple[_Pem, _Pem] | None = None, domain: str | None = None
+    ) -> ClientTls: ...
+
 @final
 class PeerServer:
     """A peer server; serves once, from `start` until `stop`."""
@@ -107,6 +151,14 @@ class PeerServer:
         default_timeout_secs: float = 300.0,
         session_refs: SessionRefRegistry | None = None,
         max_message_bytes: int = ...,
+        *,
+        max_concurrent_runs: int = ...,
+        max_json_depth: int = ...,
+        tls: ServerTls | None = None,
+        token: str | None = None,
+        insecure: bool = False,
+        keepalive_interval_secs: float | None = ...,
+        keepalive_timeout_secs: float = ...,
     ) -> PeerServer: ...
     @property
     def session_refs(self) -> SessionRefRegistry:
@@ -149,14 +201,10 @@ class PeerClient:
     """A connected client; calls share one HTTP/2 channel."""
 
     @staticmethod
-    def connect(
-        address: str, node_id: str, connect_timeout_secs: float, max_message_bytes: int = ...
-    ) -> Awaitable[PeerClient]:
+    def connect(address: str, node_id: str, options: _ConnectOptions) -> Awaitable[PeerClient]:
         """Connects to `address`; the awaitable fails fast when nothing listens."""
     @staticmethod
-    def connect_blocking(
-        address: str, node_id: str, connect_timeout_secs: float, max_message_bytes: int = ...
-    ) -> PeerClient:
+    def connect_blocking(address: str, node_id: str, options: _ConnectOptions) -> PeerClient:
         """Blocking form of `connect`."""
     @property
     def node_id(self) -> str:
@@ -189,6 +237,8 @@ class PeerClient:
         """Blocking form of `invoke`."""
     def fetch(self, key: str) -> Awaitable[tuple[str, bytes]]:
         """Fetches a session ref of any size; resolves to `(type_tag, bytes)`."""
+    def fetch_into(self, key: str, buffer: Buffer) -> Awaitable[tuple[str, int]]:
+        """Streams a session ref into a writable buffer; resolves to `(type_tag, size)`."""
     def finish_parent(self, parent_run: str) -> Awaitable[int]:
         """Releases the `UNTIL_PARENT_FINISH` refs of a parent run; resolves to how many."""
     def renew_parent(self, parent_run: str) -> Awaitable[float]:

@@ -10,15 +10,59 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _native
+from ._auth import resolve_token, warn_if_token_in_clear
 from .errors import EncodeError, PeerError, ValidationError
 from .refs import decode_ref_value
+from .tls import ClientTls
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 __all__ = ["ParentRun", "PeerClient", "RemoteRefDescriptor", "SubWorkflowResponse"]
 
 _DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_DEFAULT_KEEPALIVE_INTERVAL_SECS = 30.0
+_DEFAULT_KEEPALIVE_TIMEOUT_SECS = 20.0
+
+
+@dataclass(frozen=True)
+class _ConnectOptions:
+    """What the native client reads (by attribute) to connect."""
+
+    connect_timeout_secs: float
+    max_message_bytes: int
+    token: str | None
+    tls: _native.ClientTls | None
+    keepalive_interval_secs: float | None
+    keepalive_timeout_secs: float
+
+    @staticmethod
+    def build(
+        address: str,
+        token: str | None,
+        tls: ClientTls | None,
+        connect_timeout_secs: float,
+        max_message_bytes: int,
+        keepalive_interval_secs: float | None,
+        keepalive_timeout_secs: float,
+    ) -> _ConnectOptions:
+        if tls is not None and not isinstance(tls, ClientTls):
+            raise ValidationError(
+                f"tls must be a ClientTls (ClientTls.from_pem(ca=...)), not {type(tls).__name__}"
+            )
+        token = resolve_token(token)
+        warn_if_token_in_clear(address, token)
+        return _ConnectOptions(
+            connect_timeout_secs=connect_timeout_secs,
+            max_message_bytes=max_message_bytes,
+            token=token,
+            tls=tls._native if tls is not None else None,
+            keepalive_interval_secs=keepalive_interval_secs,
+            keepalive_timeout_secs=keepalive_timeout_secs,
+        )
 
 
 @dataclass(frozen=True)
@@ -110,15 +154,26 @@ class PeerClient:
         address: str,
         *,
         node_id: str,
+        token: str | None = None,
+        tls: ClientTls | None = None,
         connect_timeout_secs: float = 5.0,
         max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
+        keepalive_interval_secs: float | None = _DEFAULT_KEEPALIVE_INTERVAL_SECS,
+        keepalive_timeout_secs: float = _DEFAULT_KEEPALIVE_TIMEOUT_SECS,
     ) -> PeerClient:
-        """Connects to ``address`` (``http://HOST:PORT``); TransportError when nothing listens."""
-        return cls(
-            await _native.PeerClient.connect(
-                address, node_id, connect_timeout_secs, max_message_bytes
-            )
+        """Connects to ``address``: ``http://HOST:PORT``, or ``https://HOST:PORT`` with
+        ``tls=``. ``token`` (default ``$BLAZEN_PEER_TOKEN``) is sent with every call.
+        Raises TransportError when nothing listens, TlsError when the handshake fails."""
+        options = _ConnectOptions.build(
+            address,
+            token,
+            tls,
+            connect_timeout_secs,
+            max_message_bytes,
+            keepalive_interval_secs,
+            keepalive_timeout_secs,
         )
+        return cls(await _native.PeerClient.connect(address, node_id, options))
 
     @classmethod
     def connect_blocking(
@@ -126,16 +181,25 @@ class PeerClient:
         address: str,
         *,
         node_id: str,
+        token: str | None = None,
+        tls: ClientTls | None = None,
         connect_timeout_secs: float = 5.0,
         max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
+        keepalive_interval_secs: float | None = _DEFAULT_KEEPALIVE_INTERVAL_SECS,
+        keepalive_timeout_secs: float = _DEFAULT_KEEPALIVE_TIMEOUT_SECS,
     ) -> PeerClient:
         """Blocking :meth:`connect`, for code without an event loop."""
         _refuse_inside_loop("connect_blocking", "connect")
-        return cls(
-            _native.PeerClient.connect_blocking(
-                address, node_id, connect_timeout_secs, max_message_bytes
-            )
+        options = _ConnectOptions.build(
+            address,
+            token,
+            tls,
+            connect_timeout_secs,
+            max_message_bytes,
+            keepalive_interval_secs,
+            keepalive_timeout_secs,
         )
+        return cls(_native.PeerClient.connect_blocking(address, node_id, options))
 
     @property
     def node_id(self) -> str:
@@ -252,6 +316,15 @@ class PeerClient:
         """The bytes of a session ref held by the peer, of any size (streamed in pieces)."""
         _tag, raw = await self._ref.fetch(str(key))
         return raw
+
+    async def deref_session_ref_into(self, key: uuid.UUID | str, buffer: Buffer) -> int:
+        """Streams a session ref into ``buffer`` (a bytearray, numpy array, mmap or
+        writable memoryview at least as large as the value); returns the value's size.
+
+        Reusing one buffer for many fetches avoids the cost of mapping new memory,
+        which for large values is most of the time a fetch takes."""
+        _tag, size = await self._ref.fetch_into(str(key), buffer)
+        return size
 
     async def fetch_session_ref(self, key: uuid.UUID | str) -> Any:
         """A session ref decoded by the codec for its type tag (see ``register_ref_codec``)."""

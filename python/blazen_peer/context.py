@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from . import _native
 from .errors import EncodeError
 from .refs import SessionRefs
 
-__all__ = ["Context"]
+__all__ = ["Context", "PeerIdentity"]
 
 _MISSING: Any = object()
+
+
+@dataclass(frozen=True)
+class PeerIdentity:
+    """The caller's TLS client certificate, verified against the server's client CA."""
+
+    #: The certificate's subject, e.g. ``"CN=node-a,O=example"``.
+    subject: str
+    #: The subject's common name, when it has one.
+    common_name: str | None
+    #: DNS names among the subject alternative names.
+    dns_names: tuple[str, ...]
+    #: URIs among the subject alternative names (SPIFFE ids live here).
+    uris: tuple[str, ...]
+    #: The certificate (DER), for anything the fields above leave out.
+    certificate_der: bytes
 
 
 class Context:
@@ -41,6 +58,22 @@ class Context:
     def workflow_name(self) -> str:
         """Name the run was requested under."""
         return self._ref.workflow_name
+
+    @property
+    def caller_node_id(self) -> str | None:
+        """The node id the caller announced (not verified; use :attr:`peer_identity` for
+        that); None for local runs."""
+        return self._ref.caller_node_id
+
+    @property
+    def peer_identity(self) -> PeerIdentity | None:
+        """Who called, as their verified TLS client certificate says (mutual TLS only),
+        for auditing and authorization in steps; None otherwise."""
+        fields = self._ref.peer_identity
+        if fields is None:
+            return None
+        subject, common_name, dns_names, uris, der = fields
+        return PeerIdentity(subject, common_name, tuple(dns_names), tuple(uris), der)
 
     @property
     def session_refs(self) -> SessionRefs:

@@ -14,6 +14,7 @@ __all__ = [
     "EncodeError",
     "EnvelopeVersionError",
     "MessageTooLargeError",
+    "PeerBusyError",
     "PeerError",
     "PeerTimeoutError",
     "RefNotFoundError",
@@ -151,6 +152,13 @@ class PeerTimeoutError(WorkflowError, TimeoutError):
     kind = "Timeout"
 
 
+class PeerBusyError(PeerError):
+    """The peer is running its maximum of concurrent runs (``max_concurrent_runs``);
+    nothing ran. Retrying later, or on another peer, may succeed."""
+
+    kind = "Busy"
+
+
 class ValidationError(PeerError, ValueError):
     """An argument or lifecycle mistake on this side, caught before anything was sent."""
 
@@ -171,6 +179,7 @@ _BY_KIND: dict[str, type[PeerError]] = {
         AuthenticationError,
         WorkflowError,
         PeerTimeoutError,
+        PeerBusyError,
         ValidationError,
     )
 }

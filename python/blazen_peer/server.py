@@ -7,8 +7,10 @@ import contextlib
 from types import TracebackType
 
 from . import _native
+from ._auth import resolve_token
 from .errors import ValidationError
 from .refs import SessionRefRegistry
+from .tls import ServerTls
 
 __all__ = ["PeerServer"]
 
@@ -20,6 +22,13 @@ class PeerServer:
     calling event loop (``async def`` steps run on that loop) and returns the
     bound address; ``await server.serve(address)`` serves until cancelled.
     A server serves once.
+
+    Security: with ``token`` (default ``$BLAZEN_PEER_TOKEN``) every call must carry
+    it; with ``tls`` the peer serves TLS, and mutual TLS when ``tls`` has a client
+    CA. A non-loopback address with neither is refused unless ``insecure=True``.
+    Limits: ``max_message_bytes`` per message, ``max_concurrent_runs`` (beyond it
+    callers get PeerBusyError), ``max_json_depth`` for inputs; HTTP/2 keepalive
+    pings every ``keepalive_interval_secs`` (None: never).
     """
 
     def __init__(
@@ -29,13 +38,33 @@ class PeerServer:
         default_timeout_secs: float = 300.0,
         session_refs: SessionRefRegistry | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
+        tls: ServerTls | None = None,
+        token: str | None = None,
+        insecure: bool = False,
+        max_concurrent_runs: int = 1024,
+        max_json_depth: int = 100,
+        keepalive_interval_secs: float | None = 30.0,
+        keepalive_timeout_secs: float = 20.0,
     ) -> None:
+        if tls is not None and not isinstance(tls, ServerTls):
+            raise ValidationError(
+                "tls must be a ServerTls (ServerTls.from_pem(cert=..., key=...)), "
+                f"not {type(tls).__name__}"
+            )
         self._ref = _native.PeerServer(
             node_id,
             default_timeout_secs,
             session_refs._ref if session_refs is not None else None,
             max_message_bytes,
+            max_concurrent_runs=max_concurrent_runs,
+            max_json_depth=max_json_depth,
+            tls=tls._native if tls is not None else None,
+            token=resolve_token(token),
+            insecure=insecure,
+            keepalive_interval_secs=keepalive_interval_secs,
+            keepalive_timeout_secs=keepalive_timeout_secs,
         )
+        self._tls = tls
         self._session_refs = (
             session_refs
             if session_refs is not None

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use futures::StreamExt;
 
+use crate::auth::bearer;
 use crate::envelope::{
     ChunkLimit, DerefChunk, DerefRequest, DerefResponse, Envelope, ParentRunRequest,
     ParentRunResponse, ReleaseRequest, ReleaseResponse, SubWorkflowRequest, SubWorkflowResponse,
@@ -17,8 +18,10 @@ use crate::error::PeerError;
 use crate::pb::blazen_peer_client::BlazenPeerClient;
 use crate::pb::PostcardRequest;
 use crate::server::{
-    CONNECTION_WINDOW_BYTES, DEFAULT_MAX_MESSAGE_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES,
+    CONNECTION_WINDOW_BYTES, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES,
 };
+use crate::tls::{handshake_failure, ClientTls};
 
 /// Metadata key carrying the caller's node id, for the peer's logs.
 pub const NODE_ID_HEADER: &str = "x-blazen-node-id";
@@ -27,7 +30,7 @@ pub const NODE_ID_HEADER: &str = "x-blazen-node-id";
 const MAX_CLIENT_DEADLINE_SECS: u64 = 10 * 365 * 24 * 3600;
 
 /// Client settings; `Default` gives the documented defaults.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientConfig {
     /// Bound on establishing the connection.
     pub connect_timeout: Duration,
@@ -36,6 +39,29 @@ pub struct ClientConfig {
     pub deadline_margin: Duration,
     /// Largest message sent or accepted.
     pub max_message_bytes: usize,
+    /// Shared secret sent with every call (`authorization: Bearer ...`).
+    pub token: Option<String>,
+    /// CA to trust and optional client certificate; required for `https://`.
+    pub tls: Option<ClientTls>,
+    /// HTTP/2 keepalive ping interval while calls are open; None disables pings.
+    pub keepalive_interval: Option<Duration>,
+    /// How long a keepalive ping may go unanswered before the connection counts as dead.
+    pub keepalive_timeout: Duration,
+}
+
+// By hand, so that a logged config never shows the token.
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("deadline_margin", &self.deadline_margin)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("keepalive_timeout", &self.keepalive_timeout)
+            .finish()
+    }
 }
 
 impl Default for ClientConfig {
@@ -44,6 +70,10 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             deadline_margin: Duration::from_secs(5),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            token: None,
+            tls: None,
+            keepalive_interval: Some(DEFAULT_KEEPALIVE_INTERVAL),
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
         }
     }
 }
@@ -55,6 +85,7 @@ pub struct PeerClient {
     address: String,
     node_id: String,
     node_header: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    token_header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     config: ClientConfig,
 }
 
@@ -65,13 +96,39 @@ impl PeerClient {
         node_id: &str,
         config: ClientConfig,
     ) -> Result<Self, PeerError> {
-        if !(address.starts_with("http://") || address.starts_with("https://")) {
+        let secure = address.starts_with("https://");
+        if !(secure || address.starts_with("http://")) {
             return Err(PeerError::Validation(format!(
                 "`{address}` is not a peer address (it has no scheme); use http://HOST:PORT \
                  or https://HOST:PORT"
             )));
         }
-        let endpoint = Endpoint::from_shared(address.to_owned())
+        match (secure, config.tls.is_some()) {
+            (false, true) => {
+                return Err(PeerError::Validation(format!(
+                    "`{address}` is a plaintext address but a TLS config was given; use \
+                     https://{} to connect with TLS",
+                    &address["http://".len()..]
+                )))
+            }
+            (true, false) => {
+                return Err(PeerError::Validation(format!(
+                    "`{address}` asks for TLS but no TLS config was given; pass \
+                     tls=ClientTls.from_pem(ca=...) naming the CA that signed the peer's certificate"
+                )))
+            }
+            _ => {}
+        }
+        let token_header = match config.token.as_deref() {
+            Some("") => {
+                return Err(PeerError::Validation(
+                    "the token is empty; pass the peer's token or none at all".into(),
+                ))
+            }
+            Some(token) => Some(bearer(token).map_err(PeerError::Validation)?),
+            None => None,
+        };
+        let mut endpoint = Endpoint::from_shared(address.to_owned())
             .map_err(|err| {
                 PeerError::Validation(format!(
                     "`{address}` is not a valid peer address ({err}); use http://HOST:PORT"
@@ -81,13 +138,28 @@ impl PeerClient {
             .tcp_nodelay(true)
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .max_frame_size(MAX_FRAME_BYTES);
+            .max_frame_size(MAX_FRAME_BYTES)
+            .keep_alive_while_idle(false)
+            .keep_alive_timeout(config.keepalive_timeout);
+        if let Some(interval) = config.keepalive_interval {
+            endpoint = endpoint.http2_keep_alive_interval(interval);
+        }
+        if let Some(tls) = &config.tls {
+            endpoint = endpoint.tls_config(tls.tonic()).map_err(|err| {
+                PeerError::Tls(format!(
+                    "the TLS settings for {address} were refused: {err}"
+                ))
+            })?;
+        }
         let node_header = node_id.parse().map_err(|_| {
             PeerError::Validation(format!(
                 "node_id `{node_id}` must be printable ASCII (it travels as gRPC metadata)"
             ))
         })?;
         let channel = endpoint.connect().await.map_err(|err| {
+            if let Some(handshake) = handshake_failure(&err) {
+                return PeerError::Tls(format!("cannot connect to peer {address}: {handshake}"));
+            }
             PeerError::transport(format!(
                 "cannot connect to peer {address}: {}",
                 error_chain(&err)
@@ -100,6 +172,7 @@ impl PeerClient {
             address: address.to_owned(),
             node_id: node_id.to_owned(),
             node_header,
+            token_header,
             config,
         })
     }
@@ -289,10 +362,17 @@ impl PeerClient {
         postcard_payload: Vec<u8>,
         deadline: Option<Duration>,
     ) -> Request<PostcardRequest> {
-        let mut request = Request::new(PostcardRequest { postcard_payload });
+        let mut request = Request::new(PostcardRequest {
+            postcard_payload: postcard_payload.into(),
+        });
         request
             .metadata_mut()
             .insert(NODE_ID_HEADER, self.node_header.clone());
+        if let Some(token) = &self.token_header {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
         if let Some(deadline) = deadline {
             request.set_timeout(deadline);
         }
@@ -313,6 +393,9 @@ impl PeerClient {
     }
 
     fn status_error(&self, status: &tonic::Status) -> PeerError {
+        if let Some(handshake) = handshake_failure(status) {
+            return PeerError::Tls(format!("call to peer {} failed: {handshake}", self.address));
+        }
         if status.code() == tonic::Code::Unavailable || status.code() == tonic::Code::Unknown {
             if let Some(source) = std::error::Error::source(status) {
                 return PeerError::Transport {

@@ -3,12 +3,13 @@
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use uuid::Uuid;
 
 use crate::envelope::RemoteRefDescriptor;
 use crate::session_refs::SessionRefRegistry;
+use crate::tls::PeerIdentity;
 
 /// A value stored with `ctx.set`.
 #[derive(Clone)]
@@ -34,6 +35,16 @@ struct Inner {
     session_refs: Arc<SessionRefRegistry>,
     parent_run: Option<Uuid>,
     outliving_refs: Mutex<BTreeMap<Uuid, RemoteRefDescriptor>>,
+    caller: OnceLock<Caller>,
+}
+
+/// Who asked for a run, as far as the transport can tell.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// The node id the caller announced (`x-blazen-node-id`); not verified.
+    pub node_id: Option<String>,
+    /// The caller's verified TLS client certificate, under mutual TLS.
+    pub identity: Option<Arc<PeerIdentity>>,
 }
 
 impl RunContext {
@@ -66,7 +77,18 @@ impl RunContext {
             session_refs,
             parent_run,
             outliving_refs: Mutex::new(BTreeMap::new()),
+            caller: OnceLock::new(),
         }))
+    }
+
+    /// Records who asked for this run; only the first call counts.
+    pub fn set_caller(&self, caller: Caller) {
+        let _ = self.0.caller.set(caller);
+    }
+
+    /// Who asked for this run; None for local runs.
+    pub fn caller(&self) -> Option<&Caller> {
+        self.0.caller.get()
     }
 
     /// Where this run's session refs live.

@@ -67,6 +67,9 @@ pub enum PeerError {
     /// A caller-side argument or lifecycle mistake.
     #[error("{0}")]
     Validation(String),
+    /// The peer is at its limit of concurrent runs; retrying later may succeed.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl PeerError {
@@ -85,6 +88,7 @@ impl PeerError {
             PeerError::Workflow(_) => "Workflow",
             PeerError::Timeout(_) => "Timeout",
             PeerError::Validation(_) => "Validation",
+            PeerError::Busy(_) => "Busy",
         }
     }
 
@@ -116,6 +120,7 @@ impl PeerError {
             PeerError::Encode(_) | PeerError::Validation(_) => Status::invalid_argument(message),
             PeerError::Authentication(_) => Status::unauthenticated(message),
             PeerError::Timeout(_) => Status::deadline_exceeded(message),
+            PeerError::Busy(_) => Status::resource_exhausted(message),
             PeerError::Transport { .. } | PeerError::Tls(_) | PeerError::Workflow(_) => {
                 Status::internal(message)
             }
@@ -125,6 +130,9 @@ impl PeerError {
     /// Interprets a status a peer answered with; `address` names the peer in messages.
     pub fn from_status(status: &Status, address: &str) -> Self {
         let message = status.message();
+        if let Some(handshake) = crate::tls::handshake_failure(status) {
+            return PeerError::Tls(format!("call to peer {address} failed: {handshake}"));
+        }
         match status.code() {
             Code::NotFound => match postcard::from_bytes::<NotFoundDetail>(status.details()) {
                 Ok(detail) if detail.is_workflow => PeerError::UnknownWorkflow {
@@ -160,6 +168,9 @@ impl PeerError {
             Code::OutOfRange => PeerError::MessageTooLarge(format!(
                 "peer {address} refused an oversized message: {message}; raise max_message_bytes \
                  on both sides (PeerServer and PeerClient.connect), or pass large values as session refs"
+            )),
+            Code::ResourceExhausted => PeerError::Busy(format!(
+                "peer {address} is busy: {message}"
             )),
             Code::DeadlineExceeded => PeerError::Timeout(format!(
                 "call to peer {address} passed its deadline: {message}"

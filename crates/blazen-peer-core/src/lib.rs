@@ -5,15 +5,18 @@
 //! [`registry::StepHandler`] and carry their payloads as [`event::EventData`],
 //! so the binding crate only converts values and maps errors.
 
+pub mod auth;
 pub mod client;
 pub mod context;
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod limits;
 pub mod registry;
 pub mod runner;
 pub mod server;
 pub mod session_refs;
+pub mod tls;
 
 /// Code generated from `proto/blazen_peer.proto`.
 pub mod pb {
@@ -22,10 +25,11 @@ pub mod pb {
 }
 
 pub use client::{ChunkSink, ClientConfig, PeerClient, VecSink};
-pub use context::{RunContext, StateValue};
+pub use context::{Caller, RunContext, StateValue};
 pub use envelope::{Envelope, ENVELOPE_VERSION};
 pub use error::PeerError;
 pub use event::{Event, EventData, EventTypes, JsonEvent};
 pub use registry::{Step, StepFailure, StepHandler, StepRegistry};
 pub use server::{PeerService, RunningServer, ServerConfig};
 pub use session_refs::{RefInfo, RefLifetime, RefOwner, RefPayload, SessionRefRegistry};
+pub use tls::{ClientTls, PeerIdentity, Pem, ServerTls};

@@ -2,18 +2,22 @@
 
 use std::any::Any;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::context::RunContext;
+use crate::auth::{bearer, TokenCheck};
+use crate::context::{Caller, RunContext};
 use crate::envelope::{
     self, ChunkLimit, DerefChunk, DerefRequest, DerefResponse, Envelope, ParentRun,
     ParentRunRequest, ParentRunResponse, ReleaseRequest, ReleaseResponse, SubWorkflowRequest,
@@ -21,11 +25,13 @@ use crate::envelope::{
 };
 use crate::error::PeerError;
 use crate::event::Event;
+use crate::limits::{check_json_depth, DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH_CEILING};
 use crate::pb::blazen_peer_server::{BlazenPeer, BlazenPeerServer};
 use crate::pb::{PostcardRequest, PostcardResponse};
 use crate::registry::StepRegistry;
 use crate::runner::run_workflow;
 use crate::session_refs::{SessionRef, SessionRefRegistry};
+use crate::tls::{PeerIdentity, ServerTls};
 
 /// Default bound on one gRPC message, both directions.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -41,6 +47,13 @@ pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// ~130,000 reads; at 1 MiB, ~1,000.
 pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
 
+/// Default bound on runs in progress at once; beyond it calls get RESOURCE_EXHAUSTED.
+pub const DEFAULT_MAX_CONCURRENT_RUNS: usize = 1024;
+/// Default HTTP/2 keepalive: a ping after this much silence on a connection...
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// ...which must be answered within this long, or the connection is dropped.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Server settings; `Default` gives the documented defaults.
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -54,6 +67,20 @@ pub struct ServerConfig {
     pub host: Option<Arc<dyn Any + Send + Sync>>,
     /// Largest message accepted or sent.
     pub max_message_bytes: usize,
+    /// Runs in progress at once, beyond which calls are refused as busy.
+    pub max_concurrent_runs: usize,
+    /// How deeply a request's JSON input may nest.
+    pub max_json_depth: usize,
+    /// Certificate and key (and, for mutual TLS, the client CA); None serves plaintext.
+    pub tls: Option<ServerTls>,
+    /// Shared secret every call must carry; None accepts calls without one.
+    pub token: Option<String>,
+    /// Allows serving a non-loopback address with neither TLS nor a token.
+    pub insecure: bool,
+    /// HTTP/2 keepalive ping interval on idle connections; None disables pings.
+    pub keepalive_interval: Option<Duration>,
+    /// How long a keepalive ping may go unanswered.
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -64,7 +91,46 @@ impl Default for ServerConfig {
             session_refs: Arc::new(SessionRefRegistry::default()),
             host: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_concurrent_runs: DEFAULT_MAX_CONCURRENT_RUNS,
+            max_json_depth: DEFAULT_MAX_JSON_DEPTH,
+            tls: None,
+            token: None,
+            insecure: false,
+            keepalive_interval: Some(DEFAULT_KEEPALIVE_INTERVAL),
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
         }
+    }
+}
+
+impl ServerConfig {
+    /// Refuses settings that cannot work, saying which and why.
+    pub fn validate(&self) -> Result<(), PeerError> {
+        if self.max_concurrent_runs == 0 {
+            return Err(PeerError::Validation(
+                "max_concurrent_runs must be at least 1".into(),
+            ));
+        }
+        if self.max_json_depth == 0 || self.max_json_depth > MAX_JSON_DEPTH_CEILING {
+            return Err(PeerError::Validation(format!(
+                "max_json_depth must be between 1 and {MAX_JSON_DEPTH_CEILING}, got {}",
+                self.max_json_depth
+            )));
+        }
+        if self.max_message_bytes < 1024 {
+            return Err(PeerError::Validation(format!(
+                "max_message_bytes must be at least 1024, got {}",
+                self.max_message_bytes
+            )));
+        }
+        if let Some(token) = &self.token {
+            if token.is_empty() {
+                return Err(PeerError::Validation(
+                    "the token is empty; pass a non-empty secret or none at all".into(),
+                ));
+            }
+            bearer(token).map_err(PeerError::Validation)?;
+        }
+        Ok(())
     }
 }
 
@@ -73,6 +139,7 @@ impl Default for ServerConfig {
 pub struct PeerService {
     node_id: Arc<str>,
     config: ServerConfig,
+    run_slots: Arc<Semaphore>,
 }
 
 impl PeerService {
@@ -80,18 +147,31 @@ impl PeerService {
     pub fn new(node_id: impl Into<Arc<str>>, config: ServerConfig) -> Self {
         Self {
             node_id: node_id.into(),
+            run_slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
             config,
         }
     }
 
     /// Runs one request to completion; `Err` only for protocol-level refusals.
-    pub async fn invoke(&self, payload: &[u8]) -> Result<Envelope<SubWorkflowResponse>, PeerError> {
+    pub async fn invoke(
+        &self,
+        payload: &[u8],
+        caller: Caller,
+    ) -> Result<Envelope<SubWorkflowResponse>, PeerError> {
+        let _slot = self.run_slots.clone().try_acquire_owned().map_err(|_| {
+            PeerError::Busy(format!(
+                "peer `{}` is already running its maximum of {} concurrent runs; retry \
+                 later, spread calls over more peers, or raise max_concurrent_runs",
+                self.node_id, self.config.max_concurrent_runs
+            ))
+        })?;
         let request = Envelope::<SubWorkflowRequest>::decode(payload)?;
         let parent_run = request
             .extensions
             .get::<ParentRun>()
             .map(|parent| parent.parent_run_id);
         let request = request.body;
+        check_json_depth(&request.input_json, self.config.max_json_depth)?;
         serde_json::from_slice::<serde::de::IgnoredAny>(&request.input_json).map_err(|err| {
             PeerError::Encode(format!("input_json is not valid UTF-8 JSON: {err}"))
         })?;
@@ -107,6 +187,7 @@ impl PeerService {
             self.config.session_refs.clone(),
             parent_run,
         );
+        ctx.set_caller(caller);
         let deadline = request
             .timeout_secs
             .map(Duration::from_secs)
@@ -177,7 +258,9 @@ impl PeerService {
             ))
             .to_status());
         }
-        Ok(Response::new(PostcardResponse { postcard_payload }))
+        Ok(Response::new(PostcardResponse {
+            postcard_payload: postcard_payload.into(),
+        }))
     }
 
     fn find_ref(&self, payload: &[u8]) -> Result<(Uuid, SessionRef, Option<ChunkLimit>), Status> {
@@ -218,6 +301,30 @@ impl PeerService {
     }
 }
 
+/// The announced node id and, under mutual TLS, the verified certificate of a call.
+fn caller_of<T>(request: &Request<T>) -> Caller {
+    Caller {
+        node_id: request
+            .metadata()
+            .get(crate::client::NODE_ID_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned),
+        identity: request
+            .peer_certs()
+            .and_then(|chain| PeerIdentity::from_chain(&chain)),
+    }
+}
+
+/// What a caught panic said, for the caller (the panic itself is a bug here).
+fn panic_message(panic: &Box<dyn Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    format!("the peer hit an internal error running this request ({text}); please report it")
+}
+
 type ItemStream = futures::stream::BoxStream<'static, Result<PostcardResponse, Status>>;
 
 #[tonic::async_trait]
@@ -226,8 +333,13 @@ impl BlazenPeer for PeerService {
         &self,
         request: Request<PostcardRequest>,
     ) -> Result<Response<PostcardResponse>, Status> {
+        let caller = caller_of(&request);
         let payload = request.into_inner().postcard_payload;
-        let response = self.invoke(&payload).await.map_err(|err| err.to_status())?;
+        let response = AssertUnwindSafe(self.invoke(&payload, caller))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(PeerError::Validation(panic_message(&panic))))
+            .map_err(|err| err.to_status())?;
         let listed: Vec<Uuid> = response.body.remote_refs.keys().copied().collect();
         self.reply(response, "the response").inspect_err(|_| {
             // The caller never learns these keys.
@@ -298,7 +410,9 @@ impl BlazenPeer for PeerService {
                     offset as u64,
                     &bytes[offset..end],
                 )
-                .map(|postcard_payload| PostcardResponse { postcard_payload })
+                .map(|postcard_payload| PostcardResponse {
+                    postcard_payload: postcard_payload.into(),
+                })
                 .map_err(|err| err.to_status());
                 if tx.send(item).await.is_err() || end == bytes.len() {
                     break;
@@ -356,6 +470,20 @@ pub struct RunningServer {
 impl RunningServer {
     /// Binds `addr` (port 0 picks a free port) and starts serving `service`.
     pub async fn start(service: PeerService, addr: SocketAddr) -> Result<Self, PeerError> {
+        let config = service.config.clone();
+        config.validate()?;
+        if !addr.ip().is_loopback()
+            && config.tls.is_none()
+            && config.token.is_none()
+            && !config.insecure
+        {
+            return Err(PeerError::Validation(format!(
+                "refusing to serve {addr} without TLS or a token: anyone who can reach it could \
+                 run this peer's steps. Pass tls=ServerTls.from_pem(...) and/or token=... (or set \
+                 BLAZEN_PEER_TOKEN), bind 127.0.0.1 for local use, or pass insecure=True on a \
+                 network you trust"
+            )));
+        }
         let listener = TcpListener::bind(addr).await.map_err(|err| {
             let hint = if err.kind() == std::io::ErrorKind::AddrInUse {
                 "; another process is listening there: stop it or pick another port (0 picks a free one)"
@@ -370,16 +498,24 @@ impl RunningServer {
         // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to small replies.
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let limit = service.config.max_message_bytes;
-        let sweeper = tokio::spawn(sweep_leases(service.config.session_refs.clone()));
+        let limit = config.max_message_bytes;
+        let sweeper = tokio::spawn(sweep_leases(config.session_refs.clone()));
         let grpc = BlazenPeerServer::new(service)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
-        let router = tonic::transport::Server::builder()
+        let grpc = InterceptedService::new(grpc, TokenCheck::new(config.token.as_deref()));
+        let mut builder = tonic::transport::Server::builder()
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .max_frame_size(MAX_FRAME_BYTES)
-            .add_service(grpc);
+            .http2_keepalive_interval(config.keepalive_interval)
+            .http2_keepalive_timeout(Some(config.keepalive_timeout));
+        if let Some(tls) = &config.tls {
+            builder = builder.tls_config(tls.tonic()).map_err(|err| {
+                PeerError::Tls(format!("the server's TLS settings were refused: {err}"))
+            })?;
+        }
+        let router = builder.add_service(grpc);
         let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = shutdown_rx.await;
         }));

@@ -165,7 +165,7 @@ fn result_value(response: &SubWorkflowResponse) -> serde_json::Value {
 
 async fn raw_invoke(raw: &mut BlazenPeerClient<Channel>, payload: Vec<u8>) -> tonic::Status {
     raw.invoke_sub_workflow(PostcardRequest {
-        postcard_payload: payload,
+        postcard_payload: payload.into(),
     })
     .await
     .expect_err("the server should refuse this payload")
@@ -355,7 +355,7 @@ async fn huge_timeout_secs_from_a_raw_caller_is_served() {
         );
         let reply = raw
             .invoke_sub_workflow(PostcardRequest {
-                postcard_payload: request.encode().unwrap(),
+                postcard_payload: request.encode().unwrap().into(),
             })
             .await
             .unwrap();
@@ -437,7 +437,7 @@ async fn newer_envelope_version_is_failed_precondition() {
     .unwrap();
     let status = raw
         .deref_session_ref(PostcardRequest {
-            postcard_payload: v2_ref.clone(),
+            postcard_payload: v2_ref.clone().into(),
         })
         .await
         .unwrap_err();
@@ -449,7 +449,7 @@ async fn newer_envelope_version_is_failed_precondition() {
     v2_ref[0] = 3;
     let status = raw
         .release_session_ref(PostcardRequest {
-            postcard_payload: v2_ref,
+            postcard_payload: v2_ref.into(),
         })
         .await
         .unwrap_err();
@@ -542,7 +542,7 @@ async fn garbage_payloads_are_invalid_argument() {
     }
     let status = raw
         .deref_session_ref(PostcardRequest {
-            postcard_payload: vec![0x01, 0x10, 0x00],
+            postcard_payload: vec![0x01, 0x10, 0x00].into(),
         })
         .await
         .unwrap_err();
@@ -556,7 +556,7 @@ async fn stream_method_is_unimplemented() {
     let mut raw = harness.raw().await;
     let status = raw
         .stream_sub_workflow_events(PostcardRequest {
-            postcard_payload: run_request(&["b::double"], "{}").encode().unwrap(),
+            postcard_payload: run_request(&["b::double"], "{}").encode().unwrap().into(),
         })
         .await
         .unwrap_err();
@@ -580,7 +580,8 @@ async fn deref_of_an_unknown_ref_is_not_found() {
                 ref_uuid: key,
             })
             .encode()
-            .unwrap(),
+            .unwrap()
+            .into(),
         })
         .await
         .unwrap_err();

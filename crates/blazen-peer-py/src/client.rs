@@ -3,21 +3,20 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::RwLock;
-use std::time::Duration;
 
 use blazen_peer_core::envelope::{
     self, FailureKind, ParentRun, SubWorkflowRequest, SubWorkflowResponse, WorkflowFailure,
 };
-use blazen_peer_core::server::DEFAULT_MAX_MESSAGE_BYTES;
 use blazen_peer_core::{ClientConfig, Envelope, PeerClient, PeerError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::awaitable::{self, Class};
 use crate::errors::{to_py, IntoPyResult};
-use crate::refs::{parse_key, BytesSink, Fetched};
+use crate::refs::{parse_key, BufferSink, BytesSink, Fetched, FetchedInto};
 use crate::runtime;
-use crate::server::positive_size;
+use crate::server::{positive_size, seconds};
+use crate::tls::ClientTlsRef;
 
 /// A connected client; calls share one HTTP/2 channel.
 #[pyclass(frozen, name = "PeerClient", module = "blazen_peer._native")]
@@ -27,21 +26,32 @@ pub struct PeerClientRef {
     address: String,
 }
 
-fn config(connect_timeout_secs: f64, max_message_bytes: usize) -> PyResult<ClientConfig> {
-    let connect_timeout = Duration::try_from_secs_f64(connect_timeout_secs)
-        .ok()
-        .filter(|timeout| !timeout.is_zero())
-        .ok_or_else(|| {
-            PeerError::Validation(format!(
-                "connect_timeout_secs must be a positive number of seconds, got {connect_timeout_secs}"
-            ))
+/// Connection settings as Python passes them (keywords of `PeerClient.connect`).
+#[derive(FromPyObject)]
+pub struct ConnectOptions {
+    connect_timeout_secs: f64,
+    max_message_bytes: usize,
+    token: Option<String>,
+    tls: Option<Py<ClientTlsRef>>,
+    keepalive_interval_secs: Option<f64>,
+    keepalive_timeout_secs: f64,
+}
+
+impl ConnectOptions {
+    fn config(&self, py: Python<'_>) -> PyResult<ClientConfig> {
+        Ok(ClientConfig {
+            connect_timeout: seconds("connect_timeout_secs", self.connect_timeout_secs)?,
+            max_message_bytes: positive_size(self.max_message_bytes)?,
+            token: self.token.clone(),
+            tls: self.tls.as_ref().map(|tls| tls.borrow(py).config.clone()),
+            keepalive_interval: self
+                .keepalive_interval_secs
+                .map(|secs| seconds("keepalive_interval_secs", secs))
+                .transpose()?,
+            keepalive_timeout: seconds("keepalive_timeout_secs", self.keepalive_timeout_secs)?,
+            ..ClientConfig::default()
         })
-        .py_err()?;
-    Ok(ClientConfig {
-        connect_timeout,
-        max_message_bytes: positive_size(max_message_bytes)?,
-        ..ClientConfig::default()
-    })
+    }
 }
 
 fn wrap(client: PeerClient) -> PeerClientRef {
@@ -65,15 +75,13 @@ fn block_on<T: Send>(
 impl PeerClientRef {
     /// Connects to `address`; the awaitable fails fast when nothing listens.
     #[staticmethod]
-    #[pyo3(signature = (address, node_id, connect_timeout_secs, max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES))]
     fn connect(
         py: Python<'_>,
         address: String,
         node_id: String,
-        connect_timeout_secs: f64,
-        max_message_bytes: usize,
+        options: ConnectOptions,
     ) -> PyResult<Bound<'_, PyAny>> {
-        let config = config(connect_timeout_secs, max_message_bytes)?;
+        let config = options.config(py)?;
         awaitable::spawn(py, async move {
             let client = PeerClient::connect(&address, &node_id, config).await?;
             Ok(Class(wrap(client)))
@@ -82,15 +90,13 @@ impl PeerClientRef {
 
     /// Blocking form of `connect`.
     #[staticmethod]
-    #[pyo3(signature = (address, node_id, connect_timeout_secs, max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES))]
     fn connect_blocking(
         py: Python<'_>,
         address: String,
         node_id: String,
-        connect_timeout_secs: f64,
-        max_message_bytes: usize,
+        options: ConnectOptions,
     ) -> PyResult<Self> {
-        let config = config(connect_timeout_secs, max_message_bytes)?;
+        let config = options.config(py)?;
         let client = block_on(py, async move {
             PeerClient::connect(&address, &node_id, config).await
         })?;
@@ -184,6 +190,23 @@ impl PeerClientRef {
             let mut sink = BytesSink::default();
             client.deref_into(key, &mut sink).await?;
             Ok(Fetched(sink))
+        })
+    }
+
+    /// Streams a session ref into a caller's writable buffer; resolves to
+    /// `(type_tag, size)`. Reusing one buffer skips the page faults of new memory.
+    fn fetch_into<'py>(
+        &self,
+        py: Python<'py>,
+        key: &str,
+        buffer: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client()?;
+        let key = parse_key(key)?;
+        let mut sink = BufferSink::new(buffer)?;
+        awaitable::spawn(py, async move {
+            client.deref_into(key, &mut sink).await?;
+            Ok(FetchedInto(sink))
         })
     }
 

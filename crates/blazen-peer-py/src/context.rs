@@ -38,6 +38,33 @@ impl RunContextRef {
         self.ctx.is_cancelled()
     }
 
+    /// The node id the caller announced, for remote runs (not verified).
+    #[getter]
+    fn caller_node_id(&self) -> Option<String> {
+        self.ctx.caller()?.node_id.clone()
+    }
+
+    /// `(subject, common_name, dns_names, uris, certificate_der)` of the caller's
+    /// verified TLS client certificate, under mutual TLS; else None.
+    #[getter]
+    fn peer_identity<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Some(identity) = self
+            .ctx
+            .caller()
+            .and_then(|caller| caller.identity.as_ref())
+        else {
+            return Ok(None);
+        };
+        let fields = (
+            identity.subject.as_str(),
+            identity.common_name.as_deref(),
+            identity.dns_names.clone(),
+            identity.uris.clone(),
+            PyBytes::new(py, &identity.certificate_der),
+        );
+        Ok(Some(fields.into_pyobject(py)?.into_any()))
+    }
+
     /// Stores JSON text under an exported key.
     fn set_json(&self, key: String, json: &[u8]) {
         self.ctx.set(key, StateValue::Json(json.to_vec()));

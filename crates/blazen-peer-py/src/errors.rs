@@ -76,7 +76,8 @@ fn build<'py>(py: Python<'py>, err: &PeerError) -> PyResult<Bound<'py, PyAny>> {
         | PeerError::Tls(_)
         | PeerError::Authentication(_)
         | PeerError::Timeout(_)
-        | PeerError::Validation(_) => {}
+        | PeerError::Validation(_)
+        | PeerError::Busy(_) => {}
     }
     factory.bind(py).call1((kind, err.to_string(), details))
 }

@@ -13,6 +13,7 @@ mod refs;
 mod runtime;
 mod server;
 mod steps;
+mod tls;
 mod workflow;
 
 use pyo3::prelude::*;
@@ -29,6 +30,8 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<workflow::LocalRunRef>()?;
     module.add_class::<refs::SessionRefRegistryRef>()?;
     module.add_class::<awaitable::AbortOnCancel>()?;
+    module.add_class::<tls::ServerTlsRef>()?;
+    module.add_class::<tls::ClientTlsRef>()?;
     module.add_function(wrap_pyfunction!(gil::close_python_gate, module)?)?;
     module.add_function(wrap_pyfunction!(steps::register_step, module)?)?;
     module.add_function(wrap_pyfunction!(steps::unregister_step, module)?)?;

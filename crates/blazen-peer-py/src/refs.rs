@@ -293,6 +293,114 @@ impl ChunkSink for BytesSink {
     }
 }
 
+/// A writable, contiguous view of a caller's buffer (bytearray, numpy array,
+/// mmap...), held while a remote value streams into it. The export stops the
+/// owner from resizing it meanwhile (bytearray raises BufferError).
+pub struct BufferSink {
+    view: Box<ffi::Py_buffer>,
+    written: u64,
+    pub type_tag: String,
+}
+
+// SAFETY: the view's memory is pinned by the view's own reference to its
+// exporter; it is written only by the one task that owns the sink, and released
+// under the GIL (drop).
+unsafe impl Send for BufferSink {}
+
+impl BufferSink {
+    pub fn new(target: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let mut view = Box::new(ffi::Py_buffer::new());
+        // SAFETY: `view` is a valid Py_buffer; on success it holds a reference
+        // to the exporter until PyBuffer_Release.
+        let status = unsafe {
+            ffi::PyObject_GetBuffer(
+                target.as_ptr(),
+                &mut *view,
+                ffi::PyBUF_SIMPLE | ffi::PyBUF_WRITABLE,
+            )
+        };
+        if status != 0 {
+            let cause = PyErr::fetch(target.py());
+            return Err(PeerError::Validation(format!(
+                "deref_session_ref_into needs a writable, contiguous buffer such as a \
+                 bytearray, a numpy array or a writable memoryview; got {}: {cause}",
+                target.get_type().name()?
+            )))
+            .py_err();
+        }
+        Ok(Self {
+            view,
+            written: 0,
+            type_tag: String::new(),
+        })
+    }
+
+    fn capacity(&self) -> u64 {
+        self.view.len.max(0) as u64
+    }
+
+    /// How many bytes the value had.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+}
+
+impl ChunkSink for BufferSink {
+    fn begin(&mut self, total_len: u64, type_tag: &str) -> Result<(), PeerError> {
+        if total_len > self.capacity() {
+            return Err(PeerError::Validation(format!(
+                "the session ref holds {total_len} bytes but the buffer has room for {}; \
+                 pass a buffer of at least {total_len} bytes",
+                self.capacity()
+            )));
+        }
+        self.written = total_len;
+        self.type_tag = type_tag.to_owned();
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u64, bytes: &[u8]) -> Result<(), PeerError> {
+        let end = offset.checked_add(bytes.len() as u64);
+        if end.is_none_or(|end| end > self.written) {
+            return Err(PeerError::Encode(format!(
+                "a piece at {offset} of {} bytes falls outside the announced {} bytes",
+                bytes.len(),
+                self.written
+            )));
+        }
+        // SAFETY: the destination lies inside the writable view (checked above:
+        // `written` never exceeds the view's length).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                (self.view.buf as *mut u8).add(offset as usize),
+                bytes.len(),
+            )
+        };
+        Ok(())
+    }
+}
+
+impl Drop for BufferSink {
+    fn drop(&mut self) {
+        let view = &mut *self.view;
+        // Past interpreter shutdown the exporter is gone with the process; leaking is right.
+        gil::with_python(|_| unsafe { ffi::PyBuffer_Release(view) });
+    }
+}
+
+/// `(type_tag, size)` of a value fetched into a caller's buffer.
+pub struct FetchedInto(pub BufferSink);
+
+impl ToPython for FetchedInto {
+    fn to_python(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+        let size = self.0.written();
+        Ok((self.0.type_tag.clone(), size)
+            .into_pyobject(py)?
+            .into_any())
+    }
+}
+
 /// `(type_tag, bytes)` of a fetched value.
 pub struct Fetched(pub BytesSink);
 

@@ -4,8 +4,12 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use blazen_peer_core::server::DEFAULT_MAX_MESSAGE_BYTES;
-use blazen_peer_core::{PeerError, PeerService, RunningServer, ServerConfig, SessionRefRegistry};
+use blazen_peer_core::limits::DEFAULT_MAX_JSON_DEPTH;
+use blazen_peer_core::server::{
+    DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_CONCURRENT_RUNS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+};
+use blazen_peer_core::{PeerError, PeerService, RunningServer, ServerConfig};
 use pyo3::prelude::*;
 
 use crate::awaitable;
@@ -13,6 +17,7 @@ use crate::errors::IntoPyResult;
 use crate::refs::SessionRefRegistryRef;
 use crate::runtime;
 use crate::steps::PyHost;
+use crate::tls::ServerTlsRef;
 
 enum ServerState {
     Idle,
@@ -25,9 +30,8 @@ enum ServerState {
 #[pyclass(frozen, name = "PeerServer", module = "blazen_peer._native")]
 pub struct PeerServerRef {
     node_id: String,
-    default_timeout: Duration,
-    session_refs: Arc<SessionRefRegistry>,
-    max_message_bytes: usize,
+    // Everything but the per-start host; checked once, at construction.
+    config: ServerConfig,
     state: Arc<Mutex<ServerState>>,
 }
 
@@ -42,6 +46,19 @@ pub fn positive_size(max_message_bytes: usize) -> PyResult<usize> {
     Ok(max_message_bytes)
 }
 
+/// A positive, finite number of seconds as a Duration.
+pub fn seconds(name: &str, secs: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|duration| !duration.is_zero())
+        .ok_or_else(|| {
+            PeerError::Validation(format!(
+                "{name} must be a positive number of seconds, got {secs}"
+            ))
+        })
+        .py_err()
+}
+
 fn lock(state: &Mutex<ServerState>) -> std::sync::MutexGuard<'_, ServerState> {
     state.lock().unwrap_or_else(|poison| poison.into_inner())
 }
@@ -49,12 +66,33 @@ fn lock(state: &Mutex<ServerState>) -> std::sync::MutexGuard<'_, ServerState> {
 #[pymethods]
 impl PeerServerRef {
     #[new]
-    #[pyo3(signature = (node_id, default_timeout_secs=300.0, session_refs=None, max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES))]
+    #[pyo3(signature = (
+        node_id,
+        default_timeout_secs=300.0,
+        session_refs=None,
+        max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES,
+        *,
+        max_concurrent_runs=DEFAULT_MAX_CONCURRENT_RUNS,
+        max_json_depth=DEFAULT_MAX_JSON_DEPTH,
+        tls=None,
+        token=None,
+        insecure=false,
+        keepalive_interval_secs=Some(DEFAULT_KEEPALIVE_INTERVAL.as_secs_f64()),
+        keepalive_timeout_secs=DEFAULT_KEEPALIVE_TIMEOUT.as_secs_f64(),
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         node_id: String,
         default_timeout_secs: f64,
         session_refs: Option<PyRef<'_, SessionRefRegistryRef>>,
         max_message_bytes: usize,
+        max_concurrent_runs: usize,
+        max_json_depth: usize,
+        tls: Option<PyRef<'_, ServerTlsRef>>,
+        token: Option<String>,
+        insecure: bool,
+        keepalive_interval_secs: Option<f64>,
+        keepalive_timeout_secs: f64,
     ) -> PyResult<Self> {
         if node_id.is_empty() {
             return Err(PeerError::Validation("node_id cannot be empty".into())).py_err();
@@ -68,13 +106,27 @@ impl PeerServerRef {
                 ))
             })
             .py_err()?;
-        Ok(Self {
-            node_id,
+        let config = ServerConfig {
             default_timeout,
             session_refs: session_refs
                 .map(|refs| refs.registry.clone())
                 .unwrap_or_default(),
             max_message_bytes: positive_size(max_message_bytes)?,
+            max_concurrent_runs,
+            max_json_depth,
+            tls: tls.map(|tls| tls.config.clone()),
+            token,
+            insecure,
+            keepalive_interval: keepalive_interval_secs
+                .map(|secs| seconds("keepalive_interval_secs", secs))
+                .transpose()?,
+            keepalive_timeout: seconds("keepalive_timeout_secs", keepalive_timeout_secs)?,
+            ..ServerConfig::default()
+        };
+        config.validate().py_err()?;
+        Ok(Self {
+            node_id,
+            config,
             state: Arc::new(Mutex::new(ServerState::Idle)),
         })
     }
@@ -115,11 +167,8 @@ impl PeerServerRef {
             }
         }
         let config = ServerConfig {
-            default_timeout: self.default_timeout,
-            session_refs: self.session_refs.clone(),
-            max_message_bytes: self.max_message_bytes,
             host: Some(Arc::new(PyHost { event_loop })),
-            ..ServerConfig::default()
+            ..self.config.clone()
         };
         let service = PeerService::new(self.node_id.as_str(), config);
         let state = self.state.clone();
@@ -153,7 +202,7 @@ impl PeerServerRef {
     #[getter]
     fn session_refs(&self) -> SessionRefRegistryRef {
         SessionRefRegistryRef {
-            registry: self.session_refs.clone(),
+            registry: self.config.session_refs.clone(),
         }
     }
 

@@ -6,6 +6,9 @@ step registry) and runnable as a server::
     python tests/peer_app.py [HOST:PORT]     # default 127.0.0.1:0 (a free port)
         [--lease-secs SECS]                  # SessionRefRegistry(lease_secs=...) of the server
         [--max-message-bytes N]              # PeerServer(max_message_bytes=...)
+        [--tls-cert F --tls-key F [--tls-client-ca F]]   # PeerServer(tls=ServerTls.from_pem(...))
+        [--token T] [--insecure]             # PeerServer(token=..., insecure=...)
+        [--max-concurrent-runs N] [--max-json-depth N] [--keepalive-interval SECS]
 
 The script prints ``LISTENING HOST:PORT`` once ``PeerServer.start`` has returned,
 then serves until its stdin reaches end-of-file or it receives SIGTERM, and
@@ -38,6 +41,7 @@ from blazen_peer import (  # noqa: E402
     Event,
     PeerServer,
     RefLifetime,
+    ServerTls,
     SessionRefRegistry,
     StartEvent,
     StopEvent,
@@ -400,6 +404,55 @@ async def big_result(ctx: Context, ev: StartEvent) -> StopEvent:
     return StopEvent(result="x" * int(ev.size))
 
 
+# --- security: who called, and which calls reached a step ---
+
+MARKS: dict[str, int] = {}
+
+
+@step("security::mark")
+async def mark(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Counts a call under ``tag`` and reports who made it."""
+    MARKS[ev.tag] = MARKS.get(ev.tag, 0) + 1
+    identity = ctx.peer_identity
+    return StopEvent(
+        result={
+            "caller_node_id": ctx.caller_node_id,
+            "peer_identity": None
+            if identity is None
+            else {
+                "subject": identity.subject,
+                "common_name": identity.common_name,
+                "dns_names": list(identity.dns_names),
+                "uris": list(identity.uris),
+                "der_len": len(identity.certificate_der),
+            },
+        }
+    )
+
+
+@step("security::marks")
+async def marks(ctx: Context, ev: StartEvent) -> StopEvent:
+    return StopEvent(result=MARKS)
+
+
+@step("security::hold")
+def hold(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Creates the file ``started``, then holds its run slot until the file ``release``
+    exists (the test creates it)."""
+    Path(ev.started).touch()
+    release = Path(ev.release)
+    while not release.exists():
+        time.sleep(0.01)
+    return StopEvent(result="released")
+
+
+@step("security::silent")
+async def silent(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Sends nothing for ``secs`` seconds, so only keepalive pings cross the connection."""
+    await asyncio.sleep(float(ev.secs))
+    return StopEvent(result="still connected")
+
+
 # --- serving ---
 
 
@@ -421,8 +474,21 @@ async def main(args: argparse.Namespace) -> None:
         ref_support.PEER_ONLY_TAG, ref_support.encode_peer_only, ref_support.decode_peer_only
     )
     session_refs = None if args.lease_secs is None else SessionRefRegistry(args.lease_secs)
+    tls = (
+        ServerTls.from_pem(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
+        if args.tls_cert
+        else None
+    )
     SERVER = server = PeerServer(
-        NODE_ID, session_refs=session_refs, max_message_bytes=args.max_message_bytes
+        NODE_ID,
+        session_refs=session_refs,
+        max_message_bytes=args.max_message_bytes,
+        tls=tls,
+        token=args.token,
+        insecure=args.insecure,
+        max_concurrent_runs=args.max_concurrent_runs,
+        max_json_depth=args.max_json_depth,
+        keepalive_interval_secs=args.keepalive_interval,
     )
     bound = await server.start(args.address)
     print(f"LISTENING {bound}", flush=True)
@@ -438,6 +504,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("address", nargs="?", default="127.0.0.1:0")
     parser.add_argument("--lease-secs", type=float, default=None)
     parser.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--tls-client-ca")
+    parser.add_argument("--token")
+    parser.add_argument("--insecure", action="store_true")
+    parser.add_argument("--max-concurrent-runs", type=int, default=1024)
+    parser.add_argument("--max-json-depth", type=int, default=100)
+    parser.add_argument("--keepalive-interval", type=float, default=30.0)
     return parser.parse_args(argv)
 
 

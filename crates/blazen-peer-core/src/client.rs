@@ -22,6 +22,7 @@ use crate::server::{
     DEFAULT_MAX_MESSAGE_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES,
 };
 use crate::tls::{handshake_failure, ClientTls};
+use crate::tls_connector;
 
 /// Metadata key carrying the caller's node id, for the peer's logs.
 pub const NODE_ID_HEADER: &str = "x-blazen-node-id";
@@ -128,7 +129,12 @@ impl PeerClient {
             Some(token) => Some(bearer(token).map_err(PeerError::Validation)?),
             None => None,
         };
-        let mut endpoint = Endpoint::from_shared(address.to_owned())
+        // With TLS, the connector below encrypts; tonic sees a plain http:// endpoint.
+        let endpoint_uri = match secure {
+            true => format!("http://{}", &address["https://".len()..]),
+            false => address.to_owned(),
+        };
+        let mut endpoint = Endpoint::from_shared(endpoint_uri)
             .map_err(|err| {
                 PeerError::Validation(format!(
                     "`{address}` is not a valid peer address ({err}); use http://HOST:PORT"
@@ -144,19 +150,29 @@ impl PeerClient {
         if let Some(interval) = config.keepalive_interval {
             endpoint = endpoint.http2_keep_alive_interval(interval);
         }
-        if let Some(tls) = &config.tls {
-            endpoint = endpoint.tls_config(tls.tonic()).map_err(|err| {
-                PeerError::Tls(format!(
-                    "the TLS settings for {address} were refused: {err}"
-                ))
-            })?;
-        }
         let node_header = node_id.parse().map_err(|_| {
             PeerError::Validation(format!(
                 "node_id `{node_id}` must be printable ASCII (it travels as gRPC metadata)"
             ))
         })?;
-        let channel = endpoint.connect().await.map_err(|err| {
+        let connected = match &config.tls {
+            None => endpoint.connect().await,
+            Some(tls) => {
+                let uri = endpoint.uri().clone();
+                let host = uri.host().unwrap_or_default().to_owned();
+                let authority = format!("{host}:{}", uri.port_u16().unwrap_or(443));
+                let (tls_config, server_name) = tls.for_host(&host)?;
+                let connector = tower::service_fn(move |_: http::Uri| {
+                    tls_connector::connect(
+                        tls_config.clone(),
+                        server_name.clone(),
+                        authority.clone(),
+                    )
+                });
+                endpoint.connect_with_connector(connector).await
+            }
+        };
+        let channel = connected.map_err(|err| {
             if let Some(handshake) = handshake_failure(&err) {
                 return PeerError::Tls(format!("cannot connect to peer {address}: {handshake}"));
             }

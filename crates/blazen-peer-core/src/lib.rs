@@ -17,6 +17,7 @@ pub mod runner;
 pub mod server;
 pub mod session_refs;
 pub mod tls;
+mod tls_connector;
 
 /// Code generated from `proto/blazen_peer.proto`.
 pub mod pb {

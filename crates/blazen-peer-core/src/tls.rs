@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::error::PeerError;
 
@@ -122,7 +122,8 @@ impl ServerTls {
 /// The CA a client trusts, and optionally its own certificate for mutual TLS.
 #[derive(Clone)]
 pub struct ClientTls {
-    config: ClientTlsConfig,
+    config: Arc<rustls::ClientConfig>,
+    domain: Option<String>,
 }
 
 impl ClientTls {
@@ -133,19 +134,65 @@ impl ClientTls {
         identity: Option<(&Pem, &Pem)>,
         domain: Option<&str>,
     ) -> Result<Self, PeerError> {
-        ca.certificates("CA")?;
-        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca.bytes));
-        if let Some((cert, key)) = identity {
-            config = config.identity(checked_identity(cert, key)?);
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in ca.certificates("CA")? {
+            roots.add(cert).map_err(|err| {
+                ca.error("CA", &format!("is not a usable CA certificate ({err})"))
+            })?;
         }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|err| PeerError::Tls(format!("TLS is unavailable: {err}")))?
+        .with_root_certificates(roots);
+        let mut config = match identity {
+            Some((cert, key)) => {
+                checked_identity(cert, key)?;
+                builder
+                    .with_client_auth_cert(
+                        cert.certificates("certificate")?,
+                        key.private_key("key")?,
+                    )
+                    .map_err(|err| {
+                        key.error(
+                            "key",
+                            &format!("is not usable with {} ({err})", cert.source),
+                        )
+                    })?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
         if let Some(domain) = domain {
-            config = config.domain_name(domain);
+            ServerName::try_from(domain.to_owned()).map_err(|_| {
+                PeerError::Tls(format!(
+                    "domain `{domain}` is not a valid DNS name or IP address"
+                ))
+            })?;
         }
-        Ok(Self { config })
+        Ok(Self {
+            config: Arc::new(config),
+            domain: domain.map(str::to_owned),
+        })
     }
 
-    pub(crate) fn tonic(&self) -> ClientTlsConfig {
-        self.config.clone()
+    /// The rustls config and the name the server's certificate must carry
+    /// (`host` unless a domain was given).
+    pub(crate) fn for_host(
+        &self,
+        host: &str,
+    ) -> Result<(Arc<rustls::ClientConfig>, ServerName<'static>), PeerError> {
+        let name = self.domain.as_deref().unwrap_or(host);
+        // An IPv6 host comes in brackets in a URI.
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        let server_name = ServerName::try_from(name.to_owned()).map_err(|_| {
+            PeerError::Tls(format!(
+                "`{name}` is not a valid DNS name or IP address to check the peer's certificate \
+                 against; pass ClientTls(domain=...)"
+            ))
+        })?;
+        Ok((self.config.clone(), server_name))
     }
 }
 

@@ -23,14 +23,18 @@ import trustme
 from blazen_peer import (
     AuthenticationError,
     ClientTls,
+    Context,
     EncodeError,
     PeerBusyError,
     PeerClient,
     PeerServer,
     ServerTls,
+    StartEvent,
+    StopEvent,
     TlsError,
     TransportError,
     ValidationError,
+    step,
 )
 from conftest import PeerProcess
 
@@ -307,6 +311,30 @@ async def test_the_right_token_is_accepted_from_the_argument_or_the_environment(
     await connect_and_mark(address, "token-arg", token=TOKEN, **options)
     monkeypatch.setenv("BLAZEN_PEER_TOKEN", TOKEN)
     await connect_and_mark(address, "token-env", **options)
+
+
+async def test_a_server_accepts_each_of_several_tokens_while_rotating(
+    monkeypatch: pytest.MonkeyPatch, step_ids: Callable[[str], str]
+) -> None:
+    monkeypatch.delenv("BLAZEN_PEER_TOKEN", raising=False)
+    ran: list[str] = []
+
+    @step(step_ids("rotated"))
+    async def rotated(ctx: Context, ev: StartEvent) -> StopEvent:
+        ran.append(ev.token)
+        return StopEvent(result="ok")
+
+    async with PeerServer("rotating", token=["old-token", "new-token"]) as server:
+        address = f"http://{await server.start()}"
+        for token in ("old-token", "new-token", "other-token"):
+            async with await PeerClient.connect(address, node_id="a", token=token) as client:
+                call = client.run_remote_workflow("rotation", [rotated.id], {"token": token})
+                if token == "other-token":
+                    with pytest.raises(AuthenticationError):
+                        await call
+                else:
+                    assert await call == "ok"
+    assert ran == ["old-token", "new-token"]
 
 
 async def test_a_token_sent_to_a_peer_without_one_is_ignored(peer_address: str) -> None:

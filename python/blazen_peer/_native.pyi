@@ -155,7 +155,7 @@ class PeerServer:
         max_concurrent_runs: int = ...,
         max_json_depth: int = ...,
         tls: ServerTls | None = None,
-        token: str | None = None,
+        tokens: Sequence[str] = (),
         insecure: bool = False,
         keepalive_interval_secs: float | None = ...,
         keepalive_timeout_secs: float = ...,

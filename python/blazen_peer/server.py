@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from types import TracebackType
 
 from . import _native
@@ -15,6 +16,14 @@ from .tls import ServerTls
 __all__ = ["PeerServer"]
 
 
+def _server_tokens(token: str | Sequence[str] | None) -> list[str]:
+    """Accepted tokens: one, several (while rotating), or ``$BLAZEN_PEER_TOKEN``."""
+    if token is None or isinstance(token, str):
+        resolved = resolve_token(token)
+        return [] if resolved is None else [resolved]
+    return list(token)
+
+
 class PeerServer:
     """A peer that runs registered steps for remote callers.
 
@@ -24,7 +33,7 @@ class PeerServer:
     A server serves once.
 
     Security: with ``token`` (default ``$BLAZEN_PEER_TOKEN``) every call must carry
-    it; with ``tls`` the peer serves TLS, and mutual TLS when ``tls`` has a client
+    it (a list accepts any of several, for rotation); with ``tls`` the peer serves TLS, and mutual TLS when ``tls`` has a client
     CA. A non-loopback address with neither is refused unless ``insecure=True``.
     Limits: ``max_message_bytes`` per message, ``max_concurrent_runs`` (beyond it
     callers get PeerBusyError), ``max_json_depth`` for inputs; HTTP/2 keepalive
@@ -39,7 +48,7 @@ class PeerServer:
         session_refs: SessionRefRegistry | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
         tls: ServerTls | None = None,
-        token: str | None = None,
+        token: str | Sequence[str] | None = None,
         insecure: bool = False,
         max_concurrent_runs: int = 1024,
         max_json_depth: int = 100,
@@ -59,7 +68,7 @@ class PeerServer:
             max_concurrent_runs=max_concurrent_runs,
             max_json_depth=max_json_depth,
             tls=tls._native if tls is not None else None,
-            token=resolve_token(token),
+            tokens=_server_tokens(token),
             insecure=insecure,
             keepalive_interval_secs=keepalive_interval_secs,
             keepalive_timeout_secs=keepalive_timeout_secs,

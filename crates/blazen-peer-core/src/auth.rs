@@ -16,26 +16,40 @@ pub fn bearer(token: &str) -> Result<MetadataValue<Ascii>, String> {
         .map_err(|_| "the token must be printable ASCII (it travels as gRPC metadata)".to_owned())
 }
 
-/// Refuses calls that do not carry the server's token; passes all calls when
-/// the server has none.
+/// Refuses calls that do not carry one of the server's tokens; passes all
+/// calls when the server has none.
 #[derive(Clone)]
 pub struct TokenCheck {
-    expected: Option<Vec<u8>>,
+    accepted: Vec<Vec<u8>>,
 }
 
 impl TokenCheck {
-    pub fn new(token: Option<&str>) -> Self {
+    pub fn new(tokens: &[String]) -> Self {
         Self {
-            expected: token.map(|token| token.as_bytes().to_vec()),
+            accepted: tokens
+                .iter()
+                .map(|token| token.as_bytes().to_vec())
+                .collect(),
         }
+    }
+
+    /// Compares against every accepted token, without stopping at a match, so
+    /// the time taken does not tell which one matched.
+    fn accepts(&self, presented: &[u8]) -> bool {
+        self.accepted
+            .iter()
+            .fold(subtle::Choice::from(0), |matched, token| {
+                matched | presented.ct_eq(token)
+            })
+            .into()
     }
 }
 
 impl Interceptor for TokenCheck {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.expected else {
+        if self.accepted.is_empty() {
             return Ok(request);
-        };
+        }
         let presented = request
             .metadata()
             .get("authorization")
@@ -43,7 +57,7 @@ impl Interceptor for TokenCheck {
             .and_then(|value| value.strip_prefix(b"Bearer "));
         match presented {
             // Neither token ever appears in the message.
-            Some(token) if bool::from(token.ct_eq(expected)) => Ok(request),
+            Some(token) if self.accepts(token) => Ok(request),
             Some(_) => Err(Status::unauthenticated(
                 "the token in `authorization: Bearer ...` does not match this peer's; \
                  use the peer's token (BLAZEN_PEER_TOKEN or token=)",

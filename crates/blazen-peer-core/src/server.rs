@@ -74,7 +74,9 @@ pub struct ServerConfig {
     /// Certificate and key (and, for mutual TLS, the client CA); None serves plaintext.
     pub tls: Option<ServerTls>,
     /// Shared secret every call must carry; None accepts calls without one.
-    pub token: Option<String>,
+    /// Shared secrets, any of which a call may carry (several while rotating);
+    /// empty accepts calls without a token.
+    pub tokens: Vec<String>,
     /// Allows serving a non-loopback address with neither TLS nor a token.
     pub insecure: bool,
     /// HTTP/2 keepalive ping interval on idle connections; None disables pings.
@@ -94,7 +96,7 @@ impl Default for ServerConfig {
             max_concurrent_runs: DEFAULT_MAX_CONCURRENT_RUNS,
             max_json_depth: DEFAULT_MAX_JSON_DEPTH,
             tls: None,
-            token: None,
+            tokens: Vec::new(),
             insecure: false,
             keepalive_interval: Some(DEFAULT_KEEPALIVE_INTERVAL),
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
@@ -122,7 +124,7 @@ impl ServerConfig {
                 self.max_message_bytes
             )));
         }
-        if let Some(token) = &self.token {
+        for token in &self.tokens {
             if token.is_empty() {
                 return Err(PeerError::Validation(
                     "the token is empty; pass a non-empty secret or none at all".into(),
@@ -474,7 +476,7 @@ impl RunningServer {
         config.validate()?;
         if !addr.ip().is_loopback()
             && config.tls.is_none()
-            && config.token.is_none()
+            && config.tokens.is_empty()
             && !config.insecure
         {
             return Err(PeerError::Validation(format!(
@@ -503,7 +505,7 @@ impl RunningServer {
         let grpc = BlazenPeerServer::new(service)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
-        let grpc = InterceptedService::new(grpc, TokenCheck::new(config.token.as_deref()));
+        let grpc = InterceptedService::new(grpc, TokenCheck::new(&config.tokens));
         let mut builder = tonic::transport::Server::builder()
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)

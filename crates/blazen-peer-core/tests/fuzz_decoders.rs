@@ -756,6 +756,73 @@ fn arb_details() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// What may follow the v1 fields: garbage, a huge varint, or a (mutated) block.
+fn arb_tail() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        arb_bytes(64),
+        (any::<Index>(), arb_bytes(8)).prop_map(|(which, rest)| {
+            let mut tail = which.get(&huge_varints()).clone();
+            tail.extend(rest);
+            tail
+        }),
+        (
+            arb_fields(),
+            proptest::collection::vec(arb_mutation(), 0..3)
+        )
+            .prop_map(|(fields, mutations)| {
+                let mut block = raw_block(&fields);
+                for mutation in &mutations {
+                    apply(&mut block, mutation);
+                }
+                block
+            }),
+    ]
+}
+
+fn check_extensions<T: Serialize + DeserializeOwned>(
+    bytes: &[u8],
+    fields: &[(u32, Vec<u8>)],
+) -> Result<(), TestCaseError> {
+    let envelope =
+        Envelope::<T>::decode(bytes).map_err(|err| TestCaseError::fail(format!("{err:?}")))?;
+    let extensions = &envelope.extensions;
+    prop_assert_eq!(
+        extensions.get::<WorkflowFailure>(),
+        expected_extension::<WorkflowFailure>(fields)
+    );
+    prop_assert_eq!(
+        extensions.get::<ParentRun>(),
+        expected_extension::<ParentRun>(fields)
+    );
+    prop_assert_eq!(
+        extensions.get::<ChunkLimit>(),
+        expected_extension::<ChunkLimit>(fields)
+    );
+    prop_assert_eq!(extensions.is_empty(), fields.is_empty());
+    Ok(())
+}
+
+fn arb_status_code() -> impl Strategy<Value = Code> {
+    prop_oneof![
+        Just(Code::NotFound),
+        Just(Code::FailedPrecondition),
+        (0i32..20).prop_map(Code::from),
+    ]
+}
+
+/// Arbitrary text, and WIRE.md's version message with arbitrary / numeric parts.
+fn arb_status_message() -> impl Strategy<Value = String> {
+    fn wire<T: std::fmt::Display>((got, supported): (T, T)) -> String {
+        format!("envelope version {got} is newer than supported {supported}")
+    }
+    prop_oneof![
+        any::<String>(),
+        (any::<String>(), any::<String>()).prop_map(wire),
+        (any::<u64>(), any::<u64>()).prop_map(wire),
+        (any::<u32>(), any::<u32>()).prop_map(wire),
+    ]
+}
+
 // ---------------------------------------------------------------------------
 // Properties
 // ---------------------------------------------------------------------------
@@ -791,11 +858,12 @@ proptest! {
         let prefix = &valid.bytes[..cut];
         match valid.kind.decode(prefix) {
             Ok(body) => {
-                prop_assert!(cut >= valid.body_len, "prefix of {cut} < {} bytes decoded", valid.body_len);
+                let body_len = valid.body_len;
+                prop_assert!(cut >= body_len, "{cut}-byte prefix of {body_len}-byte body decoded");
                 prop_assert_eq!(&body[..], &valid.bytes[..valid.body_len]);
             }
             Err(PeerError::Encode(message)) => {
-                prop_assert!(cut < valid.body_len, "{cut}-byte prefix with the whole body failed: {message}");
+                prop_assert!(cut < valid.body_len, "{cut}-byte prefix with body failed: {message}");
             }
             Err(other) => prop_assert!(false, "prefix of {cut} bytes: {other:?}"),
         }
@@ -821,21 +889,7 @@ proptest! {
     #[test]
     fn trailing_bytes_never_fail_the_decode(
         valid in arb_valid(),
-        tail in prop_oneof![
-            arb_bytes(64),
-            (any::<Index>(), arb_bytes(8)).prop_map(|(which, rest)| {
-                let mut tail = which.get(&huge_varints()).clone();
-                tail.extend(rest);
-                tail
-            }),
-            (arb_fields(), proptest::collection::vec(arb_mutation(), 0..3)).prop_map(|(fields, mutations)| {
-                let mut block = raw_block(&fields);
-                for mutation in &mutations {
-                    apply(&mut block, mutation);
-                }
-                block
-            }),
-        ],
+        tail in arb_tail(),
     ) {
         let mut bytes = valid.bytes[..valid.body_len].to_vec();
         bytes.extend_from_slice(&tail);
@@ -852,23 +906,15 @@ proptest! {
     fn extension_lookup_is_total(valid in arb_valid(), fields in arb_fields()) {
         let mut bytes = valid.bytes[..valid.body_len].to_vec();
         bytes.extend_from_slice(&raw_block(&fields));
-        fn check<T: Serialize + DeserializeOwned>(bytes: &[u8], fields: &[(u32, Vec<u8>)]) -> Result<(), TestCaseError> {
-            let envelope = Envelope::<T>::decode(bytes).map_err(|err| TestCaseError::fail(format!("{err:?}")))?;
-            prop_assert_eq!(envelope.extensions.get::<WorkflowFailure>(), expected_extension::<WorkflowFailure>(fields));
-            prop_assert_eq!(envelope.extensions.get::<ParentRun>(), expected_extension::<ParentRun>(fields));
-            prop_assert_eq!(envelope.extensions.get::<ChunkLimit>(), expected_extension::<ChunkLimit>(fields));
-            prop_assert_eq!(envelope.extensions.is_empty(), fields.is_empty());
-            Ok(())
-        }
         match valid.kind {
-            Kind::Request => check::<SubWorkflowRequest>(&bytes, &fields)?,
-            Kind::Response => check::<SubWorkflowResponse>(&bytes, &fields)?,
-            Kind::Deref | Kind::Release => check::<DerefRequest>(&bytes, &fields)?,
-            Kind::DerefResp => check::<DerefResponse>(&bytes, &fields)?,
-            Kind::ReleaseResp => check::<ReleaseResponse>(&bytes, &fields)?,
-            Kind::ParentReq => check::<ParentRunRequest>(&bytes, &fields)?,
-            Kind::ParentResp => check::<ParentRunResponse>(&bytes, &fields)?,
-            Kind::Chunk => check::<DerefChunk>(&bytes, &fields)?,
+            Kind::Request => check_extensions::<SubWorkflowRequest>(&bytes, &fields)?,
+            Kind::Response => check_extensions::<SubWorkflowResponse>(&bytes, &fields)?,
+            Kind::Deref | Kind::Release => check_extensions::<DerefRequest>(&bytes, &fields)?,
+            Kind::DerefResp => check_extensions::<DerefResponse>(&bytes, &fields)?,
+            Kind::ReleaseResp => check_extensions::<ReleaseResponse>(&bytes, &fields)?,
+            Kind::ParentReq => check_extensions::<ParentRunRequest>(&bytes, &fields)?,
+            Kind::ParentResp => check_extensions::<ParentRunResponse>(&bytes, &fields)?,
+            Kind::Chunk => check_extensions::<DerefChunk>(&bytes, &fields)?,
         }
     }
 
@@ -877,14 +923,9 @@ proptest! {
     /// (when the message is WIRE.md's) or Transport, and nothing panics.
     #[test]
     fn status_details_never_panic(
-        code in prop_oneof![Just(Code::NotFound), Just(Code::FailedPrecondition), (0i32..20).prop_map(Code::from)],
+        code in arb_status_code(),
         details in arb_details(),
-        message in prop_oneof![
-            any::<String>(),
-            (any::<String>(), any::<String>()).prop_map(|(got, supported)| format!("envelope version {got} is newer than supported {supported}")),
-            (any::<u64>(), any::<u64>()).prop_map(|(got, supported)| format!("envelope version {got} is newer than supported {supported}")),
-            (any::<u32>(), any::<u32>()).prop_map(|(got, supported)| format!("envelope version {got} is newer than supported {supported}")),
-        ],
+        message in arb_status_message(),
     ) {
         let status = Status::with_details(code, message.clone(), details.clone().into());
         let (result, largest, _) = measured(|| PeerError::from_status(&status, "http://peer"));

@@ -75,7 +75,7 @@ impl PeerServerRef {
         max_concurrent_runs=DEFAULT_MAX_CONCURRENT_RUNS,
         max_json_depth=DEFAULT_MAX_JSON_DEPTH,
         tls=None,
-        token=None,
+        tokens=Vec::new(),
         insecure=false,
         keepalive_interval_secs=Some(DEFAULT_KEEPALIVE_INTERVAL.as_secs_f64()),
         keepalive_timeout_secs=DEFAULT_KEEPALIVE_TIMEOUT.as_secs_f64(),
@@ -89,7 +89,7 @@ impl PeerServerRef {
         max_concurrent_runs: usize,
         max_json_depth: usize,
         tls: Option<PyRef<'_, ServerTlsRef>>,
-        token: Option<String>,
+        tokens: Vec<String>,
         insecure: bool,
         keepalive_interval_secs: Option<f64>,
         keepalive_timeout_secs: f64,
@@ -115,7 +115,7 @@ impl PeerServerRef {
             max_concurrent_runs,
             max_json_depth,
             tls: tls.map(|tls| tls.config.clone()),
-            token,
+            tokens,
             insecure,
             keepalive_interval: keepalive_interval_secs
                 .map(|secs| seconds("keepalive_interval_secs", secs))

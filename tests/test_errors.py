@@ -439,3 +439,14 @@ async def test_negative_timeout_raises_validation_error(client: PeerClient) -> N
     with pytest.raises(ValidationError, match="timeout_secs") as excinfo:
         await client.run_remote_workflow("wf", ["test::echo"], timeout_secs=-1)
     assert isinstance(excinfo.value, ValueError)
+
+
+async def test_a_rust_panic_becomes_a_transport_error_and_the_module_keeps_working(
+    client: PeerClient,
+) -> None:
+    from blazen_peer import _native
+
+    with pytest.raises(TransportError, match="internal error \\(probe went wrong\\)"):
+        await _native._panic_probe("probe went wrong")
+    await _native._panic_probe("")
+    assert await client.run_remote_workflow("echo", ["test::echo"], {"x": 1})

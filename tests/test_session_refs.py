@@ -399,7 +399,7 @@ async def test_deref_into_fills_a_reused_buffer_and_returns_the_size(
     )
     buffer = bytearray(b"\xee" * (4 * MIB))
     try:
-        for n, (ref, size) in enumerate(zip(refs, sizes)):
+        for n, (ref, size) in enumerate(zip(refs, sizes, strict=True)):
             assert await client.deref_session_ref_into(ref["key"], buffer) == size
             assert sha256(buffer[:size]) == ref_support.pattern_sha256(40 + n, size)
         # Bytes past the value are left as they were.

@@ -9,14 +9,17 @@ from typing_extensions import Buffer
 __all__ = [
     "ENVELOPE_VERSION",
     "AbortOnCancel",
+    "ClientTls",
     "Completion",
     "EventTypes",
     "LocalRun",
     "PeerClient",
     "PeerServer",
     "RunContext",
+    "ServerTls",
     "SessionRefRegistry",
     "SubWorkflowResponse",
+    "_panic_probe",
     "close_python_gate",
     "register_step",
     "register_workflow",
@@ -155,7 +158,7 @@ class PeerServer:
         max_concurrent_runs: int = ...,
         max_json_depth: int = ...,
         tls: ServerTls | None = None,
-        tokens: Sequence[str] = (),
+        tokens: Sequence[str] = ...,
         insecure: bool = False,
         keepalive_interval_secs: float | None = ...,
         keepalive_timeout_secs: float = ...,
@@ -290,3 +293,6 @@ def register_workflow(name: str, step_ids: Sequence[str]) -> None:
 
 def registered_workflows() -> list[str]:
     """Declared workflow names, sorted."""
+
+def _panic_probe(message: str) -> Awaitable[None]:
+    """Awaitable whose Rust future panics with `message` (tests only)."""

@@ -33,8 +33,9 @@ class PeerServer:
     A server serves once.
 
     Security: with ``token`` (default ``$BLAZEN_PEER_TOKEN``) every call must carry
-    it (a list accepts any of several, for rotation); with ``tls`` the peer serves TLS, and mutual TLS when ``tls`` has a client
-    CA. A non-loopback address with neither is refused unless ``insecure=True``.
+    it (a list accepts any of several, for rotation); with ``tls`` the peer serves
+    TLS, and mutual TLS when ``tls`` has a client CA. A non-loopback address with
+    neither is refused unless ``insecure=True``.
     Limits: ``max_message_bytes`` per message, ``max_concurrent_runs`` (beyond it
     callers get PeerBusyError), ``max_json_depth`` for inputs; HTTP/2 keepalive
     pings every ``keepalive_interval_secs`` (None: never).

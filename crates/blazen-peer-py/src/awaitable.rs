@@ -6,6 +6,9 @@
 //! the Rust task, which drops whatever it was doing (a gRPC call, a run).
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
 
 use blazen_peer_core::{Event, PeerError};
 use pyo3::prelude::*;
@@ -77,7 +80,11 @@ where
     let loop_ref = event_loop.unbind();
     let future_ref = future.clone().unbind();
     let task = runtime.spawn(async move {
-        let outcome = fut.await;
+        // A panic must not leave the awaiting coroutine hanging: it becomes an error.
+        let outcome = AssertUnwindSafe(fut)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(panic_error(panic.as_ref())));
         gil::with_python(|py| {
             let (setter, value) = match outcome.map_err(to_py).and_then(|value| value.to_python(py))
             {
@@ -104,6 +111,17 @@ where
     Ok(future)
 }
 
+fn panic_error(panic: &(dyn std::any::Any + Send)) -> PeerError {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    PeerError::transport(format!(
+        "blazen_peer hit an internal error ({text}); please report it"
+    ))
+}
+
 /// Done-callback that aborts the Rust task when the asyncio future was cancelled.
 #[pyclass(frozen, module = "blazen_peer._native")]
 pub struct AbortOnCancel {
@@ -118,4 +136,16 @@ impl AbortOnCancel {
         }
         Ok(())
     }
+}
+
+/// Awaitable whose Rust future panics: lets the tests prove a panic surfaces
+/// as a `TransportError` instead of a hung coroutine or a dead interpreter.
+#[pyfunction]
+pub fn _panic_probe(py: Python<'_>, message: String) -> PyResult<Bound<'_, PyAny>> {
+    spawn(py, async move {
+        if !message.is_empty() {
+            panic!("{message}");
+        }
+        Ok(())
+    })
 }

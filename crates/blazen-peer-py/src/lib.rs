@@ -33,6 +33,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<tls::ServerTlsRef>()?;
     module.add_class::<tls::ClientTlsRef>()?;
     module.add_function(wrap_pyfunction!(gil::close_python_gate, module)?)?;
+    module.add_function(wrap_pyfunction!(awaitable::_panic_probe, module)?)?;
     module.add_function(wrap_pyfunction!(steps::register_step, module)?)?;
     module.add_function(wrap_pyfunction!(steps::unregister_step, module)?)?;
     module.add_function(wrap_pyfunction!(steps::registered_step_ids, module)?)?;

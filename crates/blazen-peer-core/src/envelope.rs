@@ -140,8 +140,17 @@ impl<T: Serialize + DeserializeOwned> Envelope<T> {
     pub fn decode(payload: &[u8]) -> Result<Self, PeerError> {
         check_version(payload)?;
         let (body, rest) = postcard::take_from_bytes::<T>(payload).map_err(|err| {
+            // postcard drops the field's own message (e.g. uuid's "invalid length").
+            let detail = match err {
+                postcard::Error::SerdeDeCustom => {
+                    "a field holds a value its type does not allow (for example a uuid that \
+                     is not 16 bytes)"
+                        .to_owned()
+                }
+                other => other.to_string(),
+            };
             PeerError::Encode(format!(
-                "payload of {} bytes does not decode as {}: {err}",
+                "payload of {} bytes does not decode as {}: {detail}",
                 payload.len(),
                 short_type_name::<T>()
             ))

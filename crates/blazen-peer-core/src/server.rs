@@ -174,7 +174,10 @@ impl PeerService {
             .map(|parent| parent.parent_run_id);
         let request = request.body;
         check_json_depth(&request.input_json, self.config.max_json_depth)?;
-        serde_json::from_slice::<serde::de::IgnoredAny>(&request.input_json).map_err(|err| {
+        // serde_json does not check UTF-8 inside strings it skips, so check it first.
+        let input = std::str::from_utf8(&request.input_json)
+            .map_err(|err| PeerError::Encode(format!("input_json is not valid UTF-8: {err}")))?;
+        serde_json::from_str::<serde::de::IgnoredAny>(input).map_err(|err| {
             PeerError::Encode(format!("input_json is not valid UTF-8 JSON: {err}"))
         })?;
         let node = format!("`{}`", self.node_id);

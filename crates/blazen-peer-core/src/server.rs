@@ -343,7 +343,7 @@ impl BlazenPeer for PeerService {
         let response = AssertUnwindSafe(self.invoke(&payload, caller))
             .catch_unwind()
             .await
-            .unwrap_or_else(|panic| Err(PeerError::Validation(panic_message(&panic))))
+            .unwrap_or_else(|panic| Err(PeerError::transport(panic_message(&panic))))
             .map_err(|err| err.to_status())?;
         let listed: Vec<Uuid> = response.body.remote_refs.keys().copied().collect();
         self.reply(response, "the response").inspect_err(|_| {

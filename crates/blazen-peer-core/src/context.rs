@@ -9,6 +9,8 @@ use uuid::Uuid;
 
 use crate::envelope::RemoteRefDescriptor;
 use crate::session_refs::SessionRefRegistry;
+use rustls::pki_types::CertificateDer;
+
 use crate::tls::PeerIdentity;
 
 /// A value stored with `ctx.set`.
@@ -43,8 +45,35 @@ struct Inner {
 pub struct Caller {
     /// The node id the caller announced (`x-blazen-node-id`); not verified.
     pub node_id: Option<String>,
-    /// The caller's verified TLS client certificate, under mutual TLS.
-    pub identity: Option<Arc<PeerIdentity>>,
+    /// The caller's TLS client certificate chain, verified by the handshake (mutual TLS).
+    pub certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
+    // Parsed on first use: most steps never look, and calls should not pay for it.
+    identity: OnceLock<Option<Arc<PeerIdentity>>>,
+}
+
+impl Caller {
+    /// A caller as the transport saw it.
+    pub fn new(
+        node_id: Option<String>,
+        certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
+    ) -> Self {
+        Self {
+            node_id,
+            certificates,
+            identity: OnceLock::new(),
+        }
+    }
+
+    /// What the caller's certificate says, under mutual TLS.
+    pub fn identity(&self) -> Option<&Arc<PeerIdentity>> {
+        self.identity
+            .get_or_init(|| {
+                self.certificates
+                    .as_deref()
+                    .and_then(|chain| PeerIdentity::from_chain(chain))
+            })
+            .as_ref()
+    }
 }
 
 impl RunContext {

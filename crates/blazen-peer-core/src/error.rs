@@ -100,6 +100,18 @@ impl PeerError {
         }
     }
 
+    /// A caught panic, as the error the caller gets instead; `who` says where it happened.
+    pub fn from_panic(panic: &(dyn std::any::Any + Send), who: &str) -> Self {
+        let text = panic
+            .downcast_ref::<&str>()
+            .map(|text| text.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        PeerError::transport(format!(
+            "{who} hit an internal error ({text}); please report it"
+        ))
+    }
+
     /// The status a server answers with for this error.
     pub fn to_status(&self) -> Status {
         let message = self.to_string();
@@ -130,9 +142,6 @@ impl PeerError {
     /// Interprets a status a peer answered with; `address` names the peer in messages.
     pub fn from_status(status: &Status, address: &str) -> Self {
         let message = status.message();
-        if let Some(handshake) = crate::tls::handshake_failure(status) {
-            return PeerError::Tls(format!("call to peer {address} failed: {handshake}"));
-        }
         match status.code() {
             Code::NotFound => match postcard::from_bytes::<NotFoundDetail>(status.details()) {
                 Ok(detail) if detail.is_workflow => PeerError::UnknownWorkflow {

@@ -31,7 +31,7 @@ use crate::pb::{PostcardRequest, PostcardResponse};
 use crate::registry::StepRegistry;
 use crate::runner::run_workflow;
 use crate::session_refs::{SessionRef, SessionRefRegistry};
-use crate::tls::{PeerIdentity, ServerTls};
+use crate::tls::ServerTls;
 
 /// Default bound on one gRPC message, both directions.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -308,26 +308,14 @@ impl PeerService {
 
 /// The announced node id and, under mutual TLS, the verified certificate of a call.
 fn caller_of<T>(request: &Request<T>) -> Caller {
-    Caller {
-        node_id: request
+    Caller::new(
+        request
             .metadata()
             .get(crate::client::NODE_ID_HEADER)
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned),
-        identity: request
-            .peer_certs()
-            .and_then(|chain| PeerIdentity::from_chain(&chain)),
-    }
-}
-
-/// What a caught panic said, for the caller (the panic itself is a bug here).
-fn panic_message(panic: &Box<dyn Any + Send>) -> String {
-    let text = panic
-        .downcast_ref::<&str>()
-        .map(|text| text.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".into());
-    format!("the peer hit an internal error running this request ({text}); please report it")
+        request.peer_certs(),
+    )
 }
 
 type ItemStream = futures::stream::BoxStream<'static, Result<PostcardResponse, Status>>;
@@ -343,7 +331,12 @@ impl BlazenPeer for PeerService {
         let response = AssertUnwindSafe(self.invoke(&payload, caller))
             .catch_unwind()
             .await
-            .unwrap_or_else(|panic| Err(PeerError::transport(panic_message(&panic))))
+            .unwrap_or_else(|panic| {
+                Err(PeerError::from_panic(
+                    panic.as_ref(),
+                    "the peer, running this request,",
+                ))
+            })
             .map_err(|err| err.to_status())?;
         let listed: Vec<Uuid> = response.body.remote_refs.keys().copied().collect();
         self.reply(response, "the response").inspect_err(|_| {

@@ -68,13 +68,16 @@ impl Pem {
     }
 }
 
-/// A certificate chain and the private key that matches its first certificate.
-fn checked_identity(cert: &Pem, key: &Pem) -> Result<Identity, PeerError> {
+/// A parsed certificate chain and the private key of its first certificate.
+type KeyPair = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// Parses a certificate chain and its private key, checking that they belong together.
+fn checked_key_pair(cert: &Pem, key: &Pem) -> Result<KeyPair, PeerError> {
     let certs = cert.certificates("certificate")?;
     let private_key = key.private_key("key")?;
     let signing_key = rustls::crypto::ring::sign::any_supported_type(&private_key)
         .map_err(|err| key.error("key", &format!("is not a usable private key ({err})")))?;
-    rustls::sign::CertifiedKey::new(certs, signing_key)
+    rustls::sign::CertifiedKey::new(certs.clone(), signing_key)
         .keys_match()
         .map_err(|err| {
             PeerError::Tls(format!(
@@ -83,7 +86,7 @@ fn checked_identity(cert: &Pem, key: &Pem) -> Result<Identity, PeerError> {
                 key.source, cert.source
             ))
         })?;
-    Ok(Identity::from_pem(&cert.bytes, &key.bytes))
+    Ok((certs, private_key))
 }
 
 /// A server's certificate and, for mutual TLS, the CA that client certificates must chain to.
@@ -97,8 +100,9 @@ impl ServerTls {
     /// Parses and checks the PEM inputs; with `client_ca`, clients must present
     /// a certificate signed by it.
     pub fn from_pem(cert: &Pem, key: &Pem, client_ca: Option<&Pem>) -> Result<Self, PeerError> {
-        let identity = checked_identity(cert, key)?;
-        let mut config = ServerTlsConfig::new().identity(identity);
+        checked_key_pair(cert, key)?;
+        let mut config =
+            ServerTlsConfig::new().identity(Identity::from_pem(&cert.bytes, &key.bytes));
         if let Some(ca) = client_ca {
             ca.certificates("client CA")?;
             config = config.client_ca_root(Certificate::from_pem(&ca.bytes));
@@ -148,12 +152,9 @@ impl ClientTls {
         .with_root_certificates(roots);
         let mut config = match identity {
             Some((cert, key)) => {
-                checked_identity(cert, key)?;
+                let (certs, private_key) = checked_key_pair(cert, key)?;
                 builder
-                    .with_client_auth_cert(
-                        cert.certificates("certificate")?,
-                        key.private_key("key")?,
-                    )
+                    .with_client_auth_cert(certs, private_key)
                     .map_err(|err| {
                         key.error(
                             "key",

@@ -23,8 +23,6 @@
 //! Failing inputs are persisted to `tests/proptest-regressions/fuzz_decoders.txt`
 //! and replayed first on later runs; commit that file when it appears.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use blazen_peer_core::envelope::{
@@ -78,67 +76,15 @@ const ALLOCATION_LIMIT: usize = 2 << 20;
 /// A decode of a few bytes that takes longer than this is looping or allocating.
 const TIME_LIMIT: Duration = Duration::from_secs(2);
 
-// ---------------------------------------------------------------------------
-// Largest-allocation tracker (this test binary's global allocator)
-// ---------------------------------------------------------------------------
-
-struct PeakAlloc;
-
-thread_local! {
-    static TRACKING: Cell<bool> = const { Cell::new(false) };
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note_allocation(size: usize) {
-    let _ = TRACKING.try_with(|tracking| {
-        if tracking.get() {
-            let _ = LARGEST.try_with(|largest| largest.set(largest.get().max(size)));
-        }
-    });
-}
-
-// SAFETY: forwards every call to the system allocator unchanged.
-unsafe impl GlobalAlloc for PeakAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_allocation(layout.size());
-        System.alloc(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_allocation(layout.size());
-        System.alloc_zeroed(layout)
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_allocation(new_size);
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: PeakAlloc = PeakAlloc;
+// Largest-allocation tracker (this test binary's global allocator).
+#[path = "support/peak_alloc.rs"]
+mod peak_alloc;
 
 /// Runs `f`; returns its result, the largest single allocation it made, and its duration.
 fn measured<R>(f: impl FnOnce() -> R) -> (R, usize, Duration) {
-    LARGEST.with(|largest| largest.set(0));
-    TRACKING.with(|tracking| tracking.set(true));
     let start = Instant::now();
-    let result = f();
-    let elapsed = start.elapsed();
-    TRACKING.with(|tracking| tracking.set(false));
-    (result, LARGEST.with(Cell::get), elapsed)
-}
-
-#[test]
-fn allocation_tracker_sees_large_buffers() {
-    // Guards the tracker itself: without it the allocation bounds prove nothing.
-    let (buffer, largest, _) = measured(|| vec![0u8; 3 << 20]);
-    assert_eq!(buffer.len(), 3 << 20);
-    assert!(largest >= 3 << 20, "largest = {largest}");
+    let (result, largest) = peak_alloc::largest_allocation(f);
+    (result, largest, start.elapsed())
 }
 
 #[test]

@@ -84,7 +84,7 @@ where
         let outcome = AssertUnwindSafe(fut)
             .catch_unwind()
             .await
-            .unwrap_or_else(|panic| Err(panic_error(panic.as_ref())));
+            .unwrap_or_else(|panic| Err(PeerError::from_panic(panic.as_ref(), "blazen_peer")));
         gil::with_python(|py| {
             let (setter, value) = match outcome.map_err(to_py).and_then(|value| value.to_python(py))
             {
@@ -109,17 +109,6 @@ where
         },),
     )?;
     Ok(future)
-}
-
-fn panic_error(panic: &(dyn std::any::Any + Send)) -> PeerError {
-    let text = panic
-        .downcast_ref::<&str>()
-        .map(|text| text.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".into());
-    PeerError::transport(format!(
-        "blazen_peer hit an internal error ({text}); please report it"
-    ))
 }
 
 /// Done-callback that aborts the Rust task when the asyncio future was cancelled.

@@ -48,11 +48,7 @@ impl RunContextRef {
     /// verified TLS client certificate, under mutual TLS; else None.
     #[getter]
     fn peer_identity<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let Some(identity) = self
-            .ctx
-            .caller()
-            .and_then(|caller| caller.identity.as_ref())
-        else {
+        let Some(identity) = self.ctx.caller().and_then(|caller| caller.identity()) else {
             return Ok(None);
         };
         let fields = (

@@ -1,8 +1,5 @@
 use super::*;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------
@@ -355,64 +352,9 @@ fn decode_error_names_the_payload_type_and_length() {
     );
 }
 
-// A counting allocator, active only on threads that ask for it, so the
-// huge-length tests can assert that no large buffer was reserved.
-struct PeakAlloc;
-
-thread_local! {
-    static TRACKING: Cell<bool> = const { Cell::new(false) };
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note_allocation(size: usize) {
-    let _ = TRACKING.try_with(|tracking| {
-        if tracking.get() {
-            let _ = LARGEST.try_with(|largest| largest.set(largest.get().max(size)));
-        }
-    });
-}
-
-// SAFETY: forwards every call to the system allocator unchanged.
-unsafe impl GlobalAlloc for PeakAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_allocation(layout.size());
-        System.alloc(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_allocation(layout.size());
-        System.alloc_zeroed(layout)
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_allocation(new_size);
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: PeakAlloc = PeakAlloc;
-
-/// Runs `f` and returns its result with the largest single allocation it made.
-fn largest_allocation<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    LARGEST.with(|largest| largest.set(0));
-    TRACKING.with(|tracking| tracking.set(true));
-    let result = f();
-    TRACKING.with(|tracking| tracking.set(false));
-    (result, LARGEST.with(Cell::get))
-}
-
-#[test]
-fn allocation_tracker_sees_large_buffers() {
-    // Guards the tracker itself: without it the huge-length tests prove nothing.
-    let (buffer, largest) = largest_allocation(|| vec![0u8; 3 << 20]);
-    assert_eq!(buffer.len(), 3 << 20);
-    assert!(largest >= 3 << 20, "largest = {largest}");
-}
+#[path = "../../tests/support/peak_alloc.rs"]
+mod peak_alloc;
+use peak_alloc::largest_allocation;
 
 #[test]
 fn huge_declared_lengths_fail_without_allocating() {

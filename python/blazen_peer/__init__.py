@@ -26,9 +26,9 @@ from .errors import (
     ValidationError,
     WorkflowError,
 )
-from .events import Event, StartEvent, StopEvent, event_type_name
+from .events import Event, GenericEvent, StartEvent, StopEvent, event_type_name
 from .refs import RefInfo, RefLifetime, SessionRefRegistry, SessionRefs, register_ref_codec
-from .server import PeerServer
+from .server import PeerServer, ServerStats
 from .steps import (
     Step,
     register_step,
@@ -38,6 +38,7 @@ from .steps import (
     step,
     unregister_step,
 )
+from .streaming import SubWorkflowStream
 from .tls import ClientTls, ServerTls
 from .workflow import Workflow, WorkflowHandler
 
@@ -52,6 +53,7 @@ __all__ = [
     "EncodeError",
     "EnvelopeVersionError",
     "Event",
+    "GenericEvent",
     "MessageTooLargeError",
     "ParentRun",
     "PeerBusyError",
@@ -64,6 +66,7 @@ __all__ = [
     "RefLifetime",
     "RefNotFoundError",
     "RemoteRefDescriptor",
+    "ServerStats",
     "ServerTls",
     "SessionRefRegistry",
     "SessionRefs",
@@ -71,6 +74,7 @@ __all__ = [
     "Step",
     "StopEvent",
     "SubWorkflowResponse",
+    "SubWorkflowStream",
     "TlsError",
     "TransportError",
     "UnknownStepError",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import traceback
+from collections.abc import Coroutine, Generator
 from typing import Any
 
 from . import _native
@@ -33,7 +34,8 @@ def start_async_step(
     fn: Any, ctx: _native.RunContext, event: Any, completion: _native.Completion
 ) -> None:
     try:
-        task = asyncio.ensure_future(fn(Context(ctx), _as_event(event)))
+        call = fn(Context(ctx), _as_event(event))
+        task = asyncio.ensure_future(_paced(call, ctx) if ctx.streaming else call)
     except BaseException as exc:
         completion.fail(exc)
         return
@@ -50,6 +52,41 @@ def _finish(task: asyncio.Future[Any], completion: _native.Completion) -> None:
         completion.fail(exc)
         return
     completion.succeed(emitted)
+
+
+async def _paced(call: Coroutine[Any, Any, Any], ctx: _native.RunContext) -> Any:
+    return await _Paced(call, ctx)
+
+
+class _Paced:
+    """Drives an async step's coroutine and, at each of its awaits, holds it
+    while its run's event stream is full: back-pressure for
+    ``ctx.write_event_to_stream``, which the step calls without awaiting."""
+
+    __slots__ = ("_call", "_ctx")
+
+    def __init__(self, call: Coroutine[Any, Any, Any], ctx: _native.RunContext) -> None:
+        self._call = call
+        self._ctx = ctx
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        call, ctx = self._call, self._ctx
+        error: BaseException | None = None
+        while True:
+            try:
+                awaited = call.send(None) if error is None else call.throw(error)
+            except StopIteration as done:
+                return done.value
+            error = None
+            try:
+                while ctx.stream_full():
+                    yield from ctx.stream_room().__await__()
+                yield awaited
+            except GeneratorExit:
+                call.close()
+                raise
+            except BaseException as exc:  # cancellation included: the step decides
+                error = exc
 
 
 def run_sync_step(fn: Any, ctx: _native.RunContext, event: Any) -> Emitted:

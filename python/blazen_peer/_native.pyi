@@ -62,6 +62,18 @@ class RunContext:
     def peer_identity(self) -> tuple[str, str | None, list[str], list[str], bytes] | None:
         """`(subject, common_name, dns_names, uris, certificate_der)` of the caller's
         verified TLS client certificate, under mutual TLS; else None."""
+    @property
+    def streaming(self) -> bool:
+        """True when a caller streams this run's events."""
+    def write_stream_event(self, event_type: str, data_json: bytes) -> None:
+        """Queues an event for the caller (dropped when nobody streams the run)."""
+    def stream_full(self) -> bool:
+        """True while writers should wait for the caller to read."""
+    def wait_for_stream_room(self) -> None:
+        """Blocks (GIL released) while the stream is full; for `def` steps in
+        worker threads. Returns early when the run ends."""
+    def stream_room(self) -> Awaitable[None]:
+        """Resolves once the stream has room; for `async def` steps."""
     def set_json(self, key: str, json: bytes) -> None:
         """Stores JSON text under an exported key."""
     def set_object(self, key: str, value: object) -> None:
@@ -170,11 +182,16 @@ class PeerServer:
     def node_id(self) -> str:
         """This server's node id."""
     @property
+    def draining(self) -> bool:
+        """True from the start of `stop` on: new runs are refused, health says NOT_SERVING."""
+    def stats(self) -> tuple[int, int, int, int, int, int]:
+        """`(runs_started, runs_succeeded, runs_failed, runs_cancelled, runs_timed_out, runs_in_flight)`."""
+    @property
     def serving(self) -> bool:
         """True between a successful `start` and `stop`."""
     def start(self, address: str, event_loop: asyncio.AbstractEventLoop) -> Awaitable[str]:
         """Binds `address` and serves in the background; async steps run on `event_loop`."""
-    def stop(self) -> Awaitable[None]:
+    def stop(self, grace_secs: float | None = None) -> Awaitable[None]:
         """Stops serving; waits for in-flight calls. Idempotent."""
 
 @final
@@ -229,6 +246,15 @@ class PeerClient:
         parent_run: str | None = None,
     ) -> Awaitable[SubWorkflowResponse]:
         """Runs a sub-workflow; resolves to a `SubWorkflowResponse`."""
+    def stream(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str],
+        input_json: bytes,
+        timeout_secs: int | None = None,
+        parent_run: str | None = None,
+    ) -> Awaitable[EventStream]:
+        """Starts a streaming run; resolves to an `EventStream` to read with `next()`."""
     def invoke_blocking(
         self,
         workflow_name: str,
@@ -296,3 +322,15 @@ def registered_workflows() -> list[str]:
 
 def _panic_probe(message: str) -> Awaitable[None]:
     """Awaitable whose Rust future panics with `message` (tests only)."""
+
+@final
+class EventStream:
+    """The events of a streaming run, then its response."""
+
+    def next(
+        self,
+    ) -> Awaitable[tuple[str, str, bytes] | tuple[str, SubWorkflowResponse] | None]:
+        """Resolves to `("event", type_name, data_json)`, then `("done", response)`,
+        then None."""
+    def close(self) -> None:
+        """Cancels the call (and the run on the peer) unless it already ended. Idempotent."""

@@ -7,8 +7,8 @@ import contextvars
 import json
 import math
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,8 @@ from . import _native
 from ._auth import resolve_token, warn_if_token_in_clear
 from .errors import EncodeError, PeerError, ValidationError
 from .refs import decode_ref_value
+from .responses import RemoteRefDescriptor, SubWorkflowResponse
+from .streaming import SubWorkflowStream
 from .tls import ClientTls
 
 if TYPE_CHECKING:
@@ -62,48 +64,6 @@ class _ConnectOptions:
             tls=tls._native if tls is not None else None,
             keepalive_interval_secs=keepalive_interval_secs,
             keepalive_timeout_secs=keepalive_timeout_secs,
-        )
-
-
-@dataclass(frozen=True)
-class RemoteRefDescriptor:
-    """A session ref that stayed on the peer."""
-
-    origin_node_id: str
-    type_tag: str
-    created_at_epoch_ms: int
-
-
-@dataclass(frozen=True)
-class SubWorkflowResponse:
-    """What a remote run returned. ``error`` is set when the workflow failed."""
-
-    result: Any
-    state: dict[str, Any]
-    error: str | None
-    remote_refs: dict[uuid.UUID, RemoteRefDescriptor] = field(default_factory=dict)
-    _raw: _native.SubWorkflowResponse | None = field(default=None, repr=False, compare=False)
-
-    def raise_for_error(self) -> None:
-        """Raises WorkflowError (with the remote details) when the run failed."""
-        if self.error is not None and self._raw is not None:
-            self._raw.raise_for_error()
-
-    @classmethod
-    def _from_native(cls, native: _native.SubWorkflowResponse) -> SubWorkflowResponse:
-        if native.timed_out:
-            native.raise_for_error()
-        failed = native.error is not None
-        result_json = native.result_json
-        return cls(
-            result=json.loads(result_json) if result_json is not None and not failed else None,
-            state={} if failed else {k: json.loads(v) for k, v in native.state_json.items()},
-            error=native.error,
-            remote_refs={
-                uuid.UUID(key): RemoteRefDescriptor(origin, tag, created)
-                for key, origin, tag, created in native.remote_refs
-            },
-            _raw=native,
         )
 
 
@@ -311,6 +271,33 @@ class PeerClient:
             self._current_parent(),
         )
         return _result_json_text(native)
+
+    def stream_sub_workflow(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input: Any = None,
+        timeout_secs: float | None = None,
+    ) -> SubWorkflowStream:
+        """Runs steps on the peer and yields the events they write with
+        ``ctx.write_event_to_stream`` as they happen, then the terminal StopEvent::
+
+            async for event in client.stream_sub_workflow("train", ["my_app::train"], {}):
+                print(event)
+
+        Events of types this process does not define arrive as :class:`GenericEvent`.
+        A failed run raises WorkflowError (PeerTimeoutError past ``timeout_secs``)
+        after the events written before the failure. Closing the stream (``async
+        with``, ``aclose()``) cancels the run on the peer."""
+        input_json = _encode_input(input)
+        wire_timeout = _wire_timeout(timeout_secs)
+        parent = self._current_parent()
+        step_list = list(step_ids)
+
+        def open_call() -> Awaitable[_native.EventStream]:
+            return self._ref.stream(workflow_name, step_list, input_json, wire_timeout, parent)
+
+        return SubWorkflowStream(open_call, self._remember)
 
     async def deref_session_ref(self, key: uuid.UUID | str) -> bytes:
         """The bytes of a session ref held by the peer, of any size (streamed in pieces)."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from . import _native
 from .errors import EncodeError
+from .events import Event, stream_payload
 from .refs import SessionRefs
 
 __all__ = ["Context", "PeerIdentity"]
@@ -29,6 +31,14 @@ class PeerIdentity:
     uris: tuple[str, ...]
     #: The certificate (DER), for anything the fields above leave out.
     certificate_der: bytes
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class Context:
@@ -84,6 +94,22 @@ class Context:
     def cancelled(self) -> bool:
         """True once the run ended or was cancelled; long ``def`` steps should check it."""
         return self._ref.cancelled
+
+    def write_event_to_stream(self, event: Event) -> None:
+        """Sends ``event`` to the caller of a streaming run (``stream_sub_workflow``),
+        in order; does nothing when nobody streams this run.
+
+        Back-pressure: when the caller reads slower than steps write, a ``def``
+        step blocks here, and an ``async def`` step is paused at its next
+        ``await`` until the caller catches up; no event is dropped."""
+        if not self._ref.streaming:
+            return
+        name, data = stream_payload(event)
+        self._ref.write_stream_event(name, data)
+        if self._ref.stream_full() and not _on_event_loop():
+            # A worker thread (a `def` step): waiting here blocks only this step.
+            # An `async def` step is paused by the step bridge instead.
+            self._ref.wait_for_stream_room()
 
     async def set(self, key: str, value: Any) -> None:
         """Stores ``value`` under ``key`` for later steps (and the caller, for public keys)."""

@@ -8,12 +8,18 @@ its Event ancestors), so a step that accepts a base class receives subclasses.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from typing import Any, ClassVar, dataclass_transform
 
 from . import _native
+from .errors import EncodeError
 
-__all__ = ["Event", "StartEvent", "StopEvent", "event_type_name"]
+__all__ = ["Event", "GenericEvent", "StartEvent", "StopEvent", "event_type_name"]
+
+# Event classes by wire name, so streamed events arrive as their own class.
+# The last class defined under a name wins (re-imports, reloads).
+_CLASSES_BY_NAME: dict[str, type[Event]] = {}
 
 
 @dataclass_transform()
@@ -39,6 +45,7 @@ class Event:
         cls._blazen_types = _native.EventTypes(
             [base.__event_type__ for base in cls.__mro__ if issubclass(base, Event)]
         )
+        _CLASSES_BY_NAME[event_type] = cls
 
     def to_dict(self) -> dict[str, Any]:
         """The event's fields as a dict (JSON-ready when the fields are)."""
@@ -94,3 +101,49 @@ class StopEvent(Event, event_type="blazen::StopEvent"):
 def event_type_name(cls: type[Event]) -> str:
     """The wire name of an event class (``module.QualName`` unless set with ``event_type=``)."""
     return cls.__event_type__
+
+
+class GenericEvent(Event, event_type="blazen::GenericEvent"):
+    """A streamed event whose type this process does not define.
+
+    ``event_type`` is its wire name on the peer, ``data`` its fields. Writing it
+    to another stream forwards it under its original name.
+    """
+
+    event_type: str
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.data)
+
+
+def stream_payload(event: Event) -> tuple[str, bytes]:
+    """(wire name, JSON of the fields) of an event written to a stream."""
+    if not isinstance(event, Event):
+        raise TypeError(
+            f"write_event_to_stream takes an Event, got {type(event).__name__}; "
+            "define a subclass of blazen_peer.Event for it"
+        )
+    name = event.event_type if isinstance(event, GenericEvent) else type(event).__event_type__
+    try:
+        encoded = json.dumps(
+            event.to_dict(), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise EncodeError(
+            f"event {name!r} cannot be streamed: its fields are not JSON-serializable ({exc}); "
+            "streamed events travel as JSON, so keep large or opaque values in session refs"
+        ) from exc
+    return name, encoded.encode()
+
+
+def from_stream(name: str, data_json: bytes) -> Event:
+    """A streamed event as its own class when this process defines one, else a GenericEvent."""
+    data = json.loads(data_json)
+    cls = _CLASSES_BY_NAME.get(name)
+    if cls is not None and cls is not GenericEvent and isinstance(data, dict):
+        try:
+            return cls(**data)
+        except TypeError:
+            pass  # the peer's class has other fields than ours: keep the data as sent
+    return GenericEvent(event_type=name, data=data if isinstance(data, dict) else {"data": data})

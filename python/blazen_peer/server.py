@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 
 from . import _native
@@ -13,7 +16,29 @@ from .errors import ValidationError
 from .refs import SessionRefRegistry
 from .tls import ServerTls
 
-__all__ = ["PeerServer"]
+__all__ = ["PeerServer", "ServerStats"]
+
+#: How long ``stop()`` lets runs in progress finish before cancelling them.
+DEFAULT_GRACE_SECS = 10.0
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    """Runs since the server started, by how they ended."""
+
+    #: Runs that began (requests refused before running are not counted).
+    runs_started: int
+    #: Runs that ended with a StopEvent.
+    runs_succeeded: int
+    #: Runs that failed (a step raised, no StopEvent, ...), not counting the two below.
+    runs_failed: int
+    #: Runs cancelled by their caller (cancelled task, closed stream, lost
+    #: connection), by a step raising CancelledError, or by shutdown.
+    runs_cancelled: int
+    #: Runs stopped at their deadline.
+    runs_timed_out: int
+    #: Runs going on now.
+    runs_in_flight: int
 
 
 def _server_tokens(token: str | Sequence[str] | None) -> list[str]:
@@ -102,16 +127,27 @@ class PeerServer:
         self._address = await self._ref.start(address, asyncio.get_running_loop())
         return self._address
 
-    async def serve(self, address: str) -> None:
-        """Serves until the calling task is cancelled, then stops."""
+    async def serve(
+        self,
+        address: str,
+        *,
+        grace: float | None = DEFAULT_GRACE_SECS,
+        handle_signals: bool = True,
+    ) -> None:
+        """Serves until SIGTERM or Ctrl-C (with ``handle_signals``, in the main
+        thread) or until the calling task is cancelled, then stops gracefully
+        (see :meth:`stop`) and returns."""
         await self.start(address)
+        stop_requested = asyncio.Event()
         try:
-            await asyncio.get_running_loop().create_future()
+            with _stop_on_signals(handle_signals, stop_requested.set):
+                await stop_requested.wait()
         finally:
-            await asyncio.shield(self.stop())
+            await asyncio.shield(self.stop(grace=grace))
 
-    def serve_blocking(self, address: str) -> None:
-        """Serves on a new event loop in this thread until interrupted (Ctrl-C)."""
+    def serve_blocking(self, address: str, *, grace: float | None = DEFAULT_GRACE_SECS) -> None:
+        """Serves on a new event loop in this thread until SIGTERM or Ctrl-C, then
+        stops gracefully and returns."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -122,11 +158,32 @@ class PeerServer:
                 "use `await server.serve(address)` there instead"
             )
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(self.serve(address))
+            asyncio.run(self.serve(address, grace=grace))
 
-    async def stop(self) -> None:
-        """Stops serving and waits for in-flight calls. Idempotent."""
-        await self._ref.stop()
+    async def stop(self, grace: float | None = DEFAULT_GRACE_SECS) -> None:
+        """Shuts down gracefully, and returns once the server is down:
+
+        1. health turns NOT_SERVING and new runs are refused (callers get
+           TransportError, safe to retry on another peer) while the port stays
+           open, so probes and load balancers see the drain;
+        2. runs in progress get ``grace`` seconds to finish (None: as long as
+           they take);
+        3. the rest are cancelled: async steps receive CancelledError, ``def``
+           steps see ``ctx.cancelled``, callers get WorkflowError (kind Cancelled).
+
+        Idempotent."""
+        if grace is not None and (isinstance(grace, bool) or not grace >= 0):
+            raise ValidationError(f"grace must be a number of seconds >= 0 or None, got {grace!r}")
+        await self._ref.stop(None if grace is None else float(grace))
+
+    def stats(self) -> ServerStats:
+        """How many runs started and how each ended."""
+        return ServerStats(*self._ref.stats())
+
+    @property
+    def draining(self) -> bool:
+        """True from the start of :meth:`stop` on."""
+        return self._ref.draining
 
     async def __aenter__(self) -> PeerServer:
         return self
@@ -141,3 +198,21 @@ class PeerServer:
 
     def __repr__(self) -> str:
         return f"PeerServer({self.node_id!r}, address={self.address!r})"
+
+
+@contextlib.contextmanager
+def _stop_on_signals(enabled: bool, request_stop: Callable[[], None]) -> Iterator[None]:
+    """Turns SIGTERM and SIGINT into ``request_stop`` while serving, where the
+    event loop can take signals (the main thread); restores the old handlers."""
+    installed: list[signal.Signals] = []
+    loop = asyncio.get_running_loop()
+    if enabled and threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signum, request_stop)
+                installed.append(signum)
+    try:
+        yield
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)

@@ -11,12 +11,13 @@ use futures::StreamExt;
 use crate::auth::bearer;
 use crate::envelope::{
     ChunkLimit, DerefChunk, DerefRequest, DerefResponse, Envelope, ParentRunRequest,
-    ParentRunResponse, ReleaseRequest, ReleaseResponse, SubWorkflowRequest, SubWorkflowResponse,
-    ENVELOPE_VERSION,
+    ParentRunResponse, ReleaseRequest, ReleaseResponse, StreamItem, SubWorkflowRequest,
+    SubWorkflowResponse, ENVELOPE_VERSION,
 };
 use crate::error::PeerError;
+use crate::event_stream::StreamedEvent;
 use crate::pb::blazen_peer_client::BlazenPeerClient;
-use crate::pb::PostcardRequest;
+use crate::pb::{PostcardRequest, PostcardResponse};
 use crate::server::{
     CONNECTION_WINDOW_BYTES, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_MESSAGE_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES,
@@ -208,28 +209,33 @@ impl PeerClient {
         &self,
         request: &Envelope<SubWorkflowRequest>,
     ) -> Result<Envelope<SubWorkflowResponse>, PeerError> {
-        // Past MAX_CLIENT_DEADLINE the server's own deadline is the only bound
-        // (tonic cannot encode such a grpc-timeout header anyway).
-        let deadline = request
-            .body
-            .timeout_secs
-            .filter(|secs| *secs <= MAX_CLIENT_DEADLINE_SECS)
-            .map(|secs| Duration::from_secs(secs) + self.config.deadline_margin);
-        let payload = request.encode()?;
-        if payload.len() > self.config.max_message_bytes {
-            return Err(PeerError::MessageTooLarge(format!(
-                "the request of {} bytes exceeds max_message_bytes {}; raise it on both sides \
-                 (PeerClient.connect and PeerServer), or keep large values on the peer as session refs",
-                payload.len(),
-                self.config.max_message_bytes
-            )));
-        }
+        let deadline = self.deadline_of(request);
+        let payload = self.checked_payload(request)?;
         let mut grpc = self.grpc.clone();
         let reply = grpc
             .invoke_sub_workflow(self.request(payload, deadline))
             .await
             .map_err(|status| self.status_error(&status))?;
         self.decode(&reply.into_inner().postcard_payload)
+    }
+
+    /// Starts a streaming run: the events its steps write, then its response.
+    pub async fn stream(
+        &self,
+        request: &Envelope<SubWorkflowRequest>,
+    ) -> Result<EventReceiver, PeerError> {
+        let deadline = self.deadline_of(request);
+        let payload = self.checked_payload(request)?;
+        let mut grpc = self.grpc.clone();
+        let reply = grpc
+            .stream_sub_workflow_events(self.request(payload, deadline))
+            .await
+            .map_err(|status| self.status_error(&status))?;
+        Ok(EventReceiver {
+            items: reply.into_inner(),
+            client: self.clone(),
+            done: false,
+        })
     }
 
     /// Fetches the bytes of a session ref held by the peer.
@@ -336,6 +342,30 @@ impl PeerClient {
         Ok((body.refs, Duration::from_millis(body.lease_ms)))
     }
 
+    /// The gRPC deadline: the run's own plus a margin for the reply to arrive.
+    fn deadline_of(&self, request: &Envelope<SubWorkflowRequest>) -> Option<Duration> {
+        // Past MAX_CLIENT_DEADLINE the server's own deadline is the only bound
+        // (tonic cannot encode such a grpc-timeout header anyway).
+        request
+            .body
+            .timeout_secs
+            .filter(|secs| *secs <= MAX_CLIENT_DEADLINE_SECS)
+            .map(|secs| Duration::from_secs(secs) + self.config.deadline_margin)
+    }
+
+    fn checked_payload(&self, request: &Envelope<SubWorkflowRequest>) -> Result<Vec<u8>, PeerError> {
+        let payload = request.encode()?;
+        if payload.len() > self.config.max_message_bytes {
+            return Err(PeerError::MessageTooLarge(format!(
+                "the request of {} bytes exceeds max_message_bytes {}; raise it on both sides \
+                 (PeerClient.connect and PeerServer), or keep large values on the peer as session refs",
+                payload.len(),
+                self.config.max_message_bytes
+            )));
+        }
+        Ok(payload)
+    }
+
     fn parent_payload(parent: Uuid) -> Result<Vec<u8>, PeerError> {
         Envelope::new(ParentRunRequest {
             envelope_version: ENVELOPE_VERSION,
@@ -425,6 +455,61 @@ impl PeerClient {
             }
         }
         PeerError::from_status(status, &self.address)
+    }
+}
+
+/// What a streaming run sends.
+#[derive(Debug)]
+pub enum StreamMessage {
+    /// An event a step wrote.
+    Event(StreamedEvent),
+    /// The run's response; the last message.
+    Done(Envelope<SubWorkflowResponse>),
+}
+
+/// The receiving end of [`PeerClient::stream`]. Dropping it cancels the call,
+/// and with it the run on the peer.
+pub struct EventReceiver {
+    items: tonic::Streaming<PostcardResponse>,
+    client: PeerClient,
+    done: bool,
+}
+
+impl EventReceiver {
+    /// The next message; None after [`StreamMessage::Done`].
+    pub async fn next(&mut self) -> Result<Option<StreamMessage>, PeerError> {
+        if self.done {
+            return Ok(None);
+        }
+        loop {
+            let item = self
+                .items
+                .message()
+                .await
+                .map_err(|status| self.client.status_error(&status))?
+                .ok_or_else(|| {
+                    PeerError::transport(format!(
+                        "peer {} ended the event stream before the run's response",
+                        self.client.address
+                    ))
+                })?;
+            let item = self.client.decode::<StreamItem>(&item.postcard_payload)?.body;
+            match item.kind {
+                StreamItem::EVENT => {
+                    return Ok(Some(StreamMessage::Event(StreamedEvent {
+                        event_type: item.event_type,
+                        data_json: item.payload,
+                    })))
+                }
+                StreamItem::DONE => {
+                    self.done = true;
+                    let response = self.client.decode(&item.payload)?;
+                    return Ok(Some(StreamMessage::Done(response)));
+                }
+                // A kind added by a newer peer: nothing this client can show.
+                _ => continue,
+            }
+        }
     }
 }
 

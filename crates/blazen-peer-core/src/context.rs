@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use uuid::Uuid;
 
 use crate::envelope::RemoteRefDescriptor;
+use crate::event_stream::EventStream;
 use crate::session_refs::SessionRefRegistry;
 use rustls::pki_types::CertificateDer;
 
@@ -38,6 +39,7 @@ struct Inner {
     parent_run: Option<Uuid>,
     outliving_refs: Mutex<BTreeMap<Uuid, RemoteRefDescriptor>>,
     caller: OnceLock<Caller>,
+    events: OnceLock<EventStream>,
 }
 
 /// Who asked for a run, as far as the transport can tell.
@@ -107,12 +109,24 @@ impl RunContext {
             parent_run,
             outliving_refs: Mutex::new(BTreeMap::new()),
             caller: OnceLock::new(),
+            events: OnceLock::new(),
         }))
     }
 
     /// Records who asked for this run; only the first call counts.
     pub fn set_caller(&self, caller: Caller) {
         let _ = self.0.caller.set(caller);
+    }
+
+    /// Makes this a streaming run: events steps write go to `events`.
+    /// Only the first call counts.
+    pub fn attach_event_stream(&self, events: EventStream) {
+        let _ = self.0.events.set(events);
+    }
+
+    /// Where `write_event_to_stream` sends events; None when nobody streams this run.
+    pub fn event_stream(&self) -> Option<&EventStream> {
+        self.0.events.get()
     }
 
     /// Who asked for this run; None for local runs.
@@ -146,6 +160,9 @@ impl RunContext {
             return;
         }
         self.cancel();
+        if let Some(events) = self.event_stream() {
+            events.close_writers();
+        }
         let outliving = self
             .0
             .session_refs

@@ -445,6 +445,53 @@ pub struct NotFoundDetail {
     pub registered: Vec<String>,
 }
 
+/// One item of a `StreamSubWorkflowEvents` stream: an event a step wrote with
+/// `write_event_to_stream`, or, last, the run's whole response.
+///
+/// A kind number rather than a postcard enum, so a newer peer can add kinds and
+/// older clients skip them (postcard cannot skip an unknown enum variant).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamItem {
+    /// Payload version.
+    pub envelope_version: u32,
+    /// [`StreamItem::EVENT`] or [`StreamItem::DONE`]; decoders skip others.
+    pub kind: u32,
+    /// EVENT: the event's type name (e.g. `my_app.Progress`). DONE: empty.
+    pub event_type: String,
+    /// EVENT: UTF-8 JSON object of the event's fields. DONE: the encoded
+    /// `SubWorkflowResponse` payload (extension block included), the same bytes
+    /// `InvokeSubWorkflow` would have answered.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+impl StreamItem {
+    /// An event written by a step.
+    pub const EVENT: u32 = 1;
+    /// The terminal item: the run's response.
+    pub const DONE: u32 = 2;
+
+    /// An event item.
+    pub fn event(event_type: impl Into<String>, data_json: Vec<u8>) -> Self {
+        Self {
+            envelope_version: ENVELOPE_VERSION,
+            kind: Self::EVENT,
+            event_type: event_type.into(),
+            payload: data_json,
+        }
+    }
+
+    /// The terminal item carrying `response`.
+    pub fn done(response: &Envelope<SubWorkflowResponse>) -> Result<Self, PeerError> {
+        Ok(Self {
+            envelope_version: ENVELOPE_VERSION,
+            kind: Self::DONE,
+            event_type: String::new(),
+            payload: response.encode()?,
+        })
+    }
+}
+
 /// Builds a v1 request envelope.
 pub fn request(
     workflow_name: impl Into<String>,

@@ -70,6 +70,10 @@ pub enum PeerError {
     /// The peer is at its limit of concurrent runs; retrying later may succeed.
     #[error("{0}")]
     Busy(String),
+    /// The peer is shutting down and starts no new runs (UNAVAILABLE); callers
+    /// see it as a transport failure, which is safe to retry elsewhere.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl PeerError {
@@ -89,6 +93,7 @@ impl PeerError {
             PeerError::Timeout(_) => "Timeout",
             PeerError::Validation(_) => "Validation",
             PeerError::Busy(_) => "Busy",
+            PeerError::Unavailable(_) => "Transport",
         }
     }
 
@@ -133,6 +138,7 @@ impl PeerError {
             PeerError::Authentication(_) => Status::unauthenticated(message),
             PeerError::Timeout(_) => Status::deadline_exceeded(message),
             PeerError::Busy(_) => Status::resource_exhausted(message),
+            PeerError::Unavailable(_) => Status::unavailable(message),
             PeerError::Transport { .. } | PeerError::Tls(_) | PeerError::Workflow(_) => {
                 Status::internal(message)
             }

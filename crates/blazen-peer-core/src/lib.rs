@@ -11,6 +11,7 @@ pub mod context;
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod event_stream;
 pub mod limits;
 pub mod registry;
 pub mod runner;
@@ -25,12 +26,13 @@ pub mod pb {
     tonic::include_proto!("blazen.peer.v1");
 }
 
-pub use client::{ChunkSink, ClientConfig, PeerClient, VecSink};
+pub use client::{ChunkSink, ClientConfig, EventReceiver, PeerClient, StreamMessage, VecSink};
 pub use context::{Caller, RunContext, StateValue};
 pub use envelope::{Envelope, ENVELOPE_VERSION};
 pub use error::PeerError;
 pub use event::{Event, EventData, EventTypes, JsonEvent};
+pub use event_stream::{EventStream, StreamedEvent};
 pub use registry::{Step, StepFailure, StepHandler, StepRegistry};
-pub use server::{PeerService, RunningServer, ServerConfig};
+pub use server::{PeerService, RunStats, RunningServer, ServerConfig};
 pub use session_refs::{RefInfo, RefLifetime, RefOwner, RefPayload, SessionRefRegistry};
 pub use tls::{ClientTls, PeerIdentity, Pem, ServerTls};

@@ -8,30 +8,40 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
 use uuid::Uuid;
+
+mod lifecycle;
+mod stream_feed;
+
+pub use lifecycle::RunStats;
 
 use crate::auth::{bearer, TokenCheck};
 use crate::context::{Caller, RunContext};
 use crate::envelope::{
-    self, ChunkLimit, DerefChunk, DerefRequest, DerefResponse, Envelope, ParentRun,
+    self, ChunkLimit, FailureKind, DerefChunk, DerefRequest, DerefResponse, Envelope, ParentRun,
     ParentRunRequest, ParentRunResponse, ReleaseRequest, ReleaseResponse, SubWorkflowRequest,
     SubWorkflowResponse, WorkflowFailure, ENVELOPE_VERSION,
 };
 use crate::error::PeerError;
 use crate::event::Event;
+use crate::event_stream::{EventStream, DEFAULT_STREAM_BUFFER};
 use crate::limits::{check_json_depth, DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH_CEILING};
 use crate::pb::blazen_peer_server::{BlazenPeer, BlazenPeerServer};
 use crate::pb::{PostcardRequest, PostcardResponse};
-use crate::registry::StepRegistry;
+use crate::registry::{Step, StepRegistry};
 use crate::runner::run_workflow;
 use crate::session_refs::{SessionRef, SessionRefRegistry};
 use crate::tls::ServerTls;
+use lifecycle::Lifecycle;
+use stream_feed::StreamFeed;
 
 /// Default bound on one gRPC message, both directions.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -53,6 +63,10 @@ pub const DEFAULT_MAX_CONCURRENT_RUNS: usize = 1024;
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// ...which must be answered within this long, or the connection is dropped.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Once the grace period is over and runs are cancelled, how long their
+/// replies (and streams such as a deref in progress) get to go out before the
+/// connections are closed.
+const TRANSPORT_DRAIN: Duration = Duration::from_secs(2);
 
 /// Server settings; `Default` gives the documented defaults.
 #[derive(Clone)]
@@ -83,6 +97,8 @@ pub struct ServerConfig {
     pub keepalive_interval: Option<Duration>,
     /// How long a keepalive ping may go unanswered.
     pub keepalive_timeout: Duration,
+    /// Events a streaming run buffers before its writers wait for the caller.
+    pub stream_buffer: usize,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +116,7 @@ impl Default for ServerConfig {
             insecure: false,
             keepalive_interval: Some(DEFAULT_KEEPALIVE_INTERVAL),
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            stream_buffer: DEFAULT_STREAM_BUFFER,
         }
     }
 }
@@ -117,6 +134,11 @@ impl ServerConfig {
                 "max_json_depth must be between 1 and {MAX_JSON_DEPTH_CEILING}, got {}",
                 self.max_json_depth
             )));
+        }
+        if self.stream_buffer == 0 {
+            return Err(PeerError::Validation(
+                "stream_buffer must be at least 1 event".into(),
+            ));
         }
         if self.max_message_bytes < 1024 {
             return Err(PeerError::Validation(format!(
@@ -142,6 +164,16 @@ pub struct PeerService {
     node_id: Arc<str>,
     config: ServerConfig,
     run_slots: Arc<Semaphore>,
+    lifecycle: Arc<Lifecycle>,
+}
+
+/// A request that passed every check, ready to run.
+struct PreparedRun {
+    _slot: OwnedSemaphorePermit,
+    steps: Vec<Step>,
+    ctx: RunContext,
+    start: Event,
+    deadline: Duration,
 }
 
 impl PeerService {
@@ -151,7 +183,18 @@ impl PeerService {
             node_id: node_id.into(),
             run_slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
             config,
+            lifecycle: Arc::default(),
         }
+    }
+
+    /// How many runs started and how each ended.
+    pub fn stats(&self) -> RunStats {
+        self.lifecycle.stats()
+    }
+
+    /// True once the server running this service began to shut down.
+    pub fn is_draining(&self) -> bool {
+        self.lifecycle.is_draining()
     }
 
     /// Runs one request to completion; `Err` only for protocol-level refusals.
@@ -160,7 +203,25 @@ impl PeerService {
         payload: &[u8],
         caller: Caller,
     ) -> Result<Envelope<SubWorkflowResponse>, PeerError> {
-        let _slot = self.run_slots.clone().try_acquire_owned().map_err(|_| {
+        let run = self.prepare(payload, caller, None)?;
+        Ok(self.execute(run).await)
+    }
+
+    /// Checks a request and resolves its steps; nothing runs yet.
+    fn prepare(
+        &self,
+        payload: &[u8],
+        caller: Caller,
+        events: Option<EventStream>,
+    ) -> Result<PreparedRun, PeerError> {
+        if self.lifecycle.is_draining() {
+            return Err(PeerError::Unavailable(format!(
+                "peer `{}` is shutting down and starts no new runs; call another peer or retry \
+                 once it is back",
+                self.node_id
+            )));
+        }
+        let slot = self.run_slots.clone().try_acquire_owned().map_err(|_| {
             PeerError::Busy(format!(
                 "peer `{}` is already running its maximum of {} concurrent runs; retry \
                  later, spread calls over more peers, or raise max_concurrent_runs",
@@ -193,13 +254,45 @@ impl PeerService {
             parent_run,
         );
         ctx.set_caller(caller);
+        if let Some(events) = events {
+            ctx.attach_event_stream(events);
+        }
         let deadline = request
             .timeout_secs
             .map(Duration::from_secs)
             .unwrap_or(self.config.default_timeout);
-        let start = Event::start_from_json(request.input_json);
-        let outcome = run_workflow(&steps, ctx.clone(), start, Some(deadline)).await;
-        Ok(self.respond(&ctx, outcome))
+        Ok(PreparedRun {
+            _slot: slot,
+            steps,
+            ctx,
+            start: Event::start_from_json(request.input_json),
+            deadline,
+        })
+    }
+
+    /// Runs a prepared request. Dropping the future (the caller went away)
+    /// cancels the run: steps are cancelled and its refs dropped.
+    async fn execute(&self, run: PreparedRun) -> Envelope<SubWorkflowResponse> {
+        let record = self.lifecycle.begin();
+        let shutdown = self.lifecycle.runs_cancelled();
+        let outcome = tokio::select! {
+            outcome = run_workflow(&run.steps, run.ctx.clone(), run.start, Some(run.deadline)) => outcome,
+            () = shutdown => Err(Box::new(WorkflowFailure {
+                kind: FailureKind::Cancelled,
+                message: format!(
+                    "peer `{}` shut down before workflow `{}` finished: the run outlived the \
+                     shutdown's grace period and was cancelled",
+                    self.node_id,
+                    run.ctx.workflow_name()
+                ),
+                remote_type: None,
+                remote_traceback: None,
+                step_id: None,
+                node_id: self.node_id.to_string(),
+            })),
+        };
+        record.end(&outcome);
+        self.respond(&run.ctx, outcome)
     }
 
     fn respond(
@@ -351,11 +444,27 @@ impl BlazenPeer for PeerService {
 
     async fn stream_sub_workflow_events(
         &self,
-        _request: Request<PostcardRequest>,
+        request: Request<PostcardRequest>,
     ) -> Result<Response<Self::StreamSubWorkflowEventsStream>, Status> {
-        Err(Status::unimplemented(
-            "StreamSubWorkflowEvents is not served by this peer version; use InvokeSubWorkflow",
-        ))
+        let caller = caller_of(&request);
+        let payload = request.into_inner().postcard_payload;
+        let events = EventStream::new(self.config.stream_buffer);
+        let run = self
+            .prepare(&payload, caller, Some(events.clone()))
+            .map_err(|err| err.to_status())?;
+        let service = self.clone();
+        let task = tokio::spawn(async move {
+            let response = service.execute(run).await;
+            Ok(response)
+        });
+        let feed = StreamFeed::new(
+            events,
+            task,
+            self.node_id.clone(),
+            self.config.max_message_bytes,
+            self.config.session_refs.clone(),
+        );
+        Ok(Response::new(Box::pin(feed.into_stream())))
     }
 
     async fn deref_session_ref(
@@ -460,6 +569,8 @@ impl BlazenPeer for PeerService {
 /// A server serving in the background until [`RunningServer::stop`].
 pub struct RunningServer {
     local_addr: SocketAddr,
+    lifecycle: Arc<Lifecycle>,
+    health: HealthReporter,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     sweeper: JoinHandle<()>,
@@ -469,6 +580,7 @@ impl RunningServer {
     /// Binds `addr` (port 0 picks a free port) and starts serving `service`.
     pub async fn start(service: PeerService, addr: SocketAddr) -> Result<Self, PeerError> {
         let config = service.config.clone();
+        let lifecycle = service.lifecycle.clone();
         config.validate()?;
         if !addr.ip().is_loopback()
             && config.tls.is_none()
@@ -502,6 +614,10 @@ impl RunningServer {
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
         let grpc = InterceptedService::new(grpc, TokenCheck::new(&config.tokens));
+        // Health is outside the token check: probes (Kubernetes, grpc_health_probe)
+        // carry no credentials, and the answer reveals nothing but up or draining.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<BlazenPeerServer<PeerService>>().await;
         let mut builder = tonic::transport::Server::builder()
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
@@ -513,12 +629,14 @@ impl RunningServer {
                 PeerError::Tls(format!("the server's TLS settings were refused: {err}"))
             })?;
         }
-        let router = builder.add_service(grpc);
+        let router = builder.add_service(health_service).add_service(grpc);
         let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = shutdown_rx.await;
         }));
         Ok(Self {
             local_addr,
+            lifecycle,
+            health,
             shutdown: Some(shutdown_tx),
             task: Some(task),
             sweeper,
@@ -530,25 +648,59 @@ impl RunningServer {
         self.local_addr
     }
 
-    /// Stops accepting, waits for in-flight calls, and returns once the server is down.
-    pub async fn stop(&mut self) -> Result<(), PeerError> {
+    /// How many runs started and how each ended.
+    pub fn stats(&self) -> RunStats {
+        self.lifecycle.stats()
+    }
+
+    /// True once [`RunningServer::stop`] began.
+    pub fn is_draining(&self) -> bool {
+        self.lifecycle.is_draining()
+    }
+
+    /// Shuts down gracefully: health turns NOT_SERVING and new runs are
+    /// refused (UNAVAILABLE) while the listener stays up, so probes and
+    /// load balancers see the drain; runs in progress get `grace` to finish
+    /// (None: as long as they take), then the rest are cancelled — their
+    /// callers get a Cancelled failure — and the server closes.
+    pub async fn stop(&mut self, grace: Option<Duration>) -> Result<(), PeerError> {
+        self.lifecycle.start_draining();
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        self.health
+            .set_not_serving::<BlazenPeerServer<PeerService>>()
+            .await;
+        if !self.lifecycle.wait_idle(grace).await {
+            self.lifecycle.cancel_runs();
+            // Cancelled runs end at once; their replies still go out below.
+            self.lifecycle.wait_idle(Some(TRANSPORT_DRAIN)).await;
+        }
         self.sweeper.abort();
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        match self.task.take() {
-            Some(task) => match task.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(err)) => Err(PeerError::transport(format!(
-                    "server on {} failed: {err}",
-                    self.local_addr
-                ))),
-                Err(join) => Err(PeerError::transport(format!(
-                    "server task on {} ended abnormally: {join}",
-                    self.local_addr
-                ))),
-            },
-            None => Ok(()),
+        let Some(mut task) = self.task.take() else {
+            return Ok(());
+        };
+        // tonic's own graceful shutdown waits for every open stream, however long.
+        let joined = match tokio::time::timeout(TRANSPORT_DRAIN, &mut task).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                task.abort();
+                return Ok(());
+            }
+        };
+        match joined {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(PeerError::transport(format!(
+                "server on {} failed: {err}",
+                self.local_addr
+            ))),
+            Err(join) => Err(PeerError::transport(format!(
+                "server task on {} ended abnormally: {join}",
+                self.local_addr
+            ))),
         }
     }
 }
@@ -566,6 +718,8 @@ async fn sweep_leases(session_refs: Arc<SessionRefRegistry>) {
 
 impl Drop for RunningServer {
     fn drop(&mut self) {
+        self.lifecycle.start_draining();
+        self.lifecycle.cancel_runs();
         self.sweeper.abort();
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());

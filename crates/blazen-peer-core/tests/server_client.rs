@@ -214,7 +214,7 @@ async fn successful_run_returns_result_and_exported_state() {
     assert!(response.extensions.is_empty());
     assert_eq!(response.extensions.get::<WorkflowFailure>(), None);
 
-    harness.server.stop().await.unwrap();
+    harness.server.stop(None).await.unwrap();
 }
 
 #[tokio::test]
@@ -707,12 +707,12 @@ async fn stop_returns_ok_and_the_server_goes_away() {
     let client = harness.client().await;
     assert_serves(&client).await;
 
-    tokio::time::timeout(Duration::from_secs(5), harness.server.stop())
+    tokio::time::timeout(Duration::from_secs(5), harness.server.stop(None))
         .await
         .expect("stop finishes promptly")
         .unwrap();
     // Stopping twice is harmless.
-    harness.server.stop().await.unwrap();
+    harness.server.stop(None).await.unwrap();
 
     let err = PeerClient::connect(&harness.address, "node-a", ClientConfig::default())
         .await

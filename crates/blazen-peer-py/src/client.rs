@@ -2,7 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::RwLock;
+use std::time::Duration;
+
+use futures::FutureExt;
 
 use blazen_peer_core::envelope::{
     self, FailureKind, ParentRun, SubWorkflowRequest, SubWorkflowResponse, WorkflowFailure,
@@ -14,7 +19,8 @@ use pyo3::types::PyBytes;
 use crate::awaitable::{self, Class};
 use crate::errors::{to_py, IntoPyResult};
 use crate::refs::{parse_key, BufferSink, BytesSink, Fetched, FetchedInto};
-use crate::runtime;
+use crate::runtime::{self, Owner};
+use crate::streaming::EventStreamRef;
 use crate::server::{positive_size, seconds};
 use crate::tls::ClientTlsRef;
 
@@ -24,6 +30,7 @@ pub struct PeerClientRef {
     inner: RwLock<Option<PeerClient>>,
     node_id: String,
     address: String,
+    owner: Owner,
 }
 
 /// Connection settings as Python passes them (keywords of `PeerClient.connect`).
@@ -59,16 +66,47 @@ fn wrap(client: PeerClient) -> PeerClientRef {
         node_id: client.node_id().to_owned(),
         address: client.address().to_owned(),
         inner: RwLock::new(Some(client)),
+        owner: Owner::here(),
     }
 }
 
-/// Blocks the calling thread on `fut` with the GIL released.
-fn block_on<T: Send>(
+/// How often a blocking call wakes to let Python run signal handlers.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
+
+/// Blocks the calling thread on `fut` with the GIL released. Ctrl-C (any
+/// signal handler that raises) interrupts it: the call is dropped, which
+/// cancels it on the wire and the run on the peer, and the exception propagates.
+fn block_on<T: Send + 'static>(
     py: Python<'_>,
-    fut: impl Future<Output = Result<T, PeerError>> + Send,
+    fut: impl Future<Output = Result<T, PeerError>> + Send + 'static,
 ) -> PyResult<T> {
     let runtime = runtime::runtime().py_err()?;
-    py.detach(|| runtime.block_on(fut)).py_err()
+    let (done, mut outcome) = std::sync::mpsc::sync_channel(1);
+    let task = runtime.spawn(async move {
+        let outcome = AssertUnwindSafe(fut)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(PeerError::from_panic(panic.as_ref(), "blazen_peer")));
+        let _ = done.send(outcome);
+    });
+    loop {
+        let (received, receiver) = py.detach(move || (outcome.recv_timeout(SIGNAL_POLL), outcome));
+        outcome = receiver;
+        match received {
+            Ok(outcome) => return outcome.py_err(),
+            Err(RecvTimeoutError::Timeout) => {
+                if let Err(interrupted) = py.check_signals() {
+                    task.abort();
+                    return Err(interrupted);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(to_py(PeerError::transport(
+                    "blazen_peer's runtime stopped before the call finished",
+                )))
+            }
+        }
+    }
 }
 
 #[pymethods]
@@ -182,6 +220,31 @@ impl PeerClientRef {
         })
     }
 
+    /// Starts a streaming run; resolves to an `EventStream` to read with `next()`.
+    #[pyo3(signature = (workflow_name, step_ids, input_json, timeout_secs=None, parent_run=None))]
+    fn stream<'py>(
+        &self,
+        py: Python<'py>,
+        workflow_name: String,
+        step_ids: Vec<String>,
+        input_json: Vec<u8>,
+        timeout_secs: Option<u64>,
+        parent_run: Option<&str>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client()?;
+        let request = build_request(
+            workflow_name,
+            step_ids,
+            input_json,
+            timeout_secs,
+            parent_run,
+        )?;
+        awaitable::spawn(py, async move {
+            let receiver = client.stream(&request).await?;
+            Ok(Class(EventStreamRef::new(receiver)))
+        })
+    }
+
     /// Fetches a session ref of any size; resolves to `(type_tag, bytes)`.
     fn fetch<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
@@ -254,7 +317,7 @@ fn build_request(
 
 impl PeerClientRef {
     fn client(&self) -> PyResult<PeerClient> {
-        runtime::runtime().py_err()?;
+        self.owner.check("PeerClient").py_err()?;
         let inner = self
             .inner
             .read()

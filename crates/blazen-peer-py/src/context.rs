@@ -1,10 +1,15 @@
 //! `Context` state and identity, held by the core run.
 
-use blazen_peer_core::{RefOwner, RunContext, StateValue};
+use std::time::Duration;
+
+use blazen_peer_core::{EventStream, RefOwner, RunContext, StateValue, StreamedEvent};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::refs;
+use crate::{awaitable, refs};
+
+/// How often a blocked writer checks whether its run ended.
+const ROOM_POLL: Duration = Duration::from_millis(100);
 
 /// Native half of `blazen_peer.Context`.
 #[pyclass(frozen, name = "RunContext", module = "blazen_peer._native")]
@@ -59,6 +64,47 @@ impl RunContextRef {
             PyBytes::new(py, &identity.certificate_der),
         );
         Ok(Some(fields.into_pyobject(py)?.into_any()))
+    }
+
+    /// True when a caller streams this run's events.
+    #[getter]
+    fn streaming(&self) -> bool {
+        self.ctx.event_stream().is_some()
+    }
+
+    /// Queues an event for the caller (dropped when nobody streams the run).
+    fn write_stream_event(&self, event_type: String, data_json: Vec<u8>) {
+        if let Some(events) = self.ctx.event_stream() {
+            events.push(StreamedEvent {
+                event_type,
+                data_json,
+            });
+        }
+    }
+
+    /// True while writers should wait for the caller to read.
+    fn stream_full(&self) -> bool {
+        self.ctx.event_stream().is_some_and(EventStream::is_full)
+    }
+
+    /// Blocks (GIL released) while the stream is full; for `def` steps in
+    /// worker threads. Returns early when the run ends.
+    fn wait_for_stream_room(&self, py: Python<'_>) {
+        if let Some(events) = self.ctx.event_stream() {
+            let ctx = &self.ctx;
+            py.detach(|| events.wait_for_room_blocking(ROOM_POLL, || ctx.is_cancelled()));
+        }
+    }
+
+    /// Resolves once the stream has room; for `async def` steps.
+    fn stream_room<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let events = self.ctx.event_stream().cloned();
+        awaitable::spawn(py, async move {
+            if let Some(events) = events {
+                events.room().await;
+            }
+            Ok(())
+        })
     }
 
     /// Stores JSON text under an exported key.

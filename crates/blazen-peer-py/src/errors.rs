@@ -77,7 +77,8 @@ fn build<'py>(py: Python<'py>, err: &PeerError) -> PyResult<Bound<'py, PyAny>> {
         | PeerError::Authentication(_)
         | PeerError::Timeout(_)
         | PeerError::Validation(_)
-        | PeerError::Busy(_) => {}
+        | PeerError::Busy(_)
+        | PeerError::Unavailable(_) => {}
     }
     factory.bind(py).call1((kind, err.to_string(), details))
 }

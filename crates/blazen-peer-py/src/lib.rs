@@ -13,6 +13,7 @@ mod refs;
 mod runtime;
 mod server;
 mod steps;
+mod streaming;
 mod tls;
 mod workflow;
 
@@ -27,6 +28,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<server::PeerServerRef>()?;
     module.add_class::<client::PeerClientRef>()?;
     module.add_class::<client::ResponseRef>()?;
+    module.add_class::<streaming::EventStreamRef>()?;
     module.add_class::<workflow::LocalRunRef>()?;
     module.add_class::<refs::SessionRefRegistryRef>()?;
     module.add_class::<awaitable::AbortOnCancel>()?;

@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use crate::awaitable;
 use crate::errors::IntoPyResult;
 use crate::refs::SessionRefRegistryRef;
-use crate::runtime;
+use crate::runtime::Owner;
 use crate::steps::PyHost;
 use crate::tls::ServerTlsRef;
 
@@ -33,6 +33,9 @@ pub struct PeerServerRef {
     // Everything but the per-start host; checked once, at construction.
     config: ServerConfig,
     state: Arc<Mutex<ServerState>>,
+    // Kept after stop, so stats stay readable.
+    service: Mutex<Option<PeerService>>,
+    owner: Owner,
 }
 
 /// Rejects a zero message limit, which would refuse every call.
@@ -59,7 +62,7 @@ pub fn seconds(name: &str, secs: f64) -> PyResult<Duration> {
         .py_err()
 }
 
-fn lock(state: &Mutex<ServerState>) -> std::sync::MutexGuard<'_, ServerState> {
+fn lock<T>(state: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     state.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
@@ -128,6 +131,8 @@ impl PeerServerRef {
             node_id,
             config,
             state: Arc::new(Mutex::new(ServerState::Idle)),
+            service: Mutex::new(None),
+            owner: Owner::here(),
         })
     }
 
@@ -144,7 +149,7 @@ impl PeerServerRef {
         address: &str,
         event_loop: Py<PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        runtime::runtime().py_err()?;
+        self.owner.check("PeerServer").py_err()?;
         let addr = parse_listen_address(address).py_err()?;
         {
             let mut state = lock(&self.state);
@@ -171,6 +176,7 @@ impl PeerServerRef {
             ..self.config.clone()
         };
         let service = PeerService::new(self.node_id.as_str(), config);
+        *lock(&self.service) = Some(service.clone());
         let state = self.state.clone();
         awaitable::spawn(py, async move {
             match RunningServer::start(service, addr).await {
@@ -187,15 +193,44 @@ impl PeerServerRef {
         })
     }
 
-    /// Stops serving; waits for in-flight calls. Idempotent.
-    fn stop<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    /// Drains and stops (see `RunningServer::stop`); `grace_secs` None waits
+    /// for every run. Idempotent: a second call waits for nothing.
+    #[pyo3(signature = (grace_secs=None))]
+    fn stop<'py>(&self, py: Python<'py>, grace_secs: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+        self.owner.check("PeerServer").py_err()?;
+        let grace = grace_secs
+            .map(|secs| {
+                Duration::try_from_secs_f64(secs).map_err(|_| {
+                    PeerError::Validation(format!(
+                        "grace must be a non-negative number of seconds or None, got {secs}"
+                    ))
+                })
+            })
+            .transpose()
+            .py_err()?;
         let previous = std::mem::replace(&mut *lock(&self.state), ServerState::Stopped);
         awaitable::spawn(py, async move {
             if let ServerState::Running(mut running) = previous {
-                running.stop().await?;
+                running.stop(grace).await?;
             }
             Ok(())
         })
+    }
+
+    /// `(runs_started, runs_succeeded, runs_failed, runs_cancelled, runs_timed_out, runs_in_flight)`.
+    fn stats(&self) -> (u64, u64, u64, u64, u64, u64) {
+        let stats = lock(&self.service)
+            .as_ref()
+            .map(PeerService::stats)
+            .unwrap_or_default();
+        (
+            stats.runs_started,
+            stats.runs_succeeded,
+            stats.runs_failed,
+            stats.runs_cancelled,
+            stats.runs_timed_out,
+            stats.runs_in_flight,
+        )
     }
 
     /// The registry this server's runs keep session refs in.
@@ -204,6 +239,14 @@ impl PeerServerRef {
         SessionRefRegistryRef {
             registry: self.config.session_refs.clone(),
         }
+    }
+
+    /// True from the start of `stop` on: new runs are refused, health says NOT_SERVING.
+    #[getter]
+    fn draining(&self) -> bool {
+        lock(&self.service)
+            .as_ref()
+            .is_some_and(PeerService::is_draining)
     }
 
     /// True between a successful `start` and `stop`.

@@ -1,0 +1,167 @@
+//! What a server knows about its runs as a whole: how many started and how
+//! each ended, whether it is draining, and the signal that cancels the runs
+//! still going when a shutdown's grace period ends.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+use crate::envelope::{FailureKind, WorkflowFailure};
+
+/// Counts of runs since the server started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Runs that began (requests refused before running are not counted).
+    pub runs_started: u64,
+    /// Runs that ended with a StopEvent.
+    pub runs_succeeded: u64,
+    /// Runs that ended with a failure other than cancellation or timeout.
+    pub runs_failed: u64,
+    /// Runs cancelled: by their caller (cancelled call, closed stream, lost
+    /// connection), by a step raising CancelledError, or by shutdown.
+    pub runs_cancelled: u64,
+    /// Runs stopped at their deadline.
+    pub runs_timed_out: u64,
+    /// Runs going on now.
+    pub runs_in_flight: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    started: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    cancelled: AtomicU64,
+    timed_out: AtomicU64,
+}
+
+/// Shared by every clone of a service.
+pub(crate) struct Lifecycle {
+    counters: Counters,
+    in_flight: AtomicU64,
+    draining: AtomicBool,
+    // Wakes `wait_idle` when the last run ends.
+    idle: Notify,
+    cancel_runs: watch::Sender<bool>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self {
+            counters: Counters::default(),
+            in_flight: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            idle: Notify::new(),
+            cancel_runs: watch::channel(false).0,
+        }
+    }
+}
+
+impl Lifecycle {
+    pub(crate) fn stats(&self) -> RunStats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Acquire);
+        RunStats {
+            runs_started: load(&self.counters.started),
+            runs_succeeded: load(&self.counters.succeeded),
+            runs_failed: load(&self.counters.failed),
+            runs_cancelled: load(&self.counters.cancelled),
+            runs_timed_out: load(&self.counters.timed_out),
+            runs_in_flight: load(&self.in_flight),
+        }
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Counts a run as started; the record counts how it ended.
+    pub(crate) fn begin(self: &Arc<Self>) -> RunRecord {
+        self.counters.started.fetch_add(1, Ordering::AcqRel);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        RunRecord {
+            lifecycle: self.clone(),
+            ended: false,
+        }
+    }
+
+    /// Waits until no run is going on, or `limit` passed; true when idle.
+    pub(crate) async fn wait_idle(&self, limit: Option<Duration>) -> bool {
+        let idle = async {
+            loop {
+                let notified = self.idle.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.in_flight.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        match limit {
+            None => {
+                idle.await;
+                true
+            }
+            Some(limit) => tokio::time::timeout(limit, idle).await.is_ok(),
+        }
+    }
+
+    /// Ends every run still going (the grace period is over).
+    pub(crate) fn cancel_runs(&self) {
+        self.cancel_runs.send_replace(true);
+    }
+
+    /// Resolves when [`Lifecycle::cancel_runs`] is called.
+    pub(crate) fn runs_cancelled(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut cancelled = self.cancel_runs.subscribe();
+        async move {
+            // The sender lives as long as the service; without it, never cancel.
+            if cancelled.wait_for(|cancel| *cancel).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// One run in progress. Dropped without [`RunRecord::end`] — the caller went
+/// away and the run with it — it counts as cancelled.
+pub(crate) struct RunRecord {
+    lifecycle: Arc<Lifecycle>,
+    ended: bool,
+}
+
+impl RunRecord {
+    pub(crate) fn end<T>(mut self, outcome: &Result<T, Box<WorkflowFailure>>) {
+        let counters = &self.lifecycle.counters;
+        let counter = match outcome {
+            Ok(_) => &counters.succeeded,
+            Err(failure) => match failure.kind {
+                FailureKind::Cancelled => &counters.cancelled,
+                FailureKind::Timeout => &counters.timed_out,
+                _ => &counters.failed,
+            },
+        };
+        counter.fetch_add(1, Ordering::AcqRel);
+        self.ended = true;
+    }
+}
+
+impl Drop for RunRecord {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.lifecycle
+                .counters
+                .cancelled
+                .fetch_add(1, Ordering::AcqRel);
+        }
+        if self.lifecycle.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.lifecycle.idle.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Native half of `SubWorkflowStream`: the receiving end of a streaming run,
+//! read one message per `next()`.
+
+use std::sync::Arc;
+
+use blazen_peer_core::{EventReceiver, StreamMessage};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+use tokio::sync::Mutex;
+
+use crate::awaitable::{self, ToPython};
+use crate::client::ResponseRef;
+use crate::errors::IntoPyResult;
+use crate::runtime::{self, Owner};
+
+/// The events of a streaming run, then its response.
+#[pyclass(frozen, name = "EventStream", module = "blazen_peer._native")]
+pub struct EventStreamRef {
+    // None once closed; dropping the receiver cancels the call and the run.
+    receiver: Arc<Mutex<Option<EventReceiver>>>,
+    owner: Owner,
+}
+
+impl EventStreamRef {
+    pub fn new(receiver: EventReceiver) -> Self {
+        Self {
+            receiver: Arc::new(Mutex::new(Some(receiver))),
+            owner: Owner::here(),
+        }
+    }
+}
+
+/// One message as Python sees it.
+enum Next {
+    Event { event_type: String, data_json: Vec<u8> },
+    Done(ResponseRef),
+    End,
+}
+
+impl ToPython for Next {
+    fn to_python(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+        Ok(match self {
+            Next::Event {
+                event_type,
+                data_json,
+            } => PyTuple::new(
+                py,
+                [
+                    "event".into_pyobject(py)?.into_any(),
+                    event_type.into_pyobject(py)?.into_any(),
+                    PyBytes::new(py, &data_json).into_any(),
+                ],
+            )?
+            .into_any(),
+            Next::Done(response) => PyTuple::new(
+                py,
+                [
+                    "done".into_pyobject(py)?.into_any(),
+                    Bound::new(py, response)?.into_any(),
+                ],
+            )?
+            .into_any(),
+            Next::End => py.None().into_bound(py),
+        })
+    }
+}
+
+#[pymethods]
+impl EventStreamRef {
+    /// Resolves to `("event", type_name, data_json)`, then `("done", response)`,
+    /// then None.
+    fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.owner.check("PeerClient stream").py_err()?;
+        let receiver = self.receiver.clone();
+        awaitable::spawn(py, async move {
+            let mut guard = receiver.lock().await;
+            let Some(stream) = guard.as_mut() else {
+                return Ok(Next::End);
+            };
+            let next = match stream.next().await {
+                Ok(next) => next,
+                Err(err) => {
+                    // A failed stream is over: free the call now, not at garbage collection.
+                    guard.take();
+                    return Err(err);
+                }
+            };
+            Ok(match next {
+                Some(StreamMessage::Event(event)) => Next::Event {
+                    event_type: event.event_type,
+                    data_json: event.data_json,
+                },
+                Some(StreamMessage::Done(response)) => {
+                    guard.take();
+                    Next::Done(ResponseRef::from(response))
+                }
+                None => Next::End,
+            })
+        })
+    }
+
+    /// Cancels the call (and the run on the peer) unless it already ended. Idempotent.
+    fn close(&self) -> PyResult<()> {
+        self.owner.check("PeerClient stream").py_err()?;
+        let receiver = self.receiver.clone();
+        // A cancelled `next()` may still hold the lock until its task is dropped.
+        runtime::runtime().py_err()?.spawn(async move {
+            receiver.lock().await.take();
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,54 @@
+"""What a remote run returns."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _native
+
+__all__ = ["RemoteRefDescriptor", "SubWorkflowResponse"]
+
+
+@dataclass(frozen=True)
+class RemoteRefDescriptor:
+    """A session ref that stayed on the peer."""
+
+    origin_node_id: str
+    type_tag: str
+    created_at_epoch_ms: int
+
+
+@dataclass(frozen=True)
+class SubWorkflowResponse:
+    """What a remote run returned. ``error`` is set when the workflow failed."""
+
+    result: Any
+    state: dict[str, Any]
+    error: str | None
+    remote_refs: dict[uuid.UUID, RemoteRefDescriptor] = field(default_factory=dict)
+    _raw: _native.SubWorkflowResponse | None = field(default=None, repr=False, compare=False)
+
+    def raise_for_error(self) -> None:
+        """Raises WorkflowError (with the remote details) when the run failed."""
+        if self.error is not None and self._raw is not None:
+            self._raw.raise_for_error()
+
+    @classmethod
+    def _from_native(cls, native: _native.SubWorkflowResponse) -> SubWorkflowResponse:
+        if native.timed_out:
+            native.raise_for_error()
+        failed = native.error is not None
+        result_json = native.result_json
+        return cls(
+            result=json.loads(result_json) if result_json is not None and not failed else None,
+            state={} if failed else {k: json.loads(v) for k, v in native.state_json.items()},
+            error=native.error,
+            remote_refs={
+                uuid.UUID(key): RemoteRefDescriptor(origin, tag, created)
+                for key, origin, tag, created in native.remote_refs
+            },
+            _raw=native,
+        )

@@ -1,0 +1,102 @@
+"""Reading a remote run's events as they happen."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+
+from . import _native
+from .events import Event, StopEvent, from_stream
+from .responses import SubWorkflowResponse
+
+__all__ = ["SubWorkflowStream"]
+
+
+class SubWorkflowStream:
+    """The events a remote run writes with ``ctx.write_event_to_stream``, in
+    order, then its terminal :class:`StopEvent`; a failed run raises its error
+    (``WorkflowError``, ``PeerTimeoutError``) after the events written before it.
+
+    The call starts on the first ``__anext__`` (or ``async with``). Leaving an
+    ``async with`` block, ``await stream.aclose()``, or dropping the stream
+    cancels the call and the run on the peer. The stream holds the events the
+    caller has not read yet within a bounded buffer: a slow reader slows the
+    peer's steps instead of filling memory.
+    """
+
+    def __init__(
+        self,
+        open_call: Callable[[], Awaitable[_native.EventStream]],
+        on_response: Callable[[SubWorkflowResponse], SubWorkflowResponse],
+    ) -> None:
+        self._open_call: Callable[[], Awaitable[_native.EventStream]] | None = open_call
+        self._on_response = on_response
+        self._native: _native.EventStream | None = None
+        self._finished = False
+        self._response: SubWorkflowResponse | None = None
+
+    @property
+    def response(self) -> SubWorkflowResponse | None:
+        """The run's full response (result, exported state, remote refs) once the
+        terminal event arrived; None before."""
+        return self._response
+
+    def __aiter__(self) -> SubWorkflowStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._finished:
+            raise StopAsyncIteration
+        native = self._native or await self._open()
+        try:
+            item = await native.next()
+        except BaseException:
+            self._finished = True
+            raise
+        if item is None:
+            self._finished = True
+            raise StopAsyncIteration
+        if item[0] == "event":
+            _, name, data = item
+            return from_stream(name, data)
+        _, raw = item
+        self._finished = True
+        response = self._on_response(SubWorkflowResponse._from_native(raw))
+        response.raise_for_error()
+        self._response = response
+        return StopEvent(result=response.result)
+
+    async def _open(self) -> _native.EventStream:
+        if self._open_call is None:
+            raise RuntimeError("the stream was closed before it started")
+        open_call, self._open_call = self._open_call, None
+        try:
+            self._native = await open_call()
+        except BaseException:
+            self._finished = True
+            raise
+        return self._native
+
+    async def aclose(self) -> None:
+        """Cancels the call and the run on the peer unless it already ended. Idempotent."""
+        self._finished = True
+        self._open_call = None
+        if self._native is not None:
+            self._native.close()
+
+    async def __aenter__(self) -> SubWorkflowStream:
+        if self._native is None and self._open_call is not None:
+            await self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        state = "finished" if self._finished else "open" if self._native else "not started"
+        return f"SubWorkflowStream({state})"

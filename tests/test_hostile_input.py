@@ -46,9 +46,12 @@ STREAM_EVENTS = "StreamSubWorkflowEvents"
 STREAMING = frozenset({CHUNKS, STREAM_EVENTS})
 REF_METHODS = (DEREF, CHUNKS, RELEASE, FINISH, RENEW)
 """Methods whose payload is `{envelope_version: u32, uuid}`."""
-ALL_METHODS = (INVOKE, *REF_METHODS)
+RUN_METHODS = frozenset({INVOKE, STREAM_EVENTS})
+"""Methods whose payload is a `SubWorkflowRequest`."""
+ALL_METHODS = (INVOKE, STREAM_EVENTS, *REF_METHODS)
 PAYLOAD_TYPE = {
     INVOKE: "SubWorkflowRequest",
+    STREAM_EVENTS: "SubWorkflowRequest",
     DEREF: "DerefRequest",
     CHUNKS: "DerefRequest",
     RELEASE: "DerefRequest",  # ReleaseRequest is an alias of DerefRequest
@@ -122,7 +125,7 @@ def ref_payload(uuid_field: bytes = prefixed(REF_UUID), *, version: bytes = b"\x
 
 
 def valid_payload(method: str) -> bytes:
-    return invoke_payload() if method == INVOKE else ref_payload()
+    return invoke_payload() if method in RUN_METHODS else ref_payload()
 
 
 # WIRE.md's test vectors: `SubWorkflowRequest{1, "wf", ["a::b"], {"x":1}, Some(30)}`
@@ -257,7 +260,7 @@ def newer(version: int) -> Expect:
 
 def normal_answer(method: str) -> Expect:
     """What the untouched valid request gets: the echo runs; the ref is unknown."""
-    if method == INVOKE:
+    if method in RUN_METHODS:
         return Expect.of(OK)
     if method in (DEREF, CHUNKS):
         return Expect.of(NOT_FOUND, "not found")
@@ -357,7 +360,7 @@ def expected_outcome(method: str, payload: bytes) -> Expect:
     if version > 1:
         return newer(version)
     try:
-        if method == INVOKE:
+        if method in RUN_METHODS:
             reader.text()
             steps = [reader.text() for _ in range(reader.varint(64))]
             input_json = reader.raw()
@@ -367,7 +370,7 @@ def expected_outcome(method: str, payload: bytes) -> Expect:
             reader.uuid()
     except Undecodable:
         return undecodable(method)
-    if method == INVOKE:
+    if method in RUN_METHODS:
         if not is_json(input_json):
             return Expect.of(INVALID, "input_json")
         if steps and all(step == ECHO for step in steps):
@@ -530,7 +533,7 @@ async def test_random_bytes_get_the_answer_wire_md_prescribes(
 
 def wrong_type_cases(method: str) -> list[Case]:
     bad = undecodable(method)
-    if method == INVOKE:
+    if method in RUN_METHODS:
         payloads = {
             "option-tag-2": invoke_payload(timeout=b"\x02\x1e"),
             "option-tag-5": invoke_payload(timeout=b"\x05\x1e"),
@@ -704,7 +707,7 @@ def huge_length_cases(method: str) -> list[Case]:
     bad = undecodable(method)
     cases = []
     for name, huge in HUGE_LENGTHS.items():
-        if method == INVOKE:
+        if method in RUN_METHODS:
             sites = {
                 "workflow-name": b"\x01" + huge + b"wf",
                 "step-count": b"\x01" + prefixed(b"wf") + huge + prefixed(ECHO.encode()),
@@ -757,22 +760,4 @@ def shell_cases(method: str) -> list[Case]:
 async def test_a_malformed_protobuf_shell_is_refused(
     channel: Any, client: PeerClient, peer_process: PeerProcess, cases: list[Case]
 ) -> None:
-    await check_cases(channel, client, peer_process, cases)
-
-
-async def test_garbage_to_the_unserved_stream_method_is_unimplemented(
-    channel: Any, client: PeerClient, peer_process: PeerProcess
-) -> None:
-    says = Expect.of("UNIMPLEMENTED", "InvokeSubWorkflow")
-    cases = [
-        Case("stream-events-garbage", STREAM_EVENTS, wrap(b"\xff\xfe"), says),
-        Case("stream-events-empty", STREAM_EVENTS, b"", says),
-        # The shell is decoded before the method runs.
-        Case(
-            "stream-events-bad-shell",
-            STREAM_EVENTS,
-            bytes.fromhex("0a ff ff ff ff 0f"),
-            Expect.of(INTERNAL, "failed to decode", "protobuf"),
-        ),
-    ]
     await check_cases(channel, client, peer_process, cases)

@@ -353,7 +353,10 @@ impl PeerClient {
             .map(|secs| Duration::from_secs(secs) + self.config.deadline_margin)
     }
 
-    fn checked_payload(&self, request: &Envelope<SubWorkflowRequest>) -> Result<Vec<u8>, PeerError> {
+    fn checked_payload(
+        &self,
+        request: &Envelope<SubWorkflowRequest>,
+    ) -> Result<Vec<u8>, PeerError> {
         let payload = request.encode()?;
         if payload.len() > self.config.max_message_bytes {
             return Err(PeerError::MessageTooLarge(format!(
@@ -493,7 +496,10 @@ impl EventReceiver {
                         self.client.address
                     ))
                 })?;
-            let item = self.client.decode::<StreamItem>(&item.postcard_payload)?.body;
+            let item = self
+                .client
+                .decode::<StreamItem>(&item.postcard_payload)?
+                .body;
             match item.kind {
                 StreamItem::EVENT => {
                     return Ok(Some(StreamMessage::Event(StreamedEvent {

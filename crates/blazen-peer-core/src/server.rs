@@ -26,7 +26,7 @@ pub use lifecycle::RunStats;
 use crate::auth::{bearer, TokenCheck};
 use crate::context::{Caller, RunContext};
 use crate::envelope::{
-    self, ChunkLimit, FailureKind, DerefChunk, DerefRequest, DerefResponse, Envelope, ParentRun,
+    self, ChunkLimit, DerefChunk, DerefRequest, DerefResponse, Envelope, FailureKind, ParentRun,
     ParentRunRequest, ParentRunResponse, ReleaseRequest, ReleaseResponse, SubWorkflowRequest,
     SubWorkflowResponse, WorkflowFailure, ENVELOPE_VERSION,
 };

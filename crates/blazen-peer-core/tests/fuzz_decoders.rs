@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 use blazen_peer_core::envelope::{
     check_version, peek_version, ChunkLimit, DerefChunk, DerefRequest, DerefResponse, Extension,
     FailureKind, NotFoundDetail, ParentRun, ParentRunRequest, ParentRunResponse, ReleaseRequest,
-    ReleaseResponse, RemoteRefDescriptor, SubWorkflowRequest, SubWorkflowResponse, WorkflowFailure,
+    ReleaseResponse, RemoteRefDescriptor, StreamItem, SubWorkflowRequest, SubWorkflowResponse,
+    WorkflowFailure,
 };
 use blazen_peer_core::{Envelope, PeerError, ENVELOPE_VERSION};
 use proptest::prelude::*;
@@ -116,10 +117,11 @@ enum Kind {
     ParentReq,
     ParentResp,
     Chunk,
+    Stream,
 }
 
 impl Kind {
-    const ALL: [Kind; 9] = [
+    const ALL: [Kind; 10] = [
         Kind::Request,
         Kind::Response,
         Kind::Deref,
@@ -129,6 +131,7 @@ impl Kind {
         Kind::ParentReq,
         Kind::ParentResp,
         Kind::Chunk,
+        Kind::Stream,
     ];
 
     /// The type name the decoder's error message carries.
@@ -143,6 +146,7 @@ impl Kind {
             Kind::ParentReq => "ParentRunRequest",
             Kind::ParentResp => "ParentRunResponse",
             Kind::Chunk => "DerefChunk",
+            Kind::Stream => "StreamItem",
         }
     }
 
@@ -159,6 +163,7 @@ impl Kind {
             Kind::ParentReq => decode_as::<ParentRunRequest>(bytes),
             Kind::ParentResp => decode_as::<ParentRunResponse>(bytes),
             Kind::Chunk => decode_as::<DerefChunk>(bytes),
+            Kind::Stream => decode_as::<StreamItem>(bytes),
         }
     }
 }
@@ -524,6 +529,19 @@ fn arb_valid() -> impl Strategy<Value = Valid> {
                     }),
                 )
             }),
+        (arb_version(), any::<u32>(), any::<String>(), arb_bytes(48)).prop_map(
+            |(envelope_version, kind, event_type, payload)| {
+                valid(
+                    Kind::Stream,
+                    Envelope::new(StreamItem {
+                        envelope_version,
+                        kind,
+                        event_type,
+                        payload,
+                    }),
+                )
+            }
+        ),
     ]
 }
 
@@ -861,6 +879,7 @@ proptest! {
             Kind::ParentReq => check_extensions::<ParentRunRequest>(&bytes, &fields)?,
             Kind::ParentResp => check_extensions::<ParentRunResponse>(&bytes, &fields)?,
             Kind::Chunk => check_extensions::<DerefChunk>(&bytes, &fields)?,
+            Kind::Stream => check_extensions::<StreamItem>(&bytes, &fields)?,
         }
     }
 

@@ -17,10 +17,14 @@ use blazen_peer_core::{
     RunContext, RunningServer, ServerConfig, SessionRefRegistry, StateValue, Step, StepFailure,
     StepHandler, StepRegistry, ENVELOPE_VERSION,
 };
+use blazen_peer_core::{StreamMessage, StreamedEvent};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tonic::transport::Channel;
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 use uuid::Uuid;
 
 // ---------------------------------------------------------------------------
@@ -100,13 +104,31 @@ fn test_registry() -> Arc<StepRegistry> {
         }
         .boxed()
     });
+    // Writes `{"i": 0}` .. `{"i": n-1}` to the run's event stream, then stops with `n`.
+    register(&registry, "b::count", &[START_EVENT], |ctx, event| {
+        async move {
+            let input: serde_json::Value =
+                serde_json::from_slice(&event.as_json().expect("wire input is JSON").0).unwrap();
+            let n = input["n"].as_u64().unwrap();
+            if let Some(events) = ctx.event_stream() {
+                for i in 0..n {
+                    events.push(StreamedEvent {
+                        event_type: "b.Tick".into(),
+                        data_json: format!(r#"{{"i":{i}}}"#).into_bytes(),
+                    });
+                }
+            }
+            Ok(vec![stop_with(serde_json::json!(n))])
+        }
+        .boxed()
+    });
     registry
         .register_workflow("declared", vec!["b::double".into()])
         .unwrap();
     registry
 }
 
-const REGISTERED: [&str; 3] = ["b::double", "b::fail", "b::sleep"];
+const REGISTERED: [&str; 4] = ["b::count", "b::double", "b::fail", "b::sleep"];
 
 struct Harness {
     server: RunningServer,
@@ -240,7 +262,7 @@ async fn unknown_step_is_not_found_with_the_registered_ids() {
     assert_eq!(
         err.to_string(),
         format!(
-            "step `b::missing` is not registered on peer {}; registered steps: [b::double, \
+            "step `b::missing` is not registered on peer {}; registered steps: [b::count, b::double, \
              b::fail, b::sleep]",
             harness.address
         )
@@ -256,8 +278,8 @@ async fn unknown_step_is_not_found_with_the_registered_ids() {
     assert_eq!(status.code(), Code::NotFound);
     assert_eq!(
         status.message(),
-        "step `b::missing` is not registered on peer `node-b`; registered steps: [b::double, \
-         b::fail, b::sleep]"
+        "step `b::missing` is not registered on peer `node-b`; registered steps: [b::count, \
+         b::double, b::fail, b::sleep]"
     );
 }
 
@@ -550,17 +572,174 @@ async fn garbage_payloads_are_invalid_argument() {
     assert_serves(&client).await;
 }
 
+/// Waits (polling, bounded) until `condition` holds.
+async fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
-async fn stream_method_is_unimplemented() {
+async fn streamed_events_arrive_in_order_then_the_response() {
     let harness = start_server().await;
-    let mut raw = harness.raw().await;
-    let status = raw
-        .stream_sub_workflow_events(PostcardRequest {
-            postcard_payload: run_request(&["b::double"], "{}").encode().unwrap().into(),
-        })
+    let client = harness.client().await;
+    let mut receiver = client
+        .stream(&run_request(&["b::count"], r#"{"n":3}"#))
         .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
+        .unwrap();
+    let mut events = Vec::new();
+    let response = loop {
+        match receiver.next().await.unwrap() {
+            Some(StreamMessage::Event(event)) => events.push(event),
+            Some(StreamMessage::Done(response)) => break response,
+            None => panic!("the stream ended without the run's response"),
+        }
+    };
+    let data: Vec<String> = events
+        .iter()
+        .map(|event| String::from_utf8(event.data_json.clone()).unwrap())
+        .collect();
+    assert_eq!(data, [r#"{"i":0}"#, r#"{"i":1}"#, r#"{"i":2}"#]);
+    assert!(events.iter().all(|event| event.event_type == "b.Tick"));
+    assert_eq!(
+        response
+            .body
+            .result_json
+            .as_ref()
+            .map(|json| json.as_slice()),
+        Some(&b"3"[..])
+    );
+    assert!(receiver.next().await.unwrap().is_none());
+    assert_eq!(harness.server.stats().runs_succeeded, 1);
+}
+
+#[tokio::test]
+async fn a_refused_stream_fails_at_the_call() {
+    let harness = start_server().await;
+    let client = harness.client().await;
+    let err = client
+        .stream(&run_request(&["b::missing"], "{}"))
+        .await
+        .err()
+        .expect("an unknown step is refused");
+    assert!(matches!(err, PeerError::UnknownStep { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn dropping_a_stream_cancels_its_run() {
+    let harness = start_server().await;
+    let client = harness.client().await;
+    let receiver = client
+        .stream(&run_request(&["b::sleep"], "{}"))
+        .await
+        .unwrap();
+    wait_until("the run started", || {
+        harness.server.stats().runs_in_flight == 1
+    })
+    .await;
+    drop(receiver);
+    wait_until("the run was cancelled", || {
+        harness.server.stats().runs_cancelled == 1
+    })
+    .await;
+    assert_eq!(harness.server.stats().runs_in_flight, 0);
+    assert_serves(&client).await;
+}
+
+#[tokio::test]
+async fn stop_drains_then_cancels_what_outlives_the_grace_period() {
+    let mut harness = start_server().await;
+    let client = harness.client().await;
+    let long = tokio::spawn({
+        let client = client.clone();
+        async move { client.invoke(&run_request(&["b::sleep"], "{}")).await }
+    });
+    wait_until("the long run started", || {
+        harness.server.stats().runs_in_flight == 1
+    })
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(harness.address.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel);
+    let status = |service: &str| {
+        let mut health = health.clone();
+        let service = service.to_owned();
+        async move {
+            health
+                .check(HealthCheckRequest { service })
+                .await
+                .unwrap()
+                .into_inner()
+                .status()
+        }
+    };
+    assert_eq!(status("").await, ServingStatus::Serving);
+    assert_eq!(
+        status("blazen.peer.v1.BlazenPeer").await,
+        ServingStatus::Serving
+    );
+
+    let grace = Duration::from_millis(500);
+    let started = Instant::now();
+    let during_drain = async {
+        while status("").await != ServingStatus::NotServing {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            status("blazen.peer.v1.BlazenPeer").await,
+            ServingStatus::NotServing
+        );
+        // A new run is refused as unavailable: safe to retry elsewhere.
+        match client.invoke(&run_request(&["b::double"], "{}")).await {
+            Err(PeerError::Transport { message, code }) => {
+                assert_eq!(code, Some(Code::Unavailable as i32), "{message}");
+                assert!(message.contains("shutting down"), "{message}");
+            }
+            other => panic!("expected a refusal while draining, got {other:?}"),
+        }
+    };
+    let (stopped, ()) = tokio::join!(harness.server.stop(Some(grace)), during_drain);
+    stopped.unwrap();
+    assert!(started.elapsed() >= grace);
+    let response = long.await.unwrap().unwrap();
+    let failure = response.extensions.get::<WorkflowFailure>().unwrap();
+    assert_eq!(failure.kind, FailureKind::Cancelled);
+    assert!(failure.message.contains("shut down"), "{}", failure.message);
+    drop(health);
+    let stats = harness.server.stats();
+    assert_eq!((stats.runs_cancelled, stats.runs_in_flight), (1, 0));
+}
+
+#[tokio::test]
+async fn stop_lets_a_run_finish_within_the_grace_period() {
+    let mut harness = start_server().await;
+    let client = harness.client().await;
+    let mut receiver = client
+        .stream(&run_request(&["b::count"], r#"{"n":200}"#))
+        .await
+        .unwrap();
+    // The run cannot finish until the stream is read; stop must wait for it.
+    let read_all = async {
+        let mut events = 0;
+        loop {
+            match receiver.next().await.unwrap() {
+                Some(StreamMessage::Event(_)) => events += 1,
+                Some(StreamMessage::Done(response)) => break (events, response),
+                None => panic!("the stream ended without the run's response"),
+            }
+        }
+    };
+    let (stopped, (events, response)) =
+        tokio::join!(harness.server.stop(Some(Duration::from_secs(30))), read_all);
+    stopped.unwrap();
+    assert_eq!(events, 200);
+    assert_eq!(response.body.error, None);
+    assert_eq!(harness.server.stats().runs_succeeded, 1);
 }
 
 // ---------------------------------------------------------------------------

@@ -20,8 +20,8 @@ use crate::awaitable::{self, Class};
 use crate::errors::{to_py, IntoPyResult};
 use crate::refs::{parse_key, BufferSink, BytesSink, Fetched, FetchedInto};
 use crate::runtime::{self, Owner};
-use crate::streaming::EventStreamRef;
 use crate::server::{positive_size, seconds};
+use crate::streaming::EventStreamRef;
 use crate::tls::ClientTlsRef;
 
 /// A connected client; calls share one HTTP/2 channel.

@@ -47,7 +47,9 @@ pub fn runtime() -> Result<&'static Runtime, PeerError> {
         .thread_name("blazen-peer-worker")
         .enable_all()
         .build()
-        .map_err(|err| PeerError::Validation(format!("cannot start the blazen-peer runtime: {err}")))?;
+        .map_err(|err| {
+            PeerError::Validation(format!("cannot start the blazen-peer runtime: {err}"))
+        })?;
     let owned = Box::leak(Box::new(ProcessRuntime { pid, runtime }));
     CURRENT.store(owned, Ordering::Release);
     Ok(&owned.runtime)

@@ -32,7 +32,10 @@ impl EventStreamRef {
 
 /// One message as Python sees it.
 enum Next {
-    Event { event_type: String, data_json: Vec<u8> },
+    Event {
+        event_type: String,
+        data_json: Vec<u8>,
+    },
     Done(ResponseRef),
     End,
 }

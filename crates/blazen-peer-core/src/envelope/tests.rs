@@ -841,3 +841,30 @@ fn a_borrowed_deref_piece_encodes_like_the_owned_struct() {
         owned
     );
 }
+
+#[test]
+fn stream_items_have_the_documented_layout() {
+    // proto/blazen_peer.proto: StreamItem { envelope_version, kind, event_type, payload }.
+    let event = Envelope::new(StreamItem::event("a.B", b"{}".to_vec()))
+        .encode()
+        .unwrap();
+    assert_eq!(event, [0x01, 0x01, 0x03, b'a', b'.', b'B', 0x02, b'{', b'}']);
+    let response = Envelope::new(SubWorkflowResponse {
+        envelope_version: ENVELOPE_VERSION,
+        result_json: Some(serde_bytes::ByteBuf::from(b"\"ok\"".to_vec())),
+        ..Default::default()
+    });
+    let done = Envelope::new(StreamItem::done(&response).unwrap())
+        .encode()
+        .unwrap();
+    // DONE carries the exact bytes InvokeSubWorkflow would answer.
+    let inner = response.encode().unwrap();
+    assert_eq!(&done[..4], &[0x01, 0x02, 0x00, inner.len() as u8]);
+    assert_eq!(&done[4..], &inner[..]);
+    let decoded = Envelope::<StreamItem>::decode(&done).unwrap().body;
+    assert_eq!(decoded.kind, StreamItem::DONE);
+    assert_eq!(
+        Envelope::<SubWorkflowResponse>::decode(&decoded.payload).unwrap(),
+        response
+    );
+}

@@ -11,6 +11,7 @@ __all__ = [
     "AbortOnCancel",
     "ClientTls",
     "Completion",
+    "EventStream",
     "EventTypes",
     "LocalRun",
     "PeerClient",
@@ -327,10 +328,8 @@ def _panic_probe(message: str) -> Awaitable[None]:
 class EventStream:
     """The events of a streaming run, then its response."""
 
-    def next(
-        self,
-    ) -> Awaitable[tuple[str, str, bytes] | tuple[str, SubWorkflowResponse] | None]:
-        """Resolves to `("event", type_name, data_json)`, then `("done", response)`,
-        then None."""
+    def next(self) -> Awaitable[tuple[str, bytes] | SubWorkflowResponse | None]:
+        """Resolves to `(type_name, data_json)` per event, then the run's
+        `SubWorkflowResponse`, then None."""
     def close(self) -> None:
         """Cancels the call (and the run on the peer) unless it already ended. Idempotent."""

@@ -56,12 +56,11 @@ class SubWorkflowStream:
         if item is None:
             self._finished = True
             raise StopAsyncIteration
-        if item[0] == "event":
-            _, name, data = item
+        if isinstance(item, tuple):
+            name, data = item
             return from_stream(name, data)
-        _, raw = item
         self._finished = True
-        response = self._on_response(SubWorkflowResponse._from_native(raw))
+        response = self._on_response(SubWorkflowResponse._from_native(item))
         response.raise_for_error()
         self._response = response
         return StopEvent(result=response.result)

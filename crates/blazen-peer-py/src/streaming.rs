@@ -49,20 +49,12 @@ impl ToPython for Next {
             } => PyTuple::new(
                 py,
                 [
-                    "event".into_pyobject(py)?.into_any(),
                     event_type.into_pyobject(py)?.into_any(),
                     PyBytes::new(py, &data_json).into_any(),
                 ],
             )?
             .into_any(),
-            Next::Done(response) => PyTuple::new(
-                py,
-                [
-                    "done".into_pyobject(py)?.into_any(),
-                    Bound::new(py, response)?.into_any(),
-                ],
-            )?
-            .into_any(),
+            Next::Done(response) => Bound::new(py, response)?.into_any(),
             Next::End => py.None().into_bound(py),
         })
     }
@@ -70,8 +62,8 @@ impl ToPython for Next {
 
 #[pymethods]
 impl EventStreamRef {
-    /// Resolves to `("event", type_name, data_json)`, then `("done", response)`,
-    /// then None.
+    /// Resolves to `(type_name, data_json)` per event, then the run's
+    /// `SubWorkflowResponse`, then None.
     fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.owner.check("PeerClient stream").py_err()?;
         let receiver = self.receiver.clone();

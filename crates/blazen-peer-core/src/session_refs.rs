@@ -8,7 +8,7 @@
 //! - `UntilExplicitDrop` refs live until released.
 
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -111,8 +111,56 @@ pub struct RefInfo {
 
 /// Session refs by key; shared between a server and in-process workflows.
 pub struct SessionRefRegistry {
-    refs: Mutex<HashMap<Uuid, SessionRef>>,
+    refs: Mutex<Refs>,
     lease: Duration,
+}
+
+/// The refs and two indexes, so that the operations on every call's path
+/// (ending a run, a parent's lease) cost O(their own refs), not O(live refs).
+#[derive(Default)]
+struct Refs {
+    by_key: HashMap<Uuid, SessionRef>,
+    by_run: HashMap<Uuid, Vec<Uuid>>,
+    // Refs with a lease (`UntilParentFinish`): all that the parent calls and
+    // the lease sweep look at.
+    leased: HashSet<Uuid>,
+}
+
+impl Refs {
+    fn insert(&mut self, key: Uuid, entry: SessionRef) {
+        if let Some(run) = entry.owner.run {
+            self.by_run.entry(run).or_default().push(key);
+        }
+        if entry.lease_until.is_some() {
+            self.leased.insert(key);
+        }
+        self.by_key.insert(key, entry);
+    }
+
+    fn remove(&mut self, key: &Uuid) -> Option<SessionRef> {
+        let entry = self.by_key.remove(key)?;
+        self.leased.remove(key);
+        if let Some(run) = entry.owner.run {
+            if let Some(keys) = self.by_run.get_mut(&run) {
+                keys.retain(|other| other != key);
+                if keys.is_empty() {
+                    self.by_run.remove(&run);
+                }
+            }
+        }
+        Some(entry)
+    }
+
+    /// Removes the leased refs that match.
+    fn remove_leased(&mut self, matches: impl Fn(&SessionRef) -> bool) -> Vec<SessionRef> {
+        let keys: Vec<Uuid> = self
+            .leased
+            .iter()
+            .filter(|key| self.by_key.get(key).is_some_and(&matches))
+            .copied()
+            .collect();
+        keys.iter().filter_map(|key| self.remove(key)).collect()
+    }
 }
 
 impl Default for SessionRefRegistry {
@@ -124,7 +172,7 @@ impl Default for SessionRefRegistry {
 impl std::fmt::Debug for SessionRefRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionRefRegistry")
-            .field("len", &self.lock().len())
+            .field("len", &self.lock().by_key.len())
             .field("lease", &self.lease)
             .finish()
     }
@@ -141,7 +189,7 @@ impl SessionRefRegistry {
     /// A registry whose `UntilParentFinish` refs expire `lease` after their last renewal.
     pub fn with_lease(lease: Duration) -> Self {
         Self {
-            refs: Mutex::new(HashMap::new()),
+            refs: Mutex::new(Refs::default()),
             lease,
         }
     }
@@ -188,7 +236,7 @@ impl SessionRefRegistry {
     /// renews it, so polling a crashed parent's ref cannot keep it alive.
     pub fn get(&self, key: &Uuid) -> Option<SessionRef> {
         let mut refs = self.lock();
-        let entry = refs.get(key)?;
+        let entry = refs.by_key.get(key)?;
         if entry
             .lease_until
             .is_some_and(|until| until <= Instant::now())
@@ -210,7 +258,7 @@ impl SessionRefRegistry {
     /// Number of live refs.
     pub fn len(&self) -> usize {
         self.sweep_expired();
-        self.lock().len()
+        self.lock().by_key.len()
     }
 
     /// True when no ref is alive.
@@ -222,6 +270,7 @@ impl SessionRefRegistry {
     pub fn total_bytes(&self) -> usize {
         self.sweep_expired();
         self.lock()
+            .by_key
             .values()
             .map(|entry| entry.payload.bytes().len())
             .sum()
@@ -232,6 +281,7 @@ impl SessionRefRegistry {
         self.sweep_expired();
         let mut infos: Vec<RefInfo> = self
             .lock()
+            .by_key
             .iter()
             .map(|(key, entry)| RefInfo {
                 key: *key,
@@ -257,24 +307,24 @@ impl SessionRefRegistry {
         origin_node_id: &str,
     ) -> BTreeMap<Uuid, RemoteRefDescriptor> {
         let mut refs = self.lock();
-        let purged: Vec<SessionRef> = refs
-            .extract_if(|_, entry| {
-                entry.owner.run == Some(run) && (failed || !entry.lifetime.outlives_run())
-            })
-            .map(|(_, entry)| entry)
-            .collect();
-        let outliving = refs
-            .iter()
-            .filter(|(_, entry)| entry.owner.run == Some(run))
-            .map(|(key, entry)| {
+        let keys = refs.by_run.remove(&run).unwrap_or_default();
+        let mut purged = Vec::new();
+        let mut outliving = BTreeMap::new();
+        for key in keys {
+            let Some(entry) = refs.by_key.get(&key) else {
+                continue;
+            };
+            if failed || !entry.lifetime.outlives_run() {
+                purged.extend(refs.remove(&key));
+            } else {
                 let descriptor = RemoteRefDescriptor {
                     origin_node_id: origin_node_id.to_owned(),
                     type_tag: entry.type_tag.clone(),
                     created_at_epoch_ms: entry.created_at_epoch_ms,
                 };
-                (*key, descriptor)
-            })
-            .collect();
+                outliving.insert(key, descriptor);
+            }
+        }
         drop(refs);
         drop(purged);
         outliving
@@ -282,7 +332,7 @@ impl SessionRefRegistry {
 
     /// Releases every `UntilParentFinish` ref of `parent`; returns how many.
     pub fn finish_parent(&self, parent: Uuid) -> usize {
-        self.purge(|entry| {
+        self.purge_leased(|entry| {
             entry.owner.parent == Some(parent) && entry.lifetime == RefLifetime::UntilParentFinish
         })
     }
@@ -290,41 +340,47 @@ impl SessionRefRegistry {
     /// Renews the lease of every ref of `parent`; returns how many.
     pub fn renew_parent(&self, parent: Uuid) -> usize {
         let until = Instant::now() + self.lease;
-        self.lock()
-            .values_mut()
-            .filter(|entry| entry.owner.parent == Some(parent) && entry.lease_until.is_some())
-            .map(|entry| entry.lease_until = Some(until))
-            .count()
+        let mut refs = self.lock();
+        let Refs { by_key, leased, .. } = &mut *refs;
+        let mut renewed = 0;
+        for key in leased.iter() {
+            if let Some(entry) = by_key.get_mut(key) {
+                if entry.owner.parent == Some(parent) {
+                    entry.lease_until = Some(until);
+                    renewed += 1;
+                }
+            }
+        }
+        renewed
     }
 
     /// Drops refs whose lease ran out; returns how many.
     pub fn sweep_expired(&self) -> usize {
         let now = Instant::now();
-        self.purge(|entry| entry.lease_until.is_some_and(|until| until <= now))
+        self.purge_leased(|entry| entry.lease_until.is_some_and(|until| until <= now))
     }
 
     /// The wire descriptor of the ref under `key`.
     pub fn descriptor(&self, key: &Uuid, origin_node_id: &str) -> Option<RemoteRefDescriptor> {
-        self.lock().get(key).map(|entry| RemoteRefDescriptor {
-            origin_node_id: origin_node_id.to_owned(),
-            type_tag: entry.type_tag.clone(),
-            created_at_epoch_ms: entry.created_at_epoch_ms,
-        })
+        self.lock()
+            .by_key
+            .get(key)
+            .map(|entry| RemoteRefDescriptor {
+                origin_node_id: origin_node_id.to_owned(),
+                type_tag: entry.type_tag.clone(),
+                created_at_epoch_ms: entry.created_at_epoch_ms,
+            })
     }
 
-    /// Removes matching refs. Their payloads are dropped after the lock is
-    /// released: a host payload may need the GIL to drop, and a thread holding
-    /// the GIL may be waiting for this lock.
-    fn purge(&self, matches: impl Fn(&SessionRef) -> bool) -> usize {
-        let purged: Vec<SessionRef> = self
-            .lock()
-            .extract_if(|_, entry| matches(entry))
-            .map(|(_, entry)| entry)
-            .collect();
+    /// Removes matching leased refs. Their payloads are dropped after the lock
+    /// is released: a host payload may need the GIL to drop, and a thread
+    /// holding the GIL may be waiting for this lock.
+    fn purge_leased(&self, matches: impl Fn(&SessionRef) -> bool) -> usize {
+        let purged = self.lock().remove_leased(matches);
         purged.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, SessionRef>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Refs> {
         // Each operation is one map call, so a poisoned lock holds a valid map.
         self.refs
             .lock()

@@ -848,7 +848,10 @@ fn stream_items_have_the_documented_layout() {
     let event = Envelope::new(StreamItem::event("a.B", b"{}".to_vec()))
         .encode()
         .unwrap();
-    assert_eq!(event, [0x01, 0x01, 0x03, b'a', b'.', b'B', 0x02, b'{', b'}']);
+    assert_eq!(
+        event,
+        [0x01, 0x01, 0x03, b'a', b'.', b'B', 0x02, b'{', b'}']
+    );
     let response = Envelope::new(SubWorkflowResponse {
         envelope_version: ENVELOPE_VERSION,
         result_json: Some(serde_bytes::ByteBuf::from(b"\"ok\"".to_vec())),

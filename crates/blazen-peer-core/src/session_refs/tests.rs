@@ -161,3 +161,44 @@ fn list_reports_what_is_alive() {
     assert!(registry.remove(&key));
     assert!(!registry.remove(&key));
 }
+
+#[test]
+fn indexes_follow_removals_so_a_run_ends_with_exactly_its_remaining_refs() {
+    let registry = SessionRefRegistry::default();
+    let run = Uuid::new_v4();
+    let parent = Uuid::new_v4();
+    let insert = |lifetime| {
+        registry.insert(
+            Arc::new(vec![0u8]),
+            "bytes",
+            lifetime,
+            owned_by(run, Some(parent)),
+        )
+    };
+    let released_early = insert(RefLifetime::UntilContextDrop);
+    let context = insert(RefLifetime::UntilContextDrop);
+    let leased = insert(RefLifetime::UntilParentFinish);
+    let leased_released = insert(RefLifetime::UntilParentFinish);
+    // Many refs of other runs: ending `run` must neither touch nor list them.
+    let others: Vec<Uuid> = (0..1000)
+        .map(|_| {
+            registry.insert(
+                Arc::new(vec![0u8]),
+                "bytes",
+                RefLifetime::UntilExplicitDrop,
+                owned_by(Uuid::new_v4(), None),
+            )
+        })
+        .collect();
+    assert!(registry.remove(&released_early));
+    assert!(registry.remove(&leased_released));
+
+    let outliving = registry.finish_run(run, false, "node-b");
+    assert_eq!(outliving.keys().copied().collect::<Vec<_>>(), vec![leased]);
+    assert!(registry.get(&context).is_none());
+    assert_eq!(registry.len(), 1001);
+    assert_eq!(registry.renew_parent(parent), 1);
+    assert_eq!(registry.finish_parent(parent), 1);
+    assert!(others.iter().all(|key| registry.get(key).is_some()));
+    assert_eq!(registry.len(), 1000);
+}

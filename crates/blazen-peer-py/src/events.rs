@@ -1,6 +1,7 @@
 //! Python events inside the core runner.
 
 use std::any::Any;
+use std::sync::OnceLock;
 
 use blazen_peer_core::{Event, EventData, EventTypes};
 use pyo3::prelude::*;
@@ -42,16 +43,33 @@ impl EventTypesRef {
 /// A Python event object travelling through the runner.
 pub struct PyEvent {
     pub obj: Py<PyAny>,
+    // A remote run's StopEvent is encoded where it is emitted, on a thread that
+    // holds the GIL anyway, so the runner never takes the GIL again for it.
+    result_json: OnceLock<Result<Vec<u8>, String>>,
+}
+
+impl PyEvent {
+    pub fn new(obj: Py<PyAny>) -> Self {
+        Self {
+            obj,
+            result_json: OnceLock::new(),
+        }
+    }
+
+    fn encode_result(py: Python<'_>, obj: &Bound<'_, PyAny>) -> Result<Vec<u8>, String> {
+        let encoded = bridge::stop_result_json(py, obj).map_err(|err| err.to_string())?;
+        Ok(encoded.as_bytes().to_vec())
+    }
 }
 
 impl EventData for PyEvent {
     fn result_json(&self) -> Result<Vec<u8>, String> {
-        gil::with_python(|py| {
-            let encoded =
-                bridge::stop_result_json(py, self.obj.bind(py)).map_err(|err| err.to_string())?;
-            Ok(encoded.as_bytes().to_vec())
-        })
-        .unwrap_or_else(|| Err("the Python interpreter is shutting down".into()))
+        self.result_json
+            .get_or_init(|| {
+                gil::with_python(|py| Self::encode_result(py, self.obj.bind(py)))
+                    .unwrap_or_else(|| Err("the Python interpreter is shutting down".into()))
+            })
+            .clone()
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -59,11 +77,18 @@ impl EventData for PyEvent {
     }
 }
 
-/// Wraps a Python event with the type chain its class carries.
-pub fn from_py(obj: Bound<'_, PyAny>, types: &EventTypesRef) -> Event {
+/// Wraps a Python event with the type chain its class carries; a StopEvent
+/// bound for the wire (`encode_stop`) gets its result encoded now.
+pub fn from_py(obj: Bound<'_, PyAny>, types: &EventTypesRef, encode_stop: bool) -> Event {
+    let event = PyEvent::new(obj.clone().unbind());
+    if encode_stop && types.types.is_stop() {
+        let _ = event
+            .result_json
+            .set(PyEvent::encode_result(obj.py(), &obj));
+    }
     Event {
         types: types.types.clone(),
-        data: std::sync::Arc::new(PyEvent { obj: obj.unbind() }),
+        data: std::sync::Arc::new(event),
     }
 }
 

@@ -61,10 +61,11 @@ async fn invoke_sync(
     let call = tokio::task::spawn_blocking(move || {
         gil::with_python(|py| {
             let outcome = (|| {
+                let remote = is_remote(&ctx);
                 let ctx = Bound::new(py, RunContextRef { ctx })?.into_any();
                 let event = events::to_py(py, &event)?;
                 let emitted = bridge::run_sync_step(py, func.bind(py), ctx, event)?;
-                collect_events(&emitted)
+                collect_events(&emitted, remote)
             })();
             outcome.map_err(|err| bridge::describe_failure(py, err))
         })
@@ -89,7 +90,7 @@ async fn invoke_async(
                     "this run has no event loop for async steps",
                 )
             })?;
-        let completion = Py::new(py, Completion::new(tx))?;
+        let completion = Py::new(py, Completion::new(tx, is_remote(&ctx)))?;
         let ctx_ref = Bound::new(py, RunContextRef { ctx })?;
         let event = events::to_py(py, &event)?;
         event_loop.bind(py).call_method1(
@@ -159,6 +160,7 @@ impl Drop for CancelOnDrop {
 #[pyclass(frozen, module = "blazen_peer._native")]
 pub struct Completion {
     state: Mutex<CompletionState>,
+    remote: bool,
 }
 
 struct CompletionState {
@@ -168,8 +170,9 @@ struct CompletionState {
 }
 
 impl Completion {
-    fn new(sender: oneshot::Sender<Result<StepOutput, StepFailure>>) -> Self {
+    fn new(sender: oneshot::Sender<Result<StepOutput, StepFailure>>, remote: bool) -> Self {
         Self {
+            remote,
             state: Mutex::new(CompletionState {
                 sender: Some(sender),
                 task: None,
@@ -211,8 +214,8 @@ impl Completion {
 
     /// Delivers the events a step emitted, as `[(event, event_types), ...]`.
     fn succeed(&self, emitted: Bound<'_, PyAny>) {
-        let outcome =
-            collect_events(&emitted).map_err(|err| bridge::describe_failure(emitted.py(), err));
+        let outcome = collect_events(&emitted, self.remote)
+            .map_err(|err| bridge::describe_failure(emitted.py(), err));
         self.send(outcome);
     }
 
@@ -223,12 +226,17 @@ impl Completion {
     }
 }
 
-fn collect_events(emitted: &Bound<'_, PyAny>) -> PyResult<StepOutput> {
+/// A run whose StopEvent goes on the wire (a caller asked for it).
+fn is_remote(ctx: &RunContext) -> bool {
+    ctx.caller().is_some()
+}
+
+fn collect_events(emitted: &Bound<'_, PyAny>, encode_stop: bool) -> PyResult<StepOutput> {
     emitted
         .try_iter()?
         .map(|pair| {
             let (event, types): (Bound<'_, PyAny>, PyRef<'_, EventTypesRef>) = pair?.extract()?;
-            Ok(events::from_py(event, &types))
+            Ok(events::from_py(event, &types, encode_stop))
         })
         .collect()
 }

@@ -82,7 +82,7 @@ impl LocalRunRef {
             .py_err()?;
         let start = Event {
             types: types.types.clone(),
-            data: Arc::new(PyEvent { obj: start_event }),
+            data: Arc::new(PyEvent::new(start_event)),
         };
         let steps = self.steps.clone();
         let ctx = self.ctx.clone();

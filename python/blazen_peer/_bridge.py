@@ -20,16 +20,6 @@ from .events import Event, StartEvent, StopEvent
 Emitted = list[tuple[Event, _native.EventTypes]]
 
 
-def resolve(future: asyncio.Future[Any], value: Any) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def reject(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
-
-
 def start_async_step(
     fn: Any, ctx: _native.RunContext, event: Any, completion: _native.Completion
 ) -> None:

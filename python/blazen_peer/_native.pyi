@@ -14,6 +14,7 @@ __all__ = [
     "EventStream",
     "EventTypes",
     "LocalRun",
+    "LoopInbox",
     "PeerClient",
     "PeerServer",
     "RunContext",
@@ -186,7 +187,8 @@ class PeerServer:
     def draining(self) -> bool:
         """True from the start of `stop` on: new runs are refused, health says NOT_SERVING."""
     def stats(self) -> tuple[int, int, int, int, int, int]:
-        """`(runs_started, runs_succeeded, runs_failed, runs_cancelled, runs_timed_out, runs_in_flight)`."""
+        """`(runs_started, runs_succeeded, runs_failed, runs_cancelled, runs_timed_out,
+        runs_in_flight)`."""
     @property
     def serving(self) -> bool:
         """True between a successful `start` and `stop`."""
@@ -333,3 +335,11 @@ class EventStream:
         `SubWorkflowResponse`, then None."""
     def close(self) -> None:
         """Cancels the call (and the run on the peer) unless it already ended. Idempotent."""
+
+@final
+class LoopInbox:
+    """The inbox of one event loop; get it with [`for_loop`]."""
+
+    # pyo3 gives a no-argument __call__ no text signature.
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        """Runs every queued job (the loop calls this)."""

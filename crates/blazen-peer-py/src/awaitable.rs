@@ -16,7 +16,8 @@ use tokio::task::AbortHandle;
 
 use crate::errors::{to_py, IntoPyResult};
 use crate::events::PyEvent;
-use crate::{bridge, gil, runtime};
+use crate::{inbox, runtime};
+use pyo3::sync::PyOnceLock;
 
 /// A value a future hands back to Python.
 pub trait ToPython: Send + 'static {
@@ -75,9 +76,9 @@ where
     T: ToPython,
 {
     let runtime = runtime::runtime().py_err()?;
-    let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
+    let event_loop = get_running_loop(py)?;
     let future = event_loop.call_method0("create_future")?;
-    let loop_ref = event_loop.unbind();
+    let inbox = inbox::for_loop(py, &event_loop)?;
     let future_ref = future.clone().unbind();
     let task = runtime.spawn(async move {
         // A panic must not leave the awaiting coroutine hanging: it becomes an error.
@@ -85,22 +86,8 @@ where
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| Err(PeerError::from_panic(panic.as_ref(), "blazen_peer")));
-        gil::with_python(|py| {
-            let (setter, value) = match outcome.map_err(to_py).and_then(|value| value.to_python(py))
-            {
-                Ok(value) => (bridge::resolve(py), value),
-                Err(err) => (
-                    bridge::reject(py),
-                    err.into_value(py).into_bound(py).into_any(),
-                ),
-            };
-            // A closed loop has nobody left to tell.
-            if let Ok(setter) = setter {
-                let _ = loop_ref
-                    .bind(py)
-                    .call_method1("call_soon_threadsafe", (setter, future_ref.bind(py), value));
-            }
-        });
+        // The Python value is built on the loop thread, which holds the GIL anyway.
+        inbox.post(Box::new(move |py| settle(py, future_ref.bind(py), outcome)));
     });
     future.call_method1(
         "add_done_callback",
@@ -109,6 +96,33 @@ where
         },),
     )?;
     Ok(future)
+}
+
+/// Sets the outcome on `future` unless it is already done (cancelled).
+fn settle<T: ToPython>(py: Python<'_>, future: &Bound<'_, PyAny>, outcome: Result<T, PeerError>) {
+    if future
+        .call_method0("done")
+        .and_then(|done| done.is_truthy())
+        .unwrap_or(true)
+    {
+        return;
+    }
+    let _ = match outcome.map_err(to_py).and_then(|value| value.to_python(py)) {
+        Ok(value) => future.call_method1("set_result", (value,)),
+        Err(err) => future.call_method1("set_exception", (err.into_value(py),)),
+    };
+}
+
+fn get_running_loop<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    GET_RUNNING_LOOP
+        .get_or_try_init(py, || {
+            py.import("asyncio")?
+                .getattr("get_running_loop")
+                .map(Bound::unbind)
+        })?
+        .bind(py)
+        .call0()
 }
 
 /// Done-callback that aborts the Rust task when the asyncio future was cancelled.

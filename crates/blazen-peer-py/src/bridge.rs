@@ -13,16 +13,6 @@ fn module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
         .map(|module| module.bind(py))
 }
 
-/// `_bridge.resolve(future, value)`: sets a result unless the future is done.
-pub fn resolve(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    module(py)?.getattr("resolve")
-}
-
-/// `_bridge.reject(future, exc)`: sets an exception unless the future is done.
-pub fn reject(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    module(py)?.getattr("reject")
-}
-
 /// `_bridge.start_async_step`, scheduled on the event loop by the caller.
 pub fn start_async_step(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     module(py)?.getattr("start_async_step")

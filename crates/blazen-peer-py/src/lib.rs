@@ -9,6 +9,7 @@ mod context;
 mod errors;
 mod events;
 mod gil;
+mod inbox;
 mod refs;
 mod runtime;
 mod server;
@@ -32,6 +33,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<workflow::LocalRunRef>()?;
     module.add_class::<refs::SessionRefRegistryRef>()?;
     module.add_class::<awaitable::AbortOnCancel>()?;
+    module.add_class::<inbox::LoopInbox>()?;
     module.add_class::<tls::ServerTlsRef>()?;
     module.add_class::<tls::ClientTlsRef>()?;
     module.add_function(wrap_pyfunction!(gil::close_python_gate, module)?)?;

@@ -16,6 +16,7 @@ use crate::awaitable;
 use crate::errors::IntoPyResult;
 use crate::refs::SessionRefRegistryRef;
 use crate::runtime::Owner;
+use crate::inbox;
 use crate::steps::PyHost;
 use crate::tls::ServerTlsRef;
 
@@ -172,7 +173,9 @@ impl PeerServerRef {
             }
         }
         let config = ServerConfig {
-            host: Some(Arc::new(PyHost { event_loop })),
+            host: Some(Arc::new(PyHost {
+                inbox: inbox::for_loop(py, event_loop.bind(py))?,
+            })),
             ..self.config.clone()
         };
         let service = PeerService::new(self.node_id.as_str(), config);
@@ -217,7 +220,8 @@ impl PeerServerRef {
         })
     }
 
-    /// `(runs_started, runs_succeeded, runs_failed, runs_cancelled, runs_timed_out, runs_in_flight)`.
+    /// `(runs_started, runs_succeeded, runs_failed, runs_cancelled, runs_timed_out,
+    /// runs_in_flight)`.
     fn stats(&self) -> (u64, u64, u64, u64, u64, u64) {
         let stats = lock(&self.service)
             .as_ref()

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use crate::context::RunContextRef;
 use crate::errors::IntoPyResult;
 use crate::events::{self, EventTypesRef};
+use crate::inbox::Inbox;
 use crate::{bridge, gil};
 
 fn interpreter_exiting() -> StepFailure {
@@ -23,9 +24,10 @@ fn interpreter_exiting() -> StepFailure {
     }
 }
 
-/// What a run carries for Python steps: the loop that runs `async def` steps.
+/// What a run carries for Python steps: the inbox of the loop that runs
+/// `async def` steps.
 pub struct PyHost {
-    pub event_loop: Py<PyAny>,
+    pub inbox: Inbox,
 }
 
 struct PyStep {
@@ -80,45 +82,44 @@ async fn invoke_async(
     ctx: RunContext,
     event: Event,
 ) -> Result<StepOutput, StepFailure> {
-    let (tx, rx) = oneshot::channel();
-    let scheduled = gil::with_python(|py| -> PyResult<(Py<Completion>, Py<PyAny>)> {
-        let event_loop = ctx
-            .host::<PyHost>()
-            .map(|host| host.event_loop.clone_ref(py))
-            .ok_or_else(|| {
-                pyo3::exceptions::PyRuntimeError::new_err(
-                    "this run has no event loop for async steps",
-                )
-            })?;
-        let completion = Py::new(py, Completion::new(tx, is_remote(&ctx)))?;
-        let ctx_ref = Bound::new(py, RunContextRef { ctx })?;
-        let event = events::to_py(py, &event)?;
-        event_loop.bind(py).call_method1(
-            "call_soon_threadsafe",
-            (
-                bridge::start_async_step(py)?,
-                func.bind(py),
-                ctx_ref,
-                event,
-                completion.clone_ref(py),
-            ),
-        )?;
-        Ok((completion, event_loop))
-    });
-    let (completion, event_loop) = match scheduled {
-        Some(Ok(handles)) => handles,
-        Some(Err(err)) => {
-            return Err(gil::with_python(|py| bridge::describe_failure(py, err))
-                .unwrap_or_else(interpreter_exiting))
-        }
-        None => return Err(interpreter_exiting()),
+    let Some(inbox) = ctx.host::<PyHost>().map(|host| host.inbox.clone()) else {
+        return Err(StepFailure::new(
+            "RuntimeError",
+            "this run has no event loop for async steps",
+        ));
     };
-    let mut guard = CancelOnDrop {
-        completion: Some(completion),
-        event_loop,
+    let (tx, rx) = oneshot::channel();
+    let call = Arc::new(StepCall::new(tx));
+    let remote = is_remote(&ctx);
+    let launched = call.clone();
+    // Everything Python happens on the loop thread, in one inbox job.
+    inbox.post(Box::new(move |py| {
+        if launched.lock().abandoned {
+            return;
+        }
+        let started = (|| -> PyResult<()> {
+            let completion = Bound::new(
+                py,
+                Completion {
+                    call: launched.clone(),
+                    remote,
+                },
+            )?;
+            let ctx_ref = Bound::new(py, RunContextRef { ctx })?;
+            let event = events::to_py(py, &event)?;
+            bridge::start_async_step(py)?.call1((func.bind(py), ctx_ref, event, completion))?;
+            Ok(())
+        })();
+        if let Err(err) = started {
+            launched.send(Err(bridge::describe_failure(py, err)));
+        }
+    }));
+    let guard = CancelOnDrop {
+        call: Some(call),
+        inbox,
     };
     let outcome = rx.await;
-    guard.completion = None;
+    guard.disarm();
     outcome.unwrap_or_else(|_| {
         Err(StepFailure {
             cancelled: true,
@@ -132,35 +133,34 @@ async fn invoke_async(
 
 /// Cancels the asyncio task of a step whose run no longer waits for it.
 struct CancelOnDrop {
-    completion: Option<Py<Completion>>,
-    event_loop: Py<PyAny>,
+    call: Option<Arc<StepCall>>,
+    inbox: Inbox,
+}
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.call = None;
+    }
 }
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        let Some(completion) = self.completion.take() else {
+        let Some(call) = self.call.take() else {
             return;
         };
-        // During interpreter shutdown there is nothing left to cancel.
-        gil::with_python(|py| {
-            let task = completion.get().abandon();
-            if let Some(task) = task {
-                if let Ok(cancel) = task.bind(py).getattr("cancel") {
-                    let _ = self
-                        .event_loop
-                        .bind(py)
-                        .call_method1("call_soon_threadsafe", (cancel,));
-                }
-            }
-        });
+        // Not started yet: `attach` will see the flag and cancel the task itself.
+        if let Some(task) = call.abandon() {
+            self.inbox.post(Box::new(move |py| {
+                let _ = task.bind(py).call_method0("cancel");
+            }));
+        }
     }
 }
 
-/// Receives the outcome of one async step call from the event loop thread.
-#[pyclass(frozen, module = "blazen_peer._native")]
-pub struct Completion {
+/// One async step call, shared by the run (which may abandon it) and the
+/// loop thread (which attaches its task and delivers its outcome).
+struct StepCall {
     state: Mutex<CompletionState>,
-    remote: bool,
 }
 
 struct CompletionState {
@@ -169,10 +169,9 @@ struct CompletionState {
     abandoned: bool,
 }
 
-impl Completion {
-    fn new(sender: oneshot::Sender<Result<StepOutput, StepFailure>>, remote: bool) -> Self {
+impl StepCall {
+    fn new(sender: oneshot::Sender<Result<StepOutput, StepFailure>>) -> Self {
         Self {
-            remote,
             state: Mutex::new(CompletionState {
                 sender: Some(sender),
                 task: None,
@@ -200,11 +199,18 @@ impl Completion {
     }
 }
 
+/// Receives the outcome of one async step call on the event loop thread.
+#[pyclass(frozen, module = "blazen_peer._native")]
+pub struct Completion {
+    call: Arc<StepCall>,
+    remote: bool,
+}
+
 #[pymethods]
 impl Completion {
     /// Records the step's task; False means the run gave up and the task must be cancelled.
     fn attach(&self, task: Py<PyAny>) -> bool {
-        let mut state = self.lock();
+        let mut state = self.call.lock();
         if state.abandoned {
             return false;
         }
@@ -216,13 +222,13 @@ impl Completion {
     fn succeed(&self, emitted: Bound<'_, PyAny>) {
         let outcome = collect_events(&emitted, self.remote)
             .map_err(|err| bridge::describe_failure(emitted.py(), err));
-        self.send(outcome);
+        self.call.send(outcome);
     }
 
     /// Delivers the exception a step raised.
     fn fail(&self, exc: Bound<'_, PyAny>) {
         let failure = bridge::describe_failure(exc.py(), PyErr::from_value(exc));
-        self.send(Err(failure));
+        self.call.send(Err(failure));
     }
 }
 

@@ -12,6 +12,7 @@ use crate::context::RunContextRef;
 use crate::errors::IntoPyResult;
 use crate::events::{EventTypesRef, PyEvent};
 use crate::refs::SessionRefRegistryRef;
+use crate::inbox;
 use crate::steps::PyHost;
 
 /// Node id reported by in-process runs.
@@ -30,6 +31,7 @@ impl LocalRunRef {
     #[new]
     #[pyo3(signature = (workflow_name, step_ids, event_loop, session_refs=None))]
     fn new(
+        py: Python<'_>,
         workflow_name: String,
         step_ids: Vec<String>,
         event_loop: Py<PyAny>,
@@ -38,7 +40,9 @@ impl LocalRunRef {
         let steps = StepRegistry::global()
             .resolve(&workflow_name, &step_ids, "this process")
             .py_err()?;
-        let host: Arc<dyn std::any::Any + Send + Sync> = Arc::new(PyHost { event_loop });
+        let host: Arc<dyn std::any::Any + Send + Sync> = Arc::new(PyHost {
+            inbox: inbox::for_loop(py, event_loop.bind(py))?,
+        });
         Ok(Self {
             ctx: RunContext::with_session_refs(
                 LOCAL_NODE.into(),

@@ -15,9 +15,11 @@ import selectors
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from blazen_peer import PeerClient, unregister_step
@@ -133,6 +135,36 @@ def peer_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerProce
         pytest.fail(f"peer process ended with status {status}; its stderr:\n{peer.stderr()}")
 
 
+@pytest.fixture(scope="module")
+def module_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerProcess]:
+    """A peer of the test module's own, for tests that count its runs (`probe::status`
+    reports the server's stats); stopped, and checked to exit with 0, after the module."""
+    peer = start_peer_process(tmp_path_factory.mktemp("module-peer") / "stderr.txt")
+    yield peer
+    died_early = peer.proc.poll()
+    status = peer.stop()
+    if died_early is not None or status != 0:
+        pytest.fail(f"module peer ended with status {status}; its stderr:\n{peer.stderr()}")
+
+
+@pytest.fixture
+async def module_client(module_peer: PeerProcess) -> AsyncIterator[PeerClient]:
+    """A client of the module's peer, as node-a."""
+    module_peer.check_alive()
+    connected = await PeerClient.connect(module_peer.address, node_id="node-a")
+    yield connected
+    await connected.close()
+
+
+@pytest.fixture
+async def probe_client(module_peer: PeerProcess) -> AsyncIterator[PeerClient]:
+    """A second client of the module's peer (its own connection) for `probe::status`
+    calls, so probes never wait behind the calls under test."""
+    connected = await PeerClient.connect(module_peer.address, node_id="node-probe")
+    yield connected
+    await connected.close()
+
+
 @pytest.fixture
 def peer_address(peer_process: PeerProcess) -> str:
     """`http://127.0.0.1:PORT` of the session's peer (checked alive for each test)."""
@@ -203,3 +235,52 @@ async def run_call_peer(*args: str) -> tuple[int, str, str]:
         raise
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+# --- probes: what a run did, as peer_app's `probe::status` step reports it ---
+
+PROBE_DEADLINE_SECS = 5.0
+
+
+def new_tag() -> str:
+    """A fresh probe tag (peer_app keys its probe records by tag)."""
+    return uuid.uuid4().hex
+
+
+async def probe_status(client: PeerClient, tag: str) -> dict[str, Any]:
+    """`probe::status` for ``tag``: ``entry`` (state, ref, started_at, ended_at),
+    ``ref_held``, ``produced``, ``rss_bytes``, ``stats`` (the server's), ``now``."""
+    status: dict[str, Any] = await client.run_remote_workflow(
+        "probe", ["probe::status"], {"tag": tag}
+    )
+    return status
+
+
+def probe_state(status: dict[str, Any]) -> str | None:
+    entry = status["entry"]
+    return None if entry is None else str(entry["state"])
+
+
+async def wait_for_probe(
+    client: PeerClient,
+    tag: str,
+    predicate: Callable[[dict[str, Any]], bool],
+    what: str,
+    deadline_secs: float = PROBE_DEADLINE_SECS,
+) -> dict[str, Any]:
+    """Polls `probe::status` until ``predicate`` holds; fails after ``deadline_secs``."""
+    deadline = time.monotonic() + deadline_secs
+    while True:
+        status = await probe_status(client, tag)
+        if predicate(status):
+            return status
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {deadline_secs}s: {what}; last probe status: {status}")
+        await asyncio.sleep(0.02)
+
+
+async def wait_started(client: PeerClient, tag: str) -> dict[str, Any]:
+    """Waits until the probed step of ``tag`` recorded "started" (its ref is inserted)."""
+    return await wait_for_probe(
+        client, tag, lambda s: probe_state(s) is not None, f"run {tag} started"
+    )

@@ -9,10 +9,13 @@ step registry) and runnable as a server::
         [--tls-cert F --tls-key F [--tls-client-ca F]]   # PeerServer(tls=ServerTls.from_pem(...))
         [--token T] [--insecure]             # PeerServer(token=..., insecure=...)
         [--max-concurrent-runs N] [--max-json-depth N] [--keepalive-interval SECS]
+        [--default-timeout SECS]             # PeerServer(default_timeout_secs=...)
+        [--grace SECS|none]                  # server.stop(grace=...) when told to stop
+        [--print-stats]                      # print `STOPPED <stats JSON>` after stopping
 
 The script prints ``LISTENING HOST:PORT`` once ``PeerServer.start`` has returned,
 then serves until its stdin reaches end-of-file or it receives SIGTERM, and
-exits with status 0 after ``PeerServer.stop``.
+exits with status 0 after ``PeerServer.stop`` (``stop(grace=...)`` with ``--grace``).
 
 The README example steps (``my_app::analyze`` and ``my_app::summarize``) are
 imported from ``examples/peer_b.py`` itself, so the example code is what runs.
@@ -23,12 +26,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
+import json
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 _EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 if str(_EXAMPLES) not in sys.path:
@@ -50,6 +56,7 @@ from blazen_peer import (  # noqa: E402
     register_workflow,
     step,
 )
+from stream_events import Blob, Progress  # noqa: E402
 
 NODE_ID = "node-b"
 README_STEP_IDS = [peer_b.analyze.id, peer_b.summarize.id]
@@ -453,6 +460,188 @@ async def silent(ctx: Context, ev: StartEvent) -> StopEvent:
     return StopEvent(result="still connected")
 
 
+# --- streaming (tests/test_streaming.py) ---
+# `Progress` and `Blob` come from tests/stream_events.py, which the tests import too;
+# `tests.PeerOnly` is defined only in the peer process (by `main`).
+
+PEER_ONLY_EVENT: Any = None
+"""`tests.PeerOnly`, created by `main` so that importing this module never defines it."""
+
+
+def _define_peer_only() -> Any:
+    class PeerOnly(Event, event_type="tests.PeerOnly"):
+        """An event type the test process does not know."""
+
+        note: str
+        values: list[int]
+
+    return PeerOnly
+
+
+@step("stream::progress")
+async def stream_progress(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Writes ``n`` Progress events (epochs 0..n-1), then stops with ``{"written": n}``."""
+    total = int(ev.n)
+    for epoch in range(total):
+        ctx.write_event_to_stream(Progress(epoch=epoch))
+    await ctx.set("epochs", total)
+    return StopEvent(result={"written": total})
+
+
+@step("stream::sync_progress")
+def stream_sync_progress(ctx: Context, ev: StartEvent) -> StopEvent:
+    """The sync twin of `stream::progress` (its writes block while the buffer is full)."""
+    total = int(ev.n)
+    for epoch in range(total):
+        ctx.write_event_to_stream(Progress(epoch=epoch))
+    return StopEvent(
+        result={
+            "written": total,
+            "on_main_thread": threading.current_thread() is threading.main_thread(),
+        }
+    )
+
+
+@step("stream::peer_only")
+async def stream_peer_only(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Writes one event of a type only this process defines."""
+    if PEER_ONLY_EVENT is None:
+        raise RuntimeError("stream::peer_only needs the peer_app server (run peer_app.py)")
+    ctx.write_event_to_stream(PEER_ONLY_EVENT(note="only the peer knows", values=[1, 2, 3]))
+    return StopEvent(result="sent")
+
+
+@step("stream::fail_after")
+async def stream_fail_after(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Writes ``k`` Progress events, then raises (``then: "raise"``) or sleeps 60 s."""
+    for epoch in range(int(ev.k)):
+        ctx.write_event_to_stream(Progress(epoch=epoch))
+    if ev.then == "raise":
+        raise RuntimeError(f"failed after {ev.k} events")
+    await asyncio.sleep(60)
+    return StopEvent(result="woke up")
+
+
+# --- probes: what happened to a run, seen from inside the peer ---
+
+PROBES: dict[str, dict[str, Any]] = {}
+"""By tag: ``state`` (started, then cancelled/stopped/finished), the ``ref`` key the run
+inserted (default lifetime) and ``time.monotonic()`` stamps (comparable across processes)."""
+PRODUCED: dict[str, int] = {}
+"""By tag: how many events `stream::produce` has written so far."""
+LONG_STEP_SECS = 60.0
+
+
+async def _probe_start(ctx: Context, tag: str, kind: str) -> None:
+    _probe_started(tag, kind, await ctx.session_refs.insert(b"held while the run lives"))
+
+
+def _probe_started(tag: str, kind: str, key: object) -> None:
+    PROBES[tag] = {
+        "state": "started",
+        "kind": kind,
+        "ref": str(key),
+        "started_at": time.monotonic(),
+    }
+
+
+def _probe_end(tag: str, state: str) -> None:
+    PROBES[tag].update(state=state, ended_at=time.monotonic())
+
+
+@step("probe::long_async")
+async def probe_long_async(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Inserts a ref, records "started", sleeps LONG_STEP_SECS; records "cancelled" when
+    asyncio.CancelledError arrives (and re-raises it)."""
+    await _probe_start(ctx, ev.tag, "async")
+    try:
+        await asyncio.sleep(LONG_STEP_SECS)
+    except asyncio.CancelledError:
+        _probe_end(ev.tag, "cancelled")
+        raise
+    _probe_end(ev.tag, "finished")
+    return StopEvent(result="finished")
+
+
+@step("probe::long_sync")
+def probe_long_sync(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Inserts a ref, records "started", then loops until ``ctx.cancelled`` (records
+    "stopped") or LONG_STEP_SECS pass (records "finished")."""
+    _probe_started(ev.tag, "sync", ctx.session_refs.insert_sync(b"held while the run lives"))
+    deadline = time.monotonic() + LONG_STEP_SECS
+    while not ctx.cancelled and time.monotonic() < deadline:
+        time.sleep(0.005)
+    _probe_end(ev.tag, "stopped" if ctx.cancelled else "finished")
+    return StopEvent(result="finished")
+
+
+@step("stream::produce")
+async def stream_produce(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Inserts a ref, records "started", then writes ``count`` Blob events of ``size``
+    characters, counting them in PRODUCED[tag]; records "cancelled" when cancelled."""
+    await _probe_start(ctx, ev.tag, "stream")
+    PRODUCED[ev.tag] = 0
+    size = int(ev.size)
+    try:
+        for index in range(int(ev.count)):
+            payload = f"{index:08d}".ljust(size, "x")
+            ctx.write_event_to_stream(Blob(index=index, payload=payload))
+            PRODUCED[ev.tag] = index + 1
+            await asyncio.sleep(0)  # where a full stream buffer pauses this step
+    except asyncio.CancelledError:
+        _probe_end(ev.tag, "cancelled")
+        raise
+    _probe_end(ev.tag, "finished")
+    return StopEvent(result={"written": PRODUCED[ev.tag]})
+
+
+@step("stream::produce_sync")
+def stream_produce_sync(ctx: Context, ev: StartEvent) -> StopEvent:
+    """The sync twin of `stream::produce` (its writes block while the buffer is full);
+    records "stopped" when it sees ``ctx.cancelled``."""
+    _probe_started(ev.tag, "sync-stream", ctx.session_refs.insert_sync(b"held while it runs"))
+    PRODUCED[ev.tag] = 0
+    size = int(ev.size)
+    try:
+        for index in range(int(ev.count)):
+            if ctx.cancelled:
+                break
+            payload = f"{index:08d}".ljust(size, "x")
+            ctx.write_event_to_stream(Blob(index=index, payload=payload))
+            PRODUCED[ev.tag] = index + 1
+    finally:
+        _probe_end(ev.tag, "stopped" if ctx.cancelled else "finished")
+    return StopEvent(result={"written": PRODUCED[ev.tag]})
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+@step("probe::status")
+async def probe_status(ctx: Context, ev: StartEvent) -> StopEvent:
+    """What the probes recorded under ``tag``, whether the probe's ref is still in the
+    server's registry, PRODUCED[tag], this process's RSS and the server's stats."""
+    entry = PROBES.get(ev.tag)
+    held = None
+    if entry is not None:
+        held = entry["ref"] in {str(info.key) for info in _server_refs().list()}
+    stats = dataclasses.asdict(SERVER.stats()) if SERVER is not None else None
+    return StopEvent(
+        result={
+            "entry": entry,
+            "ref_held": held,
+            "produced": PRODUCED.get(ev.tag),
+            "rss_bytes": _rss_bytes(),
+            "stats": stats,
+            "now": time.monotonic(),
+        }
+    )
+
+
 # --- serving ---
 
 
@@ -466,7 +655,8 @@ def _stop_on_stdin_eof(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> 
 
 
 async def main(args: argparse.Namespace) -> None:
-    global SERVER
+    global SERVER, PEER_ONLY_EVENT
+    PEER_ONLY_EVENT = _define_peer_only()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -489,6 +679,7 @@ async def main(args: argparse.Namespace) -> None:
         max_concurrent_runs=args.max_concurrent_runs,
         max_json_depth=args.max_json_depth,
         keepalive_interval_secs=args.keepalive_interval,
+        default_timeout_secs=args.default_timeout,
     )
     bound = await server.start(args.address)
     print(f"LISTENING {bound}", flush=True)
@@ -496,7 +687,12 @@ async def main(args: argparse.Namespace) -> None:
     try:
         await stop.wait()
     finally:
-        await server.stop()
+        if args.grace is None:
+            await server.stop()
+        else:
+            await server.stop(grace=None if args.grace == "none" else float(args.grace))
+    if args.print_stats:
+        print(f"STOPPED {json.dumps(dataclasses.asdict(server.stats()))}", flush=True)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -512,6 +708,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-concurrent-runs", type=int, default=1024)
     parser.add_argument("--max-json-depth", type=int, default=100)
     parser.add_argument("--keepalive-interval", type=float, default=30.0)
+    parser.add_argument("--default-timeout", type=float, default=300.0)
+    parser.add_argument("--grace", default=None, help="seconds, or 'none' for no limit")
+    parser.add_argument("--print-stats", action="store_true")
     return parser.parse_args(argv)
 
 

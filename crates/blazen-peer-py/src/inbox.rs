@@ -56,13 +56,14 @@ impl Inbox {
             });
         }
     }
-
 }
 
 impl LoopInbox {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Job>> {
         // Jobs run outside the lock, so a panic cannot poison it mid-update.
-        self.jobs.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.jobs
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 }
 
@@ -90,7 +91,7 @@ pub fn for_loop(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Inbox
                 .map(Bound::unbind)
         })?
         .bind(py);
-    if let Some(found) = inboxes.get_item(event_loop).ok() {
+    if let Ok(found) = inboxes.get_item(event_loop) {
         let inbox: Bound<'_, LoopInbox> = found.cast_into()?;
         return Ok(Inbox(Arc::new(inbox.unbind())));
     }

@@ -14,9 +14,9 @@ use pyo3::prelude::*;
 
 use crate::awaitable;
 use crate::errors::IntoPyResult;
+use crate::inbox;
 use crate::refs::SessionRefRegistryRef;
 use crate::runtime::Owner;
-use crate::inbox;
 use crate::steps::PyHost;
 use crate::tls::ServerTlsRef;
 

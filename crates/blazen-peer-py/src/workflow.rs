@@ -11,8 +11,8 @@ use crate::awaitable::{self, PyEventObject};
 use crate::context::RunContextRef;
 use crate::errors::IntoPyResult;
 use crate::events::{EventTypesRef, PyEvent};
-use crate::refs::SessionRefRegistryRef;
 use crate::inbox;
+use crate::refs::SessionRefRegistryRef;
 use crate::steps::PyHost;
 
 /// Node id reported by in-process runs.

@@ -1,9 +1,10 @@
 //! Rust futures as asyncio futures of the calling loop.
 //!
-//! The future runs on the package's runtime; its outcome is converted to
-//! Python only at the hand-off (through the gate in `gil`) and set on the loop
-//! thread with `call_soon_threadsafe`. Cancelling the asyncio future aborts
-//! the Rust task, which drops whatever it was doing (a gRPC call, a run).
+//! The future runs on the package's runtime; its outcome travels back as a
+//! Rust value and becomes a Python object only on the loop thread, through the
+//! loop's inbox (see `inbox`), so runtime threads do not take the GIL to build
+//! results. Cancelling the asyncio future aborts the Rust task, which drops
+//! whatever it was doing (a gRPC call, a run).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;

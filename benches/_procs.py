@@ -1,18 +1,41 @@
-"""Starting the helper processes of the benchmarks."""
+"""Starting and stopping the helper processes of the benchmarks."""
 
 from __future__ import annotations
 
+import contextlib
+import select
 import subprocess
 import sys
+from collections.abc import Iterator
+
+# Generous for a loaded 2-core CI box (a peer with 100,000 refs starts in about a second),
+# short enough that a helper that never gets ready fails the run instead of hanging it.
+START_TIMEOUT_SECS = 60.0
 
 
 def spawn(*args: str) -> tuple[subprocess.Popen[str], str]:
     """Runs a helper script and waits for its `READY <where>` line; returns (process, where)."""
     proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
+    readable, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT_SECS)
+    line = proc.stdout.readline().strip() if readable else ""
     if not line.startswith("READY "):
-        proc.kill()
-        proc.wait()
-        raise SystemExit(f"{args} did not start: {line!r}")
+        stop(proc)
+        why = repr(line) if readable else f"nothing within {START_TIMEOUT_SECS:g} s"
+        raise SystemExit(f"{args} did not start: {why}")
     return proc, line.split(" ", 1)[1]
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.wait()
+
+
+@contextlib.contextmanager
+def serving(*args: str) -> Iterator[str]:
+    """A helper script running for the ``with`` block; yields where it listens."""
+    proc, where = spawn(*args)
+    try:
+        yield where
+    finally:
+        stop(proc)

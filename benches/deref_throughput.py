@@ -26,16 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _procs import spawn
+from _procs import spawn, stop
 
 HERE = Path(__file__).resolve().parent
 MIB = 1024 * 1024
 CLIENT_TIMEOUT_SECS = 300
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    proc.kill()
-    proc.wait()
 
 
 def tcp_floor(size: int, repeat: int) -> dict[str, list[float]]:
@@ -86,7 +81,8 @@ def deref_runs(size: int, repeat: int) -> dict[str, Any]:
         out, _ = client.communicate(timeout=CLIENT_TIMEOUT_SECS)
         if client.returncode != 0:
             raise SystemExit(f"the deref client failed (exit {client.returncode})")
-        return json.loads(out.strip().splitlines()[-1])
+        measured: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return measured
     finally:
         if client is not None:
             stop(client)

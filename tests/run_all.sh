@@ -15,3 +15,5 @@ echo "== ruff"; python3 -m ruff check "${lint_paths[@]}" && python3 -m ruff form
 echo "== mypy --strict"; python3 -m mypy
 echo "== stubtest"; python3 -m mypy.stubtest blazen_peer._native
 echo "== pytest"; python3 -m pytest
+# Every benchmark path once with tiny counts: correctness only, no timing asserted.
+echo "== benches (quick)"; python3 benches/run_all.py --quick

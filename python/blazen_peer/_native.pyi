@@ -202,6 +202,9 @@ class SubWorkflowResponse:
     """A decoded `SubWorkflowResponse`; JSON stays as bytes for Python to parse."""
 
     @property
+    def has_remote_refs(self) -> bool:
+        """True when refs outlive the run (cheaper than building `remote_refs`)."""
+    @property
     def result_json(self) -> bytes | None:
         """The StopEvent's result as JSON text, or None."""
     @property

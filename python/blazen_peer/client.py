@@ -202,9 +202,19 @@ class PeerClient:
         timeout_secs: float | None = None,
     ) -> Any:
         """Runs steps on the peer and returns the result; raises WorkflowError on failure."""
-        response = await self.invoke_sub_workflow(workflow_name, step_ids, input, timeout_secs)
-        response.raise_for_error()
-        return response.result
+        # The hot path: read only the result, without building a SubWorkflowResponse.
+        native = await self._ref.invoke(
+            workflow_name,
+            list(step_ids),
+            _encode_input(input),
+            _wire_timeout(timeout_secs),
+            self._current_parent(),
+        )
+        native.raise_for_error()
+        if native.has_remote_refs:
+            self._remember(SubWorkflowResponse._from_native(native))
+        raw = native.result_json
+        return None if raw is None else json.loads(raw)
 
     async def run_remote_workflow_json(
         self,

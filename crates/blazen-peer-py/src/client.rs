@@ -386,6 +386,12 @@ impl ResponseRef {
             .collect()
     }
 
+    /// True when refs outlive the run (cheaper than building `remote_refs`).
+    #[getter]
+    fn has_remote_refs(&self) -> bool {
+        !self.body.remote_refs.is_empty()
+    }
+
     /// The remote workflow's error text, or None.
     #[getter]
     fn error(&self) -> Option<&str> {

@@ -81,8 +81,37 @@ impl LoopInbox {
 
 static INBOXES: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
+thread_local! {
+    // Nearly every call on a thread comes from the same loop: remember its inbox
+    // (checked by identity, since a new loop may reuse a dead one's address).
+    static LAST: std::cell::RefCell<Option<Inbox>> = const { std::cell::RefCell::new(None) };
+}
+
 /// The inbox of `event_loop`, created on first use and kept as long as the loop.
 pub fn for_loop(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Inbox> {
+    let cached = LAST.with(|last| {
+        last.borrow()
+            .as_ref()
+            .filter(|inbox| {
+                inbox
+                    .0
+                    .get()
+                    .event_loop
+                    .bind(py)
+                    .call0()
+                    .is_ok_and(|alive| alive.is(event_loop))
+            })
+            .cloned()
+    });
+    if let Some(inbox) = cached {
+        return Ok(inbox);
+    }
+    let inbox = lookup(py, event_loop)?;
+    LAST.with(|last| *last.borrow_mut() = Some(inbox.clone()));
+    Ok(inbox)
+}
+
+fn lookup(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<Inbox> {
     let inboxes = INBOXES
         .get_or_try_init(py, || {
             py.import("weakref")?

@@ -186,11 +186,7 @@ class PeerClient:
         """Runs steps on the peer. A failed workflow comes back with ``.error`` set;
         a run past ``timeout_secs`` raises PeerTimeoutError."""
         native = await self._ref.invoke(
-            workflow_name,
-            list(step_ids),
-            _encode_input(input),
-            _wire_timeout(timeout_secs),
-            self._current_parent(),
+            *self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
         )
         return self._remember(SubWorkflowResponse._from_native(native))
 
@@ -202,19 +198,10 @@ class PeerClient:
         timeout_secs: float | None = None,
     ) -> Any:
         """Runs steps on the peer and returns the result; raises WorkflowError on failure."""
-        # The hot path: read only the result, without building a SubWorkflowResponse.
         native = await self._ref.invoke(
-            workflow_name,
-            list(step_ids),
-            _encode_input(input),
-            _wire_timeout(timeout_secs),
-            self._current_parent(),
+            *self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
         )
-        native.raise_for_error()
-        if native.has_remote_refs:
-            self._remember(SubWorkflowResponse._from_native(native))
-        raw = native.result_json
-        return None if raw is None else json.loads(raw)
+        return self._result(native)
 
     async def run_remote_workflow_json(
         self,
@@ -225,11 +212,7 @@ class PeerClient:
     ) -> str:
         """JSON text in, the result's JSON text out; raises WorkflowError on failure."""
         native = await self._ref.invoke(
-            workflow_name,
-            list(step_ids),
-            input_json.encode(),
-            _wire_timeout(timeout_secs),
-            self._current_parent(),
+            *self._call(workflow_name, step_ids, input_json.encode(), timeout_secs)
         )
         return _result_json_text(native)
 
@@ -243,11 +226,7 @@ class PeerClient:
         """Blocking :meth:`invoke_sub_workflow`."""
         _refuse_inside_loop("invoke_sub_workflow_blocking", "invoke_sub_workflow")
         native = self._ref.invoke_blocking(
-            workflow_name,
-            list(step_ids),
-            _encode_input(input),
-            _wire_timeout(timeout_secs),
-            self._current_parent(),
+            *self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
         )
         return self._remember(SubWorkflowResponse._from_native(native))
 
@@ -260,9 +239,10 @@ class PeerClient:
     ) -> Any:
         """Blocking :meth:`run_remote_workflow`."""
         _refuse_inside_loop("run_remote_workflow_blocking", "run_remote_workflow")
-        response = self.invoke_sub_workflow_blocking(workflow_name, step_ids, input, timeout_secs)
-        response.raise_for_error()
-        return response.result
+        native = self._ref.invoke_blocking(
+            *self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
+        )
+        return self._result(native)
 
     def run_remote_workflow_json_blocking(
         self,
@@ -274,11 +254,7 @@ class PeerClient:
         """Blocking :meth:`run_remote_workflow_json`."""
         _refuse_inside_loop("run_remote_workflow_json_blocking", "run_remote_workflow_json")
         native = self._ref.invoke_blocking(
-            workflow_name,
-            list(step_ids),
-            input_json.encode(),
-            _wire_timeout(timeout_secs),
-            self._current_parent(),
+            *self._call(workflow_name, step_ids, input_json.encode(), timeout_secs)
         )
         return _result_json_text(native)
 
@@ -299,13 +275,11 @@ class PeerClient:
         A failed run raises WorkflowError (PeerTimeoutError past ``timeout_secs``)
         after the events written before the failure. Closing the stream (``async
         with``, ``aclose()``) cancels the run on the peer."""
-        input_json = _encode_input(input)
-        wire_timeout = _wire_timeout(timeout_secs)
-        parent = self._current_parent()
-        step_list = list(step_ids)
+        # Checked and encoded now; the call itself starts when the stream is first read.
+        call = self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
 
         def open_call() -> Awaitable[_native.EventStream]:
-            return self._ref.stream(workflow_name, step_list, input_json, wire_timeout, parent)
+            return self._ref.stream(*call)
 
         return SubWorkflowStream(open_call, self._remember)
 
@@ -344,6 +318,31 @@ class PeerClient:
     async def finish_parent(self, run_id: uuid.UUID | str) -> int:
         """Releases every ``UNTIL_PARENT_FINISH`` ref of a parent run; returns how many."""
         return await self._ref.finish_parent(str(run_id))
+
+    def _call(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str],
+        input_json: bytes,
+        timeout_secs: float | None,
+    ) -> tuple[str, list[str], bytes, int | None, str | None]:
+        """The native arguments of a run request."""
+        return (
+            workflow_name,
+            list(step_ids),
+            input_json,
+            _wire_timeout(timeout_secs),
+            self._current_parent(),
+        )
+
+    def _result(self, native: _native.SubWorkflowResponse) -> Any:
+        """The result of a run, or its error raised; reads only what it needs
+        (the hot path of run_remote_workflow builds no SubWorkflowResponse)."""
+        native.raise_for_error()
+        if native.has_remote_refs:
+            self._remember(SubWorkflowResponse._from_native(native))
+        raw = native.result_json
+        return None if raw is None else json.loads(raw)
 
     def _current_parent(self) -> str | None:
         for run in reversed(_PARENT_RUNS.get()):

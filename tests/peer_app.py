@@ -12,6 +12,8 @@ step registry) and runnable as a server::
         [--default-timeout SECS]             # PeerServer(default_timeout_secs=...)
         [--grace SECS|none]                  # server.stop(grace=...) when told to stop
         [--print-stats]                      # print `STOPPED <stats JSON>` after stopping
+        [--node-id ID]                       # PeerServer(node_id=...), default node-b
+        [--extra-step ID ...]                # also register `pool::whoami` under ID
 
 The script prints ``LISTENING HOST:PORT`` once ``PeerServer.start`` has returned,
 then serves until its stdin reaches end-of-file or it receives SIGTERM, and
@@ -53,6 +55,7 @@ from blazen_peer import (  # noqa: E402
     StopEvent,
     event_type_name,
     register_ref_codec,
+    register_step,
     register_workflow,
     step,
 )
@@ -642,6 +645,31 @@ async def probe_status(ctx: Context, ev: StartEvent) -> StopEvent:
     )
 
 
+# --- pools (tests/test_pool.py, tests/test_multihost.py): where did a call run? ---
+
+
+@step("pool::whoami")
+async def whoami(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Reports the node that ran the call (``--node-id``) and echoes ``ev.data``."""
+    return StopEvent(result={"node_id": ctx.node_id, "data": ev.data})
+
+
+@step("pool::hold")
+async def pool_hold(ctx: Context, ev: StartEvent) -> StopEvent:
+    """Creates the file ``<started_dir>/<node id>.<run id>`` (the test counts them to see
+    how many runs each node is running), then waits until the file ``release`` exists
+    (up to GATE_TIMEOUT_SECS); returns the node id and ``ev.tag``."""
+    marker = Path(ev.started_dir) / f"{ctx.node_id}.{ctx.run_id}"
+    marker.write_text(str(ev.tag))
+    release = Path(ev.release)
+    deadline = time.monotonic() + GATE_TIMEOUT_SECS
+    while not release.exists():  # noqa: ASYNC240 (a stat of a local file: no real wait)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{release} did not appear within {GATE_TIMEOUT_SECS}s")
+        await asyncio.sleep(0.01)
+    return StopEvent(result={"node_id": ctx.node_id, "tag": ev.tag})
+
+
 # --- serving ---
 
 
@@ -669,8 +697,10 @@ async def main(args: argparse.Namespace) -> None:
         if args.tls_cert
         else None
     )
+    for step_id in args.extra_step:
+        register_step(step_id, whoami.fn)
     SERVER = server = PeerServer(
-        NODE_ID,
+        args.node_id,
         session_refs=session_refs,
         max_message_bytes=args.max_message_bytes,
         tls=tls,
@@ -711,6 +741,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--default-timeout", type=float, default=300.0)
     parser.add_argument("--grace", default=None, help="seconds, or 'none' for no limit")
     parser.add_argument("--print-stats", action="store_true")
+    parser.add_argument("--node-id", default=NODE_ID)
+    parser.add_argument("--extra-step", action="append", default=[], metavar="STEP_ID")
     return parser.parse_args(argv)
 
 

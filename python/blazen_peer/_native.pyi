@@ -23,6 +23,7 @@ __all__ = [
     "SubWorkflowResponse",
     "_panic_probe",
     "close_python_gate",
+    "refresh_log_levels",
     "register_step",
     "register_workflow",
     "registered_step_ids",
@@ -60,6 +61,9 @@ class RunContext:
     @property
     def caller_node_id(self) -> str | None:
         """The node id the caller announced, for remote runs (not verified)."""
+    @property
+    def trace_context(self) -> tuple[str, str | None] | None:
+        """`(traceparent, tracestate)` the call carried (W3C), for remote runs."""
     @property
     def peer_identity(self) -> tuple[str, str | None, list[str], list[str], bytes] | None:
         """`(subject, common_name, dns_names, uris, certificate_der)` of the caller's
@@ -250,6 +254,8 @@ class PeerClient:
         input_json: bytes,
         timeout_secs: int | None = None,
         parent_run: str | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> Awaitable[SubWorkflowResponse]:
         """Runs a sub-workflow; resolves to a `SubWorkflowResponse`."""
     def stream(
@@ -259,6 +265,8 @@ class PeerClient:
         input_json: bytes,
         timeout_secs: int | None = None,
         parent_run: str | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> Awaitable[EventStream]:
         """Starts a streaming run; resolves to an `EventStream` to read with `next()`."""
     def invoke_blocking(
@@ -268,6 +276,8 @@ class PeerClient:
         input_json: bytes,
         timeout_secs: int | None = None,
         parent_run: str | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> SubWorkflowResponse:
         """Blocking form of `invoke`."""
     def fetch(self, key: str) -> Awaitable[tuple[str, bytes]]:
@@ -280,6 +290,12 @@ class PeerClient:
         """Renews a parent run's lease; resolves to the peer's lease in seconds."""
     def release(self, key: str) -> Awaitable[bool]:
         """Releases a session ref; resolves to False when it was already gone."""
+    def list_steps(
+        self,
+    ) -> Awaitable[tuple[str, list[tuple[str, list[str]]], list[tuple[str, list[str]]], bool]]:
+        """What the peer can run: `(node_id, steps with accepted types, workflows, draining)`."""
+    def health(self, service: str = "", timeout_secs: float | None = None) -> Awaitable[str]:
+        """Standard gRPC health check; resolves to "SERVING", "NOT_SERVING" or "UNKNOWN"."""
 
 @final
 class LocalRun:
@@ -305,6 +321,9 @@ class AbortOnCancel:
     """Done-callback that aborts the Rust task when the asyncio future was cancelled."""
 
     def __call__(self, future: asyncio.Future[Any]) -> None: ...
+
+def refresh_log_levels() -> None:
+    """Forgets cached logger levels so `setLevel` calls made since take effect."""
 
 def close_python_gate() -> None:
     """Closes the gate and waits for runtime threads to leave Python (atexit hook)."""

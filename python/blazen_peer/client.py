@@ -10,11 +10,12 @@ import uuid
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import _native
 from ._auth import resolve_token, warn_if_token_in_clear
 from .errors import EncodeError, PeerError, ValidationError
+from .listing import HealthStatus, PeerSteps
 from .refs import decode_ref_value
 from .responses import RemoteRefDescriptor, SubWorkflowResponse
 from .streaming import SubWorkflowStream
@@ -282,6 +283,17 @@ class PeerClient:
             return self._ref.stream(*call)
 
         return SubWorkflowStream(open_call, self._remember)
+
+    async def list_steps(self) -> PeerSteps:
+        """The steps and workflows the peer can run (the ``ListSteps`` method)."""
+        return PeerSteps._from_native(await self._ref.list_steps())
+
+    async def health(self, service: str = "", *, timeout_secs: float | None = 5.0) -> HealthStatus:
+        """The peer's standard gRPC health (``grpc.health.v1.Health``) for
+        ``service`` (empty: the whole server): "SERVING", or "NOT_SERVING"
+        while it drains. Raises TransportError when it cannot be reached."""
+        status = await self._ref.health(service, timeout_secs)
+        return cast(HealthStatus, status)
 
     async def deref_session_ref(self, key: uuid.UUID | str) -> bytes:
         """The bytes of a session ref held by the peer, of any size (streamed in pieces)."""

@@ -39,9 +39,20 @@ class PeerError(Exception):
 
 
 class TransportError(PeerError):
-    """The network failed: nothing listens, the connection broke, the port is taken."""
+    """The network failed: nothing listens, the connection broke, the port is taken.
+
+    ``started`` is False when the peer certainly never started the call (the
+    connection could not be made, or the peer refused it while shutting down):
+    sending it to another peer cannot run it twice. True means it may have run.
+    """
 
     kind = "Transport"
+
+    def __init__(
+        self, message: str, *, grpc_status: int | None = None, started: bool = True
+    ) -> None:
+        super().__init__(message, grpc_status=grpc_status)
+        self.started = started
 
 
 class UnknownStepError(PeerError):

@@ -6,6 +6,8 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
+use crate::log_target::TARGET;
+
 /// Environment variable both sides read their token from by default.
 pub const TOKEN_ENV: &str = "BLAZEN_PEER_TOKEN";
 
@@ -55,17 +57,28 @@ impl Interceptor for TokenCheck {
             .get("authorization")
             .map(|value| value.as_bytes())
             .and_then(|value| value.strip_prefix(b"Bearer "));
-        match presented {
-            // Neither token ever appears in the message.
-            Some(token) if self.accepts(token) => Ok(request),
-            Some(_) => Err(Status::unauthenticated(
+        // Neither token ever appears in a message or a log.
+        let (refused, message) = match presented {
+            Some(token) if self.accepts(token) => return Ok(request),
+            Some(_) => (
+                "a wrong token",
                 "the token in `authorization: Bearer ...` does not match this peer's; \
                  use the peer's token (BLAZEN_PEER_TOKEN or token=)",
-            )),
-            None => Err(Status::unauthenticated(
+            ),
+            None => (
+                "no token",
                 "this peer requires a token: send `authorization: Bearer <token>` \
                  (PeerClient.connect(token=...) or BLAZEN_PEER_TOKEN)",
-            )),
-        }
+            ),
+        };
+        let from = request
+            .remote_addr()
+            .map_or_else(|| "an unknown address".to_owned(), |addr| addr.to_string());
+        log::warn!(
+            target: TARGET,
+            remote_addr = from.as_str();
+            "refused a call from {from}: it carried {refused}"
+        );
+        Err(Status::unauthenticated(message))
     }
 }

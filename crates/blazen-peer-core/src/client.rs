@@ -11,8 +11,8 @@ use futures::StreamExt;
 use crate::auth::bearer;
 use crate::envelope::{
     ChunkLimit, DerefChunk, DerefRequest, DerefResponse, Envelope, ParentRunRequest,
-    ParentRunResponse, ReleaseRequest, ReleaseResponse, StreamItem, SubWorkflowRequest,
-    SubWorkflowResponse, ENVELOPE_VERSION,
+    ParentRunResponse, ReleaseRequest, ReleaseResponse, StepsRequest, StepsResponse, StreamItem,
+    SubWorkflowRequest, SubWorkflowResponse, ENVELOPE_VERSION,
 };
 use crate::error::PeerError;
 use crate::event_stream::StreamedEvent;
@@ -24,6 +24,7 @@ use crate::server::{
 };
 use crate::tls::{handshake_failure, ClientTls};
 use crate::tls_connector;
+use crate::trace::TraceContext;
 
 /// Metadata key carrying the caller's node id, for the peer's logs.
 pub const NODE_ID_HEADER: &str = "x-blazen-node-id";
@@ -80,10 +81,29 @@ impl Default for ClientConfig {
     }
 }
 
+/// Per-call settings of a run.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// Trace context to send, so the peer's run joins the caller's trace.
+    pub trace: Option<TraceContext>,
+}
+
+/// What a health check answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Up and starting runs.
+    Serving,
+    /// Up but starting no runs (shutting down).
+    NotServing,
+    /// The peer answered with a status we do not know, or none.
+    Unknown,
+}
+
 /// A connected client; clones share the channel.
 #[derive(Clone)]
 pub struct PeerClient {
     grpc: BlazenPeerClient<Channel>,
+    channel: Channel,
     address: String,
     node_id: String,
     node_header: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
@@ -177,15 +197,17 @@ impl PeerClient {
             if let Some(handshake) = handshake_failure(&err) {
                 return PeerError::Tls(format!("cannot connect to peer {address}: {handshake}"));
             }
-            PeerError::transport(format!(
-                "cannot connect to peer {address}: {}",
-                error_chain(&err)
-            ))
+            PeerError::Transport {
+                message: format!("cannot connect to peer {address}: {}", error_chain(&err)),
+                code: None,
+                started: false,
+            }
         })?;
         Ok(Self {
-            grpc: BlazenPeerClient::new(channel)
+            grpc: BlazenPeerClient::new(channel.clone())
                 .max_decoding_message_size(config.max_message_bytes)
                 .max_encoding_message_size(config.max_message_bytes),
+            channel,
             address: address.to_owned(),
             node_id: node_id.to_owned(),
             node_header,
@@ -209,11 +231,20 @@ impl PeerClient {
         &self,
         request: &Envelope<SubWorkflowRequest>,
     ) -> Result<Envelope<SubWorkflowResponse>, PeerError> {
+        self.invoke_with(request, &CallOptions::default()).await
+    }
+
+    /// [`PeerClient::invoke`] with per-call options.
+    pub async fn invoke_with(
+        &self,
+        request: &Envelope<SubWorkflowRequest>,
+        options: &CallOptions,
+    ) -> Result<Envelope<SubWorkflowResponse>, PeerError> {
         let deadline = self.deadline_of(request);
         let payload = self.checked_payload(request)?;
         let mut grpc = self.grpc.clone();
         let reply = grpc
-            .invoke_sub_workflow(self.request(payload, deadline))
+            .invoke_sub_workflow(self.run_request(payload, deadline, options))
             .await
             .map_err(|status| self.status_error(&status))?;
         self.decode(&reply.into_inner().postcard_payload)
@@ -224,11 +255,20 @@ impl PeerClient {
         &self,
         request: &Envelope<SubWorkflowRequest>,
     ) -> Result<EventReceiver, PeerError> {
+        self.stream_with(request, &CallOptions::default()).await
+    }
+
+    /// [`PeerClient::stream`] with per-call options.
+    pub async fn stream_with(
+        &self,
+        request: &Envelope<SubWorkflowRequest>,
+        options: &CallOptions,
+    ) -> Result<EventReceiver, PeerError> {
         let deadline = self.deadline_of(request);
         let payload = self.checked_payload(request)?;
         let mut grpc = self.grpc.clone();
         let reply = grpc
-            .stream_sub_workflow_events(self.request(payload, deadline))
+            .stream_sub_workflow_events(self.run_request(payload, deadline, options))
             .await
             .map_err(|status| self.status_error(&status))?;
         Ok(EventReceiver {
@@ -314,6 +354,49 @@ impl PeerClient {
                 self.address
             ))),
         }
+    }
+
+    /// The steps and workflows the peer can run. Peers that predate
+    /// `ListSteps` answer with a Transport error naming UNIMPLEMENTED.
+    pub async fn list_steps(&self) -> Result<StepsResponse, PeerError> {
+        let payload = Envelope::new(StepsRequest {
+            envelope_version: ENVELOPE_VERSION,
+        })
+        .encode()?;
+        let mut grpc = self.grpc.clone();
+        let reply = grpc
+            .list_steps(self.request(payload, None))
+            .await
+            .map_err(|status| self.status_error(&status))?;
+        Ok(self
+            .decode::<StepsResponse>(&reply.into_inner().postcard_payload)?
+            .body)
+    }
+
+    /// Asks the standard `grpc.health.v1.Health` service about `service`
+    /// (empty: the whole server), on this client's connection, within `timeout`.
+    pub async fn health(
+        &self,
+        service: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Health, PeerError> {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
+        let mut request = Request::new(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        });
+        if let Some(timeout) = timeout {
+            request.set_timeout(timeout);
+        }
+        let reply = health
+            .check(request)
+            .await
+            .map_err(|status| self.status_error(&status))?;
+        Ok(match reply.into_inner().status() {
+            ServingStatus::Serving => Health::Serving,
+            ServingStatus::NotServing => Health::NotServing,
+            _ => Health::Unknown,
+        })
     }
 
     /// Releases every `UntilParentFinish` ref of `parent`; returns how many.
@@ -406,6 +489,19 @@ impl PeerClient {
             .released)
     }
 
+    fn run_request(
+        &self,
+        postcard_payload: Vec<u8>,
+        deadline: Option<Duration>,
+        options: &CallOptions,
+    ) -> Request<PostcardRequest> {
+        let mut request = self.request(postcard_payload, deadline);
+        if let Some(trace) = &options.trace {
+            trace.write(request.metadata_mut());
+        }
+        request
+    }
+
     fn request(
         &self,
         postcard_payload: Vec<u8>,
@@ -454,6 +550,7 @@ impl PeerClient {
                         error_chain(source)
                     ),
                     code: Some(status.code() as i32),
+                    started: !never_delivered(source),
                 };
             }
         }
@@ -561,6 +658,25 @@ impl ChunkSink for VecSink {
 }
 
 /// "outer: inner: root" — tonic's top-level transport errors say only "transport error".
+/// True when a local call failure happened before the request could reach
+/// the peer: the connection could not be made, or the peer refused the HTTP/2
+/// stream before processing it (RFC 9113 §8.7: REFUSED_STREAM is safe to retry).
+fn never_delivered(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        if err.is::<tonic::ConnectError>() {
+            return true;
+        }
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return true;
+            }
+        }
+        cause = err.source();
+    }
+    false
+}
+
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();

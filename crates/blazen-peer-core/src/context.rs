@@ -13,6 +13,7 @@ use crate::session_refs::SessionRefRegistry;
 use rustls::pki_types::CertificateDer;
 
 use crate::tls::PeerIdentity;
+use crate::trace::TraceContext;
 
 /// A value stored with `ctx.set`.
 #[derive(Clone)]
@@ -49,6 +50,8 @@ pub struct Caller {
     pub node_id: Option<String>,
     /// The caller's TLS client certificate chain, verified by the handshake (mutual TLS).
     pub certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// The W3C trace context the call carried, for the host's tracing.
+    pub trace: Option<TraceContext>,
     // Parsed on first use: most steps never look, and calls should not pay for it.
     identity: OnceLock<Option<Arc<PeerIdentity>>>,
 }
@@ -62,6 +65,7 @@ impl Caller {
         Self {
             node_id,
             certificates,
+            trace: None,
             identity: OnceLock::new(),
         }
     }

@@ -434,6 +434,46 @@ pub struct ParentRunResponse {
     pub lease_ms: u64,
 }
 
+/// Asks a peer what it can run (`ListSteps`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepsRequest {
+    /// Payload version.
+    pub envelope_version: u32,
+}
+
+/// What a peer can run: its steps and declared workflows, sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepsResponse {
+    /// Payload version.
+    pub envelope_version: u32,
+    /// The peer's node id.
+    pub node_id: String,
+    /// Registered steps, by id.
+    pub steps: Vec<StepInfo>,
+    /// Declared workflows, by name.
+    pub workflows: Vec<WorkflowInfo>,
+    /// True while the peer shuts down and starts no new runs.
+    pub draining: bool,
+}
+
+/// A registered step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepInfo {
+    /// Registry id, e.g. `my_app::analyze`.
+    pub id: String,
+    /// Event type names that route to it.
+    pub accepts: Vec<String>,
+}
+
+/// A declared workflow: the steps a request naming no steps runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowInfo {
+    /// Workflow name.
+    pub name: String,
+    /// Its steps, in order.
+    pub step_ids: Vec<String>,
+}
+
 /// Status details of NOT_FOUND for unknown steps or workflows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotFoundDetail {

@@ -14,6 +14,10 @@ pub enum PeerError {
         message: String,
         /// gRPC status code when the failure came back as a status.
         code: Option<i32>,
+        /// False when the peer certainly never started the call (the connection
+        /// could not be made, or the peer refused it before running anything),
+        /// so sending it to another peer cannot run it twice.
+        started: bool,
     },
     /// A requested step id is not registered on the peer.
     #[error("step `{step_id}` is not registered on peer {node}; registered steps: [{}]", registered.join(", "))]
@@ -97,11 +101,24 @@ impl PeerError {
         }
     }
 
-    /// A transport error with no status code.
+    /// A transport error with no status code, after which the call may have started.
     pub fn transport(message: impl Into<String>) -> Self {
         PeerError::Transport {
             message: message.into(),
             code: None,
+            started: true,
+        }
+    }
+
+    /// True when the failed call certainly never started on the peer: it could
+    /// not be delivered, or the peer refused it before running anything
+    /// (shutting down, busy). Only such calls may be sent elsewhere without
+    /// risking a second run.
+    pub fn is_not_started(&self) -> bool {
+        match self {
+            PeerError::Transport { started, .. } => !started,
+            PeerError::Busy(_) | PeerError::Unavailable(_) => true,
+            _ => false,
         }
     }
 
@@ -172,6 +189,7 @@ impl PeerError {
                 None => PeerError::Transport {
                     message: format!("peer {address} refused the call: {message}"),
                     code: Some(status.code() as i32),
+                    started: false,
                 },
             },
             Code::InvalidArgument => {
@@ -190,9 +208,17 @@ impl PeerError {
             Code::DeadlineExceeded => PeerError::Timeout(format!(
                 "call to peer {address} passed its deadline: {message}"
             )),
+            // A peer answers UNAVAILABLE before it runs anything (it is shutting
+            // down); gRPC defines the code as safe to retry.
+            Code::Unavailable => PeerError::Transport {
+                message: format!("peer {address} is unavailable: {message}"),
+                code: Some(Code::Unavailable as i32),
+                started: false,
+            },
             code => PeerError::Transport {
                 message: format!("call to peer {address} failed ({code:?}): {message}"),
                 code: Some(code as i32),
+                started: true,
             },
         }
     }

@@ -13,12 +13,14 @@ pub mod error;
 pub mod event;
 pub mod event_stream;
 pub mod limits;
+pub mod log_target;
 pub mod registry;
 pub mod runner;
 pub mod server;
 pub mod session_refs;
 pub mod tls;
 mod tls_connector;
+pub mod trace;
 
 /// Code generated from `proto/blazen_peer.proto`.
 pub mod pb {
@@ -26,7 +28,9 @@ pub mod pb {
     tonic::include_proto!("blazen.peer.v1");
 }
 
-pub use client::{ChunkSink, ClientConfig, EventReceiver, PeerClient, StreamMessage, VecSink};
+pub use client::{
+    CallOptions, ChunkSink, ClientConfig, EventReceiver, PeerClient, StreamMessage, VecSink,
+};
 pub use context::{Caller, RunContext, StateValue};
 pub use envelope::{Envelope, ENVELOPE_VERSION};
 pub use error::PeerError;
@@ -36,3 +40,4 @@ pub use registry::{Step, StepFailure, StepHandler, StepRegistry};
 pub use server::{PeerService, RunStats, RunningServer, ServerConfig};
 pub use session_refs::{RefInfo, RefLifetime, RefOwner, RefPayload, SessionRefRegistry};
 pub use tls::{ClientTls, PeerIdentity, Pem, ServerTls};
+pub use trace::TraceContext;

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use futures::future::BoxFuture;
 
 use crate::context::RunContext;
+use crate::envelope::{StepInfo, WorkflowInfo};
 use crate::error::PeerError;
 use crate::event::{Event, EventTypes};
 
@@ -155,6 +156,28 @@ impl StepRegistry {
         let mut names: Vec<String> = read(&self.workflows).keys().cloned().collect();
         names.sort();
         names
+    }
+
+    /// Every step with the event types it accepts, and every workflow with its
+    /// steps, both sorted.
+    pub fn describe(&self) -> (Vec<StepInfo>, Vec<WorkflowInfo>) {
+        let mut steps: Vec<StepInfo> = read(&self.steps)
+            .values()
+            .map(|step| StepInfo {
+                id: step.id.to_string(),
+                accepts: step.accepts.to_vec(),
+            })
+            .collect();
+        steps.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut workflows: Vec<WorkflowInfo> = read(&self.workflows)
+            .iter()
+            .map(|(name, step_ids)| WorkflowInfo {
+                name: name.clone(),
+                step_ids: step_ids.clone(),
+            })
+            .collect();
+        workflows.sort_by(|a, b| a.name.cmp(&b.name));
+        (steps, workflows)
     }
 
     /// The steps to run for a request: `step_ids`, or the workflow's declared

@@ -27,12 +27,13 @@ use crate::auth::{bearer, TokenCheck};
 use crate::context::{Caller, RunContext};
 use crate::envelope::{
     self, ChunkLimit, DerefChunk, DerefRequest, DerefResponse, Envelope, FailureKind, ParentRun,
-    ParentRunRequest, ParentRunResponse, ReleaseRequest, ReleaseResponse, SubWorkflowRequest,
-    SubWorkflowResponse, WorkflowFailure, ENVELOPE_VERSION,
+    ParentRunRequest, ParentRunResponse, ReleaseRequest, ReleaseResponse, StepsRequest,
+    StepsResponse, SubWorkflowRequest, SubWorkflowResponse, WorkflowFailure, ENVELOPE_VERSION,
 };
 use crate::error::PeerError;
 use crate::event::Event;
 use crate::event_stream::{EventStream, DEFAULT_STREAM_BUFFER};
+use crate::log_target::TARGET;
 use crate::limits::{check_json_depth, DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH_CEILING};
 use crate::pb::blazen_peer_server::{BlazenPeer, BlazenPeerServer};
 use crate::pb::{PostcardRequest, PostcardResponse};
@@ -40,6 +41,7 @@ use crate::registry::{Step, StepRegistry};
 use crate::runner::run_workflow;
 use crate::session_refs::{SessionRef, SessionRefRegistry};
 use crate::tls::ServerTls;
+use crate::trace::TraceContext;
 use lifecycle::Lifecycle;
 use stream_feed::StreamFeed;
 
@@ -273,7 +275,7 @@ impl PeerService {
     /// Runs a prepared request. Dropping the future (the caller went away)
     /// cancels the run: steps are cancelled and its refs dropped.
     async fn execute(&self, run: PreparedRun) -> Envelope<SubWorkflowResponse> {
-        let record = self.lifecycle.begin();
+        let record = self.lifecycle.begin(&run.ctx, run.steps.len());
         let shutdown = self.lifecycle.runs_cancelled();
         let outcome = tokio::select! {
             outcome = run_workflow(&run.steps, run.ctx.clone(), run.start, Some(run.deadline)) => outcome,
@@ -340,6 +342,22 @@ impl PeerService {
         response
     }
 
+    /// Logs why a run request was turned away and gives the status to answer.
+    fn refusal(&self, err: &PeerError, caller: &Caller) -> Status {
+        let level = match err {
+            // Expected while draining; the caller retries elsewhere.
+            PeerError::Unavailable(_) => log::Level::Debug,
+            _ => log::Level::Warn,
+        };
+        let caller_node = caller.node_id.as_deref().unwrap_or("");
+        log::log!(
+            target: TARGET, level,
+            node_id = &*self.node_id, caller = caller_node, error_kind = err.kind();
+            "refused a run request from `{caller_node}`: {err}"
+        );
+        err.to_status()
+    }
+
     fn reply<T: serde::Serialize + serde::de::DeserializeOwned>(
         &self,
         body: Envelope<T>,
@@ -401,14 +419,16 @@ impl PeerService {
 
 /// The announced node id and, under mutual TLS, the verified certificate of a call.
 fn caller_of<T>(request: &Request<T>) -> Caller {
-    Caller::new(
+    let mut caller = Caller::new(
         request
             .metadata()
             .get(crate::client::NODE_ID_HEADER)
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned),
         request.peer_certs(),
-    )
+    );
+    caller.trace = TraceContext::from_metadata(request.metadata());
+    caller
 }
 
 type ItemStream = futures::stream::BoxStream<'static, Result<PostcardResponse, Status>>;
@@ -421,16 +441,15 @@ impl BlazenPeer for PeerService {
     ) -> Result<Response<PostcardResponse>, Status> {
         let caller = caller_of(&request);
         let payload = request.into_inner().postcard_payload;
-        let response = AssertUnwindSafe(self.invoke(&payload, caller))
+        let response = AssertUnwindSafe(self.invoke(&payload, caller.clone()))
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| {
-                Err(PeerError::from_panic(
-                    panic.as_ref(),
-                    "the peer, running this request,",
-                ))
+                let err = PeerError::from_panic(panic.as_ref(), "the peer, running this request,");
+                log::error!(target: TARGET, node_id = &*self.node_id; "{err}");
+                Err(err)
             })
-            .map_err(|err| err.to_status())?;
+            .map_err(|err| self.refusal(&err, &caller))?;
         let listed: Vec<Uuid> = response.body.remote_refs.keys().copied().collect();
         self.reply(response, "the response").inspect_err(|_| {
             // The caller never learns these keys.
@@ -450,8 +469,8 @@ impl BlazenPeer for PeerService {
         let payload = request.into_inner().postcard_payload;
         let events = EventStream::new(self.config.stream_buffer);
         let run = self
-            .prepare(&payload, caller, Some(events.clone()))
-            .map_err(|err| err.to_status())?;
+            .prepare(&payload, caller.clone(), Some(events.clone()))
+            .map_err(|err| self.refusal(&err, &caller))?;
         let service = self.clone();
         let task = tokio::spawn(async move {
             let response = service.execute(run).await;
@@ -564,11 +583,31 @@ impl BlazenPeer for PeerService {
         let parent = Self::parent_run(&request.into_inner().postcard_payload)?;
         self.parent_reply(self.config.session_refs.renew_parent(parent))
     }
+
+    async fn list_steps(
+        &self,
+        request: Request<PostcardRequest>,
+    ) -> Result<Response<PostcardResponse>, Status> {
+        Envelope::<StepsRequest>::decode(&request.into_inner().postcard_payload)
+            .map_err(|err| err.to_status())?;
+        let (steps, workflows) = self.config.registry.describe();
+        self.reply(
+            Envelope::new(StepsResponse {
+                envelope_version: ENVELOPE_VERSION,
+                node_id: self.node_id.to_string(),
+                steps,
+                workflows,
+                draining: self.lifecycle.is_draining(),
+            }),
+            "the step list",
+        )
+    }
 }
 
 /// A server serving in the background until [`RunningServer::stop`].
 pub struct RunningServer {
     local_addr: SocketAddr,
+    node_id: Arc<str>,
     lifecycle: Arc<Lifecycle>,
     health: HealthReporter,
     shutdown: Option<oneshot::Sender<()>>,
@@ -581,6 +620,7 @@ impl RunningServer {
     pub async fn start(service: PeerService, addr: SocketAddr) -> Result<Self, PeerError> {
         let config = service.config.clone();
         let lifecycle = service.lifecycle.clone();
+        let node_id = service.node_id.clone();
         config.validate()?;
         if !addr.ip().is_loopback()
             && config.tls.is_none()
@@ -630,11 +670,22 @@ impl RunningServer {
             })?;
         }
         let router = builder.add_service(health_service).add_service(grpc);
+        log::info!(
+            target: TARGET,
+            node_id = &*node_id, address:% = local_addr;
+            "peer `{node_id}` serving on {local_addr} ({}, {})",
+            if config.tls.is_some() { "TLS" } else { "plaintext" },
+            match config.tokens.len() {
+                0 => "no token",
+                _ => "token required",
+            }
+        );
         let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = shutdown_rx.await;
         }));
         Ok(Self {
             local_addr,
+            node_id,
             lifecycle,
             health,
             shutdown: Some(shutdown_tx),
@@ -664,6 +715,17 @@ impl RunningServer {
     /// (None: as long as they take), then the rest are cancelled — their
     /// callers get a Cancelled failure — and the server closes.
     pub async fn stop(&mut self, grace: Option<Duration>) -> Result<(), PeerError> {
+        if self.task.is_none() {
+            return Ok(());
+        }
+        let node_id = &*self.node_id;
+        log::info!(
+            target: TARGET,
+            node_id = node_id, runs_in_flight = self.lifecycle.stats().runs_in_flight;
+            "peer `{node_id}` draining: {} runs in progress, grace {}",
+            self.lifecycle.stats().runs_in_flight,
+            grace.map_or("unlimited".into(), |grace| format!("{:.1} s", grace.as_secs_f64()))
+        );
         self.lifecycle.start_draining();
         self.health
             .set_service_status("", ServingStatus::NotServing)
@@ -672,6 +734,12 @@ impl RunningServer {
             .set_not_serving::<BlazenPeerServer<PeerService>>()
             .await;
         if !self.lifecycle.wait_idle(grace).await {
+            log::warn!(
+                target: TARGET,
+                node_id = node_id, runs_in_flight = self.lifecycle.stats().runs_in_flight;
+                "peer `{node_id}`: grace period over, cancelling {} runs",
+                self.lifecycle.stats().runs_in_flight
+            );
             self.lifecycle.cancel_runs();
             // Cancelled runs end at once; their replies still go out below.
             self.lifecycle.wait_idle(Some(TRANSPORT_DRAIN)).await;
@@ -684,7 +752,9 @@ impl RunningServer {
             return Ok(());
         };
         // tonic's own graceful shutdown waits for every open stream, however long.
-        let joined = match tokio::time::timeout(TRANSPORT_DRAIN, &mut task).await {
+        let joined = tokio::time::timeout(TRANSPORT_DRAIN, &mut task).await;
+        log::info!(target: TARGET, node_id = node_id; "peer `{node_id}` stopped");
+        let joined = match joined {
             Ok(joined) => joined,
             Err(_) => {
                 task.abort();

@@ -696,9 +696,14 @@ async fn stop_drains_then_cancels_what_outlives_the_grace_period() {
         );
         // A new run is refused as unavailable: safe to retry elsewhere.
         match client.invoke(&run_request(&["b::double"], "{}")).await {
-            Err(PeerError::Transport { message, code }) => {
+            Err(PeerError::Transport {
+                message,
+                code,
+                started,
+            }) => {
                 assert_eq!(code, Some(Code::Unavailable as i32), "{message}");
                 assert!(message.contains("shutting down"), "{message}");
+                assert!(!started, "a refusal while draining never started the run");
             }
             other => panic!("expected a refusal while draining, got {other:?}"),
         }
@@ -856,12 +861,17 @@ async fn connecting_to_a_closed_port_fails_fast_with_transport() {
         began.elapsed()
     );
     match &err {
-        PeerError::Transport { message, code } => {
+        PeerError::Transport {
+            message,
+            code,
+            started,
+        } => {
             assert!(
                 message.starts_with(&format!("cannot connect to peer {address}: ")),
                 "{message}"
             );
             assert_eq!(*code, None);
+            assert!(!started);
         }
         other => panic!("expected Transport, got {other:?}"),
     }
@@ -898,4 +908,12 @@ async fn stop_returns_ok_and_the_server_goes_away() {
         .err()
         .expect("the listener is closed after stop");
     assert!(matches!(err, PeerError::Transport { .. }), "{err:?}");
+
+    // A call on the old connection cannot reach the peer: it never started,
+    // so a pool may send it elsewhere.
+    let err = client
+        .invoke(&run_request(&["b::double"], "{}"))
+        .await
+        .expect_err("the peer is gone");
+    assert!(err.is_not_started(), "{err:?}");
 }

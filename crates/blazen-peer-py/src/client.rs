@@ -12,7 +12,8 @@ use futures::FutureExt;
 use blazen_peer_core::envelope::{
     self, FailureKind, ParentRun, SubWorkflowRequest, SubWorkflowResponse, WorkflowFailure,
 };
-use blazen_peer_core::{ClientConfig, Envelope, PeerClient, PeerError};
+use blazen_peer_core::client::Health;
+use blazen_peer_core::{CallOptions, ClientConfig, Envelope, PeerClient, PeerError, TraceContext};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -170,7 +171,7 @@ impl PeerClientRef {
     }
 
     /// Runs a sub-workflow; resolves to a `SubWorkflowResponse`.
-    #[pyo3(signature = (workflow_name, step_ids, input_json, timeout_secs=None, parent_run=None))]
+    #[pyo3(signature = (workflow_name, step_ids, input_json, timeout_secs=None, parent_run=None, traceparent=None, tracestate=None))]
     fn invoke<'py>(
         &self,
         py: Python<'py>,
@@ -179,6 +180,8 @@ impl PeerClientRef {
         input_json: Vec<u8>,
         timeout_secs: Option<u64>,
         parent_run: Option<&str>,
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
         let request = build_request(
@@ -188,16 +191,17 @@ impl PeerClientRef {
             timeout_secs,
             parent_run,
         )?;
+        let options = call_options(traceparent, tracestate)?;
         awaitable::spawn(py, async move {
             client
-                .invoke(&request)
+                .invoke_with(&request, &options)
                 .await
                 .map(|response| Class(ResponseRef::from(response)))
         })
     }
 
     /// Blocking form of `invoke`.
-    #[pyo3(signature = (workflow_name, step_ids, input_json, timeout_secs=None, parent_run=None))]
+    #[pyo3(signature = (workflow_name, step_ids, input_json, timeout_secs=None, parent_run=None, traceparent=None, tracestate=None))]
     fn invoke_blocking(
         &self,
         py: Python<'_>,
@@ -206,6 +210,8 @@ impl PeerClientRef {
         input_json: Vec<u8>,
         timeout_secs: Option<u64>,
         parent_run: Option<&str>,
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
     ) -> PyResult<ResponseRef> {
         let client = self.client()?;
         let request = build_request(
@@ -215,13 +221,17 @@ impl PeerClientRef {
             timeout_secs,
             parent_run,
         )?;
+        let options = call_options(traceparent, tracestate)?;
         block_on(py, async move {
-            client.invoke(&request).await.map(ResponseRef::from)
+            client
+                .invoke_with(&request, &options)
+                .await
+                .map(ResponseRef::from)
         })
     }
 
     /// Starts a streaming run; resolves to an `EventStream` to read with `next()`.
-    #[pyo3(signature = (workflow_name, step_ids, input_json, timeout_secs=None, parent_run=None))]
+    #[pyo3(signature = (workflow_name, step_ids, input_json, timeout_secs=None, parent_run=None, traceparent=None, tracestate=None))]
     fn stream<'py>(
         &self,
         py: Python<'py>,
@@ -230,6 +240,8 @@ impl PeerClientRef {
         input_json: Vec<u8>,
         timeout_secs: Option<u64>,
         parent_run: Option<&str>,
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
         let request = build_request(
@@ -239,9 +251,55 @@ impl PeerClientRef {
             timeout_secs,
             parent_run,
         )?;
+        let options = call_options(traceparent, tracestate)?;
         awaitable::spawn(py, async move {
-            let receiver = client.stream(&request).await?;
+            let receiver = client.stream_with(&request, &options).await?;
             Ok(Class(EventStreamRef::new(receiver)))
+        })
+    }
+
+    /// What the peer can run; resolves to
+    /// `(node_id, [(step_id, [accepted types])], [(workflow, [step_ids])], draining)`.
+    fn list_steps<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client()?;
+        awaitable::spawn(py, async move {
+            let listed = client.list_steps().await?;
+            Ok((
+                listed.node_id,
+                listed
+                    .steps
+                    .into_iter()
+                    .map(|step| (step.id, step.accepts))
+                    .collect::<Vec<_>>(),
+                listed
+                    .workflows
+                    .into_iter()
+                    .map(|workflow| (workflow.name, workflow.step_ids))
+                    .collect::<Vec<_>>(),
+                listed.draining,
+            ))
+        })
+    }
+
+    /// Standard gRPC health check; resolves to "SERVING", "NOT_SERVING" or "UNKNOWN".
+    #[pyo3(signature = (service="", timeout_secs=None))]
+    fn health<'py>(
+        &self,
+        py: Python<'py>,
+        service: &str,
+        timeout_secs: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client()?;
+        let service = service.to_owned();
+        let timeout = timeout_secs
+            .map(|secs| seconds("timeout_secs", secs))
+            .transpose()?;
+        awaitable::spawn(py, async move {
+            Ok(match client.health(&service, timeout).await? {
+                Health::Serving => "SERVING",
+                Health::NotServing => "NOT_SERVING",
+                Health::Unknown => "UNKNOWN",
+            })
         })
     }
 
@@ -313,6 +371,15 @@ fn build_request(
         request.extensions.insert(&parent).py_err()?;
     }
     Ok(request)
+}
+
+fn call_options(traceparent: Option<&str>, tracestate: Option<&str>) -> PyResult<CallOptions> {
+    Ok(CallOptions {
+        trace: traceparent
+            .map(|parent| TraceContext::new(parent, tracestate))
+            .transpose()
+            .py_err()?,
+    })
 }
 
 impl PeerClientRef {

@@ -49,6 +49,13 @@ impl RunContextRef {
         self.ctx.caller()?.node_id.clone()
     }
 
+    /// `(traceparent, tracestate)` the call carried (W3C), for remote runs.
+    #[getter]
+    fn trace_context(&self) -> Option<(String, Option<String>)> {
+        let trace = self.ctx.caller()?.trace.as_ref()?;
+        Some((trace.traceparent.clone(), trace.tracestate.clone()))
+    }
+
     /// `(subject, common_name, dns_names, uris, certificate_der)` of the caller's
     /// verified TLS client certificate, under mutual TLS; else None.
     #[getter]

@@ -8,6 +8,9 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 
+/// gRPC's UNAVAILABLE, the status a draining peer answers with.
+const GRPC_UNAVAILABLE: i32 = 14;
+
 static FROM_NATIVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// Converts a core error into the matching `blazen_peer.errors` exception.
@@ -39,7 +42,10 @@ fn build<'py>(py: Python<'py>, err: &PeerError) -> PyResult<Bound<'py, PyAny>> {
     let details = PyDict::new(py);
     let mut kind = err.kind();
     match err {
-        PeerError::Transport { code, .. } => details.set_item("grpc_status", code)?,
+        PeerError::Transport { code, started, .. } => {
+            details.set_item("grpc_status", code)?;
+            details.set_item("started", started)?;
+        }
         PeerError::UnknownStep {
             step_id,
             registered,
@@ -77,8 +83,11 @@ fn build<'py>(py: Python<'py>, err: &PeerError) -> PyResult<Bound<'py, PyAny>> {
         | PeerError::Authentication(_)
         | PeerError::Timeout(_)
         | PeerError::Validation(_)
-        | PeerError::Busy(_)
-        | PeerError::Unavailable(_) => {}
+        | PeerError::Busy(_) => {}
+        PeerError::Unavailable(_) => {
+            details.set_item("grpc_status", GRPC_UNAVAILABLE)?;
+            details.set_item("started", false)?;
+        }
     }
     factory.bind(py).call1((kind, err.to_string(), details))
 }

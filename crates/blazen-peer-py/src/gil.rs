@@ -28,6 +28,11 @@ impl Drop for Leave {
 
 /// Runs `f` with the GIL, or returns None when the interpreter is shutting down.
 pub fn with_python<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
+    while_open(|| Python::attach(f))
+}
+
+/// Runs `f`, which may take the GIL itself, unless the interpreter is shutting down.
+pub fn while_open<R>(f: impl FnOnce() -> R) -> Option<R> {
     // Announce first, check second; `close` does the reverse, so with SeqCst
     // one of the two always sees the other.
     INSIDE.fetch_add(1, Ordering::SeqCst);
@@ -35,7 +40,7 @@ pub fn with_python<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
     if CLOSED.load(Ordering::SeqCst) {
         return None;
     }
-    Some(Python::attach(f))
+    Some(f())
 }
 
 /// Closes the gate and waits for runtime threads to leave Python (atexit hook).

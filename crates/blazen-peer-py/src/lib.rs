@@ -10,6 +10,7 @@ mod errors;
 mod events;
 mod gil;
 mod inbox;
+mod logging;
 mod refs;
 mod runtime;
 mod server;
@@ -22,6 +23,7 @@ use pyo3::prelude::*;
 
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    logging::install(module.py())?;
     module.add("ENVELOPE_VERSION", blazen_peer_core::ENVELOPE_VERSION)?;
     module.add_class::<events::EventTypesRef>()?;
     module.add_class::<context::RunContextRef>()?;
@@ -37,6 +39,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<tls::ServerTlsRef>()?;
     module.add_class::<tls::ClientTlsRef>()?;
     module.add_function(wrap_pyfunction!(gil::close_python_gate, module)?)?;
+    module.add_function(wrap_pyfunction!(logging::refresh_log_levels, module)?)?;
     module.add_function(wrap_pyfunction!(awaitable::_panic_probe, module)?)?;
     module.add_function(wrap_pyfunction!(steps::register_step, module)?)?;
     module.add_function(wrap_pyfunction!(steps::unregister_step, module)?)?;

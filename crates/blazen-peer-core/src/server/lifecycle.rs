@@ -4,11 +4,14 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
+use uuid::Uuid;
 
+use crate::context::RunContext;
 use crate::envelope::{FailureKind, WorkflowFailure};
+use crate::log_target::TARGET;
 
 /// Counts of runs since the server started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -80,14 +83,25 @@ impl Lifecycle {
         self.draining.store(true, Ordering::Release);
     }
 
-    /// Counts a run as started; the record counts how it ended.
-    pub(crate) fn begin(self: &Arc<Self>) -> RunRecord {
+    /// Counts a run as started; the record counts (and logs) how it ended.
+    pub(crate) fn begin(self: &Arc<Self>, ctx: &RunContext, steps: usize) -> RunRecord {
         self.counters.started.fetch_add(1, Ordering::AcqRel);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        RunRecord {
+        let record = RunRecord {
             lifecycle: self.clone(),
             ended: false,
-        }
+            run_id: ctx.run_id(),
+            node_id: ctx.node_id().into(),
+            workflow: ctx.workflow_name().into(),
+            began: Instant::now(),
+        };
+        log::debug!(
+            target: TARGET,
+            node_id = &*record.node_id, run_id:% = record.run_id, workflow = &*record.workflow,
+            steps = steps;
+            "run {} of workflow `{}` started ({steps} steps)", record.run_id, record.workflow
+        );
+        record
     }
 
     /// Waits until no run is going on, or `limit` passed; true when idle.
@@ -134,6 +148,10 @@ impl Lifecycle {
 pub(crate) struct RunRecord {
     lifecycle: Arc<Lifecycle>,
     ended: bool,
+    run_id: Uuid,
+    node_id: Box<str>,
+    workflow: Box<str>,
+    began: Instant,
 }
 
 impl RunRecord {
@@ -149,6 +167,36 @@ impl RunRecord {
         };
         counter.fetch_add(1, Ordering::AcqRel);
         self.ended = true;
+        self.log_end(outcome.as_ref().err().map(|failure| failure.as_ref()));
+    }
+
+    fn log_end(&self, failure: Option<&WorkflowFailure>) {
+        let elapsed_ms = self.began.elapsed().as_secs_f64() * 1e3;
+        let (node_id, run_id, workflow) = (&*self.node_id, self.run_id, &*self.workflow);
+        let Some(failure) = failure else {
+            log::debug!(
+                target: TARGET,
+                node_id = node_id, run_id:% = run_id, workflow = workflow,
+                elapsed_ms = elapsed_ms, outcome = "succeeded";
+                "run {run_id} of workflow `{workflow}` succeeded in {elapsed_ms:.1} ms"
+            );
+            return;
+        };
+        let step = failure.step_id.as_deref().unwrap_or("");
+        let outcome = format!("{:?}", failure.kind);
+        // A failing step is the application's news, not the peer's: warn;
+        // cancellations and deadlines are the caller's doing: info.
+        let level = match failure.kind {
+            FailureKind::Cancelled | FailureKind::Timeout => log::Level::Info,
+            _ => log::Level::Warn,
+        };
+        log::log!(
+            target: TARGET, level,
+            node_id = node_id, run_id:% = run_id, workflow = workflow, step = step,
+            elapsed_ms = elapsed_ms, outcome = outcome.as_str();
+            "run {run_id} of workflow `{workflow}` ended {outcome} after {elapsed_ms:.1} ms: {}",
+            failure.message
+        );
     }
 }
 
@@ -159,6 +207,12 @@ impl Drop for RunRecord {
                 .counters
                 .cancelled
                 .fetch_add(1, Ordering::AcqRel);
+            let (node_id, run_id, workflow) = (&*self.node_id, self.run_id, &*self.workflow);
+            log::info!(
+                target: TARGET,
+                node_id = node_id, run_id:% = run_id, workflow = workflow, outcome = "Cancelled";
+                "run {run_id} of workflow `{workflow}` cancelled: its caller went away"
+            );
         }
         if self.lifecycle.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.lifecycle.idle.notify_waiters();

@@ -1,0 +1,66 @@
+"""What a peer can run, as ``ListSteps`` answers (``PeerClient.list_steps``,
+``blazen-peer steps ADDR``); a :class:`PeerPool` routes on it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["HealthStatus", "PeerSteps", "StepInfo", "WorkflowInfo"]
+
+HealthStatus = Literal["SERVING", "NOT_SERVING", "UNKNOWN"]
+"""What ``grpc.health.v1.Health`` answered for a peer."""
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """A step registered on a peer."""
+
+    id: str
+    accepts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WorkflowInfo:
+    """A workflow declared on a peer: the steps a request naming no steps runs."""
+
+    name: str
+    step_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PeerSteps:
+    """A peer's registered steps and declared workflows (both sorted)."""
+
+    node_id: str
+    steps: tuple[StepInfo, ...]
+    workflows: tuple[WorkflowInfo, ...]
+    draining: bool
+
+    @property
+    def step_ids(self) -> frozenset[str]:
+        """Ids of every registered step."""
+        return frozenset(step.id for step in self.steps)
+
+    def can_run(self, workflow_name: str, step_ids: Sequence[str]) -> bool:
+        """True when this peer has every step a request would run: ``step_ids``,
+        or the declared steps of ``workflow_name`` when ``step_ids`` is empty."""
+        if step_ids:
+            return self.step_ids.issuperset(step_ids)
+        for workflow in self.workflows:
+            if workflow.name == workflow_name:
+                return self.step_ids.issuperset(workflow.step_ids)
+        return False
+
+    @staticmethod
+    def _from_native(
+        native: tuple[str, list[tuple[str, list[str]]], list[tuple[str, list[str]]], bool],
+    ) -> PeerSteps:
+        node_id, steps, workflows, draining = native
+        return PeerSteps(
+            node_id=node_id,
+            steps=tuple(StepInfo(step_id, tuple(accepts)) for step_id, accepts in steps),
+            workflows=tuple(WorkflowInfo(name, tuple(ids)) for name, ids in workflows),
+            draining=draining,
+        )

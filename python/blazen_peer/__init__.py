@@ -27,6 +27,8 @@ from .errors import (
     WorkflowError,
 )
 from .events import Event, GenericEvent, StartEvent, StopEvent, event_type_name
+from .listing import HealthStatus, PeerSteps, StepInfo, WorkflowInfo
+from .pool import PeerPool, PeerStatus
 from .refs import RefInfo, RefLifetime, SessionRefRegistry, SessionRefs, register_ref_codec
 from .server import PeerServer, ServerStats
 from .steps import (
@@ -54,13 +56,17 @@ __all__ = [
     "EnvelopeVersionError",
     "Event",
     "GenericEvent",
+    "HealthStatus",
     "MessageTooLargeError",
     "ParentRun",
     "PeerBusyError",
     "PeerClient",
     "PeerError",
     "PeerIdentity",
+    "PeerPool",
     "PeerServer",
+    "PeerStatus",
+    "PeerSteps",
     "PeerTimeoutError",
     "RefInfo",
     "RefLifetime",
@@ -72,6 +78,7 @@ __all__ = [
     "SessionRefs",
     "StartEvent",
     "Step",
+    "StepInfo",
     "StopEvent",
     "SubWorkflowResponse",
     "SubWorkflowStream",
@@ -83,6 +90,7 @@ __all__ = [
     "Workflow",
     "WorkflowError",
     "WorkflowHandler",
+    "WorkflowInfo",
     "event_type_name",
     "register_ref_codec",
     "register_step",

@@ -69,8 +69,25 @@ class ClientTls:
     ``key``, the client's own certificate for mutual TLS. ``domain`` is the name
     the peer's certificate must carry when it differs from the address's host."""
 
-    def __init__(self, native: _native.ClientTls) -> None:
+    def __init__(
+        self,
+        native: _native.ClientTls,
+        sources: tuple[tuple[str, bytes], tuple[tuple[str, bytes], tuple[str, bytes]] | None]
+        | None = None,
+        domain: str | None = None,
+    ) -> None:
         self._native = native
+        # Kept so a pool can make the same config for another name (with_domain).
+        self._sources = sources
+        self.domain = domain
+
+    def with_domain(self, domain: str) -> ClientTls:
+        """The same CA and client certificate, checking the peer's certificate
+        for ``domain``; a pool uses it for members it found by resolving a name."""
+        if self.domain is not None or self._sources is None:
+            return self
+        ca, identity = self._sources
+        return ClientTls(_native.ClientTls(ca, identity, domain), self._sources, domain)
 
     @classmethod
     def from_pem(
@@ -91,7 +108,8 @@ class ClientTls:
             if cert is not None and key is not None
             else None
         )
-        return cls(_native.ClientTls(_read(ca, "CA"), identity, domain))
+        ca_pem = _read(ca, "CA")
+        return cls(_native.ClientTls(ca_pem, identity, domain), (ca_pem, identity), domain)
 
     def __repr__(self) -> str:
         return "ClientTls()"

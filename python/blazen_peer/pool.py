@@ -1,0 +1,559 @@
+"""A pool of peers behind one call API: routing, balancing, failover, rejoin.
+
+Each call goes to a healthy member that registers every requested step (as
+``ListSteps`` reports), the one with the fewest calls in flight. Members are
+probed with the standard gRPC health check; one that fails a probe or a call
+is taken out of rotation and probed until it serves again.
+
+A call that certainly never started on a member (the connection could not be
+made, the member was draining or busy) is sent to another member. A call that
+may have started is not re-sent, because steps need not be idempotent: it
+raises :class:`TransportError` unless the caller passed ``idempotent=True``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+from . import _native
+from .client import PeerClient, _encode_input
+from .errors import PeerBusyError, PeerError, TransportError, UnknownStepError, ValidationError
+from .listing import PeerSteps
+from .responses import SubWorkflowResponse
+from .streaming import SubWorkflowStream
+from .tls import ClientTls
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+__all__ = ["PeerPool", "PeerStatus"]
+
+_log = logging.getLogger("blazen_peer")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """One member of a pool, as the pool sees it now."""
+
+    address: str
+    node_id: str | None
+    healthy: bool
+    in_flight: int
+    calls: int
+    last_error: str | None
+    step_ids: frozenset[str]
+
+
+@dataclass(frozen=True)
+class _Settings:
+    node_id: str
+    token: str | None
+    tls: ClientTls | None
+    connect_timeout_secs: float
+    max_message_bytes: int
+    keepalive_interval_secs: float | None
+    keepalive_timeout_secs: float
+    probe_interval_secs: float
+    probe_timeout_secs: float
+    resolve_interval_secs: float
+
+
+class _Member:
+    """A peer of the pool: its connection, what it can run and how it is doing."""
+
+    def __init__(self, address: str, tls: ClientTls | None) -> None:
+        self.address = address
+        self.tls = tls
+        self.client: PeerClient | None = None
+        self.steps: PeerSteps | None = None
+        self.healthy = False
+        self.in_flight = 0
+        self.calls = 0
+        self.last_error: str | None = None
+        self.removed = False
+
+    def status(self) -> PeerStatus:
+        return PeerStatus(
+            address=self.address,
+            node_id=self.steps.node_id if self.steps else None,
+            healthy=self.healthy,
+            in_flight=self.in_flight,
+            calls=self.calls,
+            last_error=self.last_error,
+            step_ids=self.steps.step_ids if self.steps else frozenset(),
+        )
+
+
+class PeerPool:
+    """Several peers behind one call API; build it with :meth:`connect`."""
+
+    def __init__(self, sources: Sequence[str], settings: _Settings) -> None:
+        self._sources = list(sources)
+        self._settings = settings
+        self._members: dict[str, _Member] = {}
+        self._changed = asyncio.Condition()
+        self._background: asyncio.Task[None] | None = None
+        self._closed = False
+        self._next = 0
+
+    @classmethod
+    async def connect(
+        cls,
+        addresses: str | Sequence[str],
+        *,
+        node_id: str,
+        token: str | None = None,
+        tls: ClientTls | None = None,
+        connect_timeout_secs: float = 5.0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        keepalive_interval_secs: float | None = 10.0,
+        keepalive_timeout_secs: float = 10.0,
+        probe_interval_secs: float = 2.0,
+        probe_timeout_secs: float = 1.0,
+        resolve_interval_secs: float = 30.0,
+    ) -> PeerPool:
+        """Connects to every peer of ``addresses`` (``http://HOST:PORT`` or
+        ``https://...`` each). A host name that resolves to several addresses,
+        as a Kubernetes headless Service does, gives one member per address;
+        names are resolved again every ``resolve_interval_secs`` so new peers
+        join. Members that cannot be reached yet join once they answer.
+        Raises ValidationError for malformed addresses or settings."""
+        sources = [addresses] if isinstance(addresses, str) else list(addresses)
+        if not sources:
+            raise ValidationError("PeerPool.connect needs at least one peer address")
+        for source in sources:
+            _split(source)
+        for name, value in (
+            ("probe_interval_secs", probe_interval_secs),
+            ("probe_timeout_secs", probe_timeout_secs),
+            ("resolve_interval_secs", resolve_interval_secs),
+        ):
+            if not value > 0:
+                raise ValidationError(f"{name} must be a positive number of seconds, got {value}")
+        settings = _Settings(
+            node_id=node_id,
+            token=token,
+            tls=tls,
+            connect_timeout_secs=connect_timeout_secs,
+            max_message_bytes=max_message_bytes,
+            keepalive_interval_secs=keepalive_interval_secs,
+            keepalive_timeout_secs=keepalive_timeout_secs,
+            probe_interval_secs=probe_interval_secs,
+            probe_timeout_secs=probe_timeout_secs,
+            resolve_interval_secs=resolve_interval_secs,
+        )
+        pool = cls(sources, settings)
+        await pool._resolve()
+        await pool.probe_now()
+        pool._background = asyncio.create_task(pool._maintain(), name="blazen_peer pool probes")
+        return pool
+
+    # ---- what callers see -------------------------------------------------
+
+    @property
+    def peers(self) -> list[PeerStatus]:
+        """Every member, healthy or not, in address order."""
+        return [self._members[address].status() for address in sorted(self._members)]
+
+    async def wait_for_healthy(self, count: int = 1, *, timeout_secs: float = 10.0) -> None:
+        """Returns once ``count`` members are healthy; raises PeerTimeoutError-like
+        TransportError after ``timeout_secs``."""
+        try:
+            async with asyncio.timeout(timeout_secs), self._changed:
+                await self._changed.wait_for(lambda: self._healthy_count() >= count)
+        except TimeoutError:
+            raise TransportError(
+                f"only {self._healthy_count()} of the {count} peers asked for became healthy "
+                f"within {timeout_secs} s: {self._describe_members()}",
+                started=False,
+            ) from None
+
+    async def probe_now(self) -> None:
+        """Probes every member once, now (connects those not yet connected)."""
+        members = [member for member in self._members.values() if not member.removed]
+        await asyncio.gather(*(self._probe(member) for member in members))
+
+    async def invoke_sub_workflow(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input: Any = None,
+        timeout_secs: float | None = None,
+        *,
+        idempotent: bool = False,
+    ) -> SubWorkflowResponse:
+        """:meth:`PeerClient.invoke_sub_workflow` on a member chosen by the pool."""
+        return await self._route(
+            workflow_name,
+            step_ids,
+            idempotent,
+            lambda client: client.invoke_sub_workflow(workflow_name, step_ids, input, timeout_secs),
+        )
+
+    async def run_remote_workflow(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input: Any = None,
+        timeout_secs: float | None = None,
+        *,
+        idempotent: bool = False,
+    ) -> Any:
+        """:meth:`PeerClient.run_remote_workflow` on a member chosen by the pool."""
+        return await self._route(
+            workflow_name,
+            step_ids,
+            idempotent,
+            lambda client: client.run_remote_workflow(workflow_name, step_ids, input, timeout_secs),
+        )
+
+    async def run_remote_workflow_json(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input_json: str = "null",
+        timeout_secs: float | None = None,
+        *,
+        idempotent: bool = False,
+    ) -> str:
+        """:meth:`PeerClient.run_remote_workflow_json` on a member chosen by the pool."""
+        return await self._route(
+            workflow_name,
+            step_ids,
+            idempotent,
+            lambda client: client.run_remote_workflow_json(
+                workflow_name, step_ids, input_json, timeout_secs
+            ),
+        )
+
+    def stream_sub_workflow(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input: Any = None,
+        timeout_secs: float | None = None,
+    ) -> SubWorkflowStream:
+        """:meth:`PeerClient.stream_sub_workflow` on a member chosen by the pool.
+        Opening the stream fails over like a call; once events flow, a broken
+        connection raises TransportError (events cannot be replayed)."""
+        # Encoded and checked now, as PeerClient does; routed when first read.
+        input_json = _encode_input(input)
+        chosen: list[PeerClient] = []
+
+        async def open_on(client: PeerClient) -> _native.EventStream:
+            native = await client._ref.stream(
+                *client._call(workflow_name, step_ids, input_json, timeout_secs)
+            )
+            chosen.append(client)
+            return native
+
+        def open_call() -> Awaitable[_native.EventStream]:
+            return self._route(workflow_name, step_ids, False, open_on)
+
+        def remember(response: SubWorkflowResponse) -> SubWorkflowResponse:
+            # Refs the run made are fetched from the member that ran it.
+            return chosen[-1]._remember(response) if chosen else response
+
+        return SubWorkflowStream(open_call, remember)
+
+    async def deref_session_ref(self, key: uuid.UUID | str) -> bytes:
+        """The bytes of a session ref, from the member whose run made it."""
+        return await self._owner_of(key).deref_session_ref(key)
+
+    async def deref_session_ref_into(self, key: uuid.UUID | str, buffer: Buffer) -> int:
+        """:meth:`PeerClient.deref_session_ref_into`, from the member that made the ref."""
+        return await self._owner_of(key).deref_session_ref_into(key, buffer)
+
+    async def fetch_session_ref(self, key: uuid.UUID | str) -> Any:
+        """:meth:`PeerClient.fetch_session_ref`, from the member that made the ref."""
+        return await self._owner_of(key).fetch_session_ref(key)
+
+    async def release_session_ref(self, key: uuid.UUID | str) -> bool:
+        """:meth:`PeerClient.release_session_ref`, on the member that made the ref."""
+        return await self._owner_of(key).release_session_ref(key)
+
+    async def close(self) -> None:
+        """Stops probing and closes every member's connection. Idempotent."""
+        self._closed = True
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+            self._background = None
+        for member in self._members.values():
+            if member.client is not None:
+                await member.client.close()
+
+    async def __aenter__(self) -> PeerPool:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"PeerPool({self._healthy_count()}/{len(self._members)} healthy)"
+
+    # ---- routing ----------------------------------------------------------
+
+    async def _route(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str],
+        idempotent: bool,
+        call: Callable[[PeerClient], Awaitable[T]],
+    ) -> T:
+        if self._closed:
+            raise ValidationError("this PeerPool is closed; connect a new one")
+        tried: set[str] = set()
+        last_refusal: PeerError | None = None
+        while True:
+            member = self._pick(workflow_name, step_ids, tried, last_refusal)
+            client = member.client
+            assert client is not None  # healthy members are connected
+            member.in_flight += 1
+            member.calls += 1
+            try:
+                return await call(client)
+            except PeerBusyError as busy:
+                last_refusal = busy
+            except TransportError as failure:
+                self._mark_down(member, failure)
+                if failure.started and not idempotent:
+                    raise
+                last_refusal = failure
+            finally:
+                member.in_flight -= 1
+            tried.add(member.address)
+
+    def _pick(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str],
+        tried: set[str],
+        last_refusal: PeerError | None,
+    ) -> _Member:
+        able = [
+            member
+            for member in self._members.values()
+            if member.steps is not None
+            and not member.removed
+            and member.steps.can_run(workflow_name, step_ids)
+        ]
+        ready = [
+            member
+            for member in able
+            if member.healthy and member.client is not None and member.address not in tried
+        ]
+        if not ready:
+            raise self._no_member(workflow_name, step_ids, able, last_refusal)
+        # Least in flight; ties rotate so an idle pool still spreads calls.
+        self._next += 1
+        start = self._next % len(ready)
+        rotated = ready[start:] + ready[:start]
+        return min(rotated, key=lambda member: member.in_flight)
+
+    def _no_member(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str],
+        able: list[_Member],
+        last_refusal: PeerError | None,
+    ) -> PeerError:
+        if last_refusal is not None and not isinstance(last_refusal, TransportError):
+            return last_refusal
+        wanted = f"steps {list(step_ids)}" if step_ids else f"workflow `{workflow_name}`"
+        if not able and all(member.steps is not None for member in self._members.values()):
+            return UnknownStepError(
+                f"no peer of the pool registers {wanted}; members: {self._describe_members()}",
+                step_id=next(iter(step_ids), None),
+                registered=sorted(
+                    {step for member in self._members.values() for step in _ids(member)}
+                ),
+            )
+        tail = f"; last failure: {last_refusal}" if last_refusal is not None else ""
+        return TransportError(
+            f"no healthy peer of the pool can run {wanted} now; members: "
+            f"{self._describe_members()}{tail}",
+            started=False,
+        )
+
+    def _owner_of(self, key: uuid.UUID | str) -> PeerClient:
+        wanted = uuid.UUID(str(key))
+        for member in self._members.values():
+            if member.client is not None and wanted in member.client._ref_tags:
+                return member.client
+        raise ValidationError(
+            f"session ref {wanted} did not come from a call made through this pool, so the "
+            "pool does not know which peer holds it; use a PeerClient connected to that peer"
+        )
+
+    # ---- health -----------------------------------------------------------
+
+    def _mark_down(self, member: _Member, failure: PeerError) -> None:
+        if member.healthy:
+            _log.warning(
+                "pool: peer %s taken out of rotation: %s",
+                member.address,
+                failure,
+                extra={"peer": member.address},
+            )
+        member.healthy = False
+        member.last_error = str(failure)
+
+    async def _probe(self, member: _Member) -> None:
+        was_healthy = member.healthy
+        try:
+            if member.client is None:
+                member.client = await self._connect(member)
+            status = await member.client.health(timeout_secs=self._settings.probe_timeout_secs)
+            healthy = status == "SERVING"
+            if healthy and (not was_healthy or member.steps is None):
+                # A peer that comes back may be a new process with other steps.
+                member.steps = await asyncio.wait_for(
+                    member.client.list_steps(), self._settings.probe_timeout_secs
+                )
+            member.last_error = None if healthy else f"health check answered {status}"
+        except (PeerError, TimeoutError) as failure:
+            healthy = False
+            member.last_error = str(failure) or type(failure).__name__
+        if healthy != was_healthy:
+            if healthy:
+                _log.info(
+                    "pool: peer %s is serving", member.address, extra={"peer": member.address}
+                )
+            else:
+                _log.warning(
+                    "pool: peer %s is not serving: %s",
+                    member.address,
+                    member.last_error,
+                    extra={"peer": member.address},
+                )
+        member.healthy = healthy
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _connect(self, member: _Member) -> PeerClient:
+        settings = self._settings
+        return await PeerClient.connect(
+            member.address,
+            node_id=settings.node_id,
+            token=settings.token,
+            tls=member.tls,
+            connect_timeout_secs=settings.connect_timeout_secs,
+            max_message_bytes=settings.max_message_bytes,
+            keepalive_interval_secs=settings.keepalive_interval_secs,
+            keepalive_timeout_secs=settings.keepalive_timeout_secs,
+        )
+
+    async def _maintain(self) -> None:
+        """Probes members every probe interval and re-resolves names every
+        resolve interval, for as long as the pool is open."""
+        next_resolve = time.monotonic() + self._settings.resolve_interval_secs
+        while True:
+            await asyncio.sleep(self._settings.probe_interval_secs)
+            if time.monotonic() >= next_resolve:
+                next_resolve = time.monotonic() + self._settings.resolve_interval_secs
+                try:
+                    await self._resolve()
+                except PeerError as failure:
+                    _log.warning("pool: resolving peers failed: %s", failure)
+            await self.probe_now()
+            await self._forget_removed()
+
+    async def _resolve(self) -> None:
+        found: dict[str, ClientTls | None] = {}
+        for source in self._sources:
+            for address, tls in await self._expand(source):
+                found[address] = tls
+        for address, tls in found.items():
+            member = self._members.get(address)
+            if member is None:
+                self._members[address] = _Member(address, tls)
+            else:
+                member.removed = False
+        for address, member in self._members.items():
+            if address not in found and not member.removed:
+                _log.info("pool: peer %s left (no longer resolved)", address)
+                member.removed = True
+
+    async def _expand(self, source: str) -> list[tuple[str, ClientTls | None]]:
+        scheme, host, port = _split(source)
+        tls = self._settings.tls
+        if _is_ip(host):
+            return [(source, tls)]
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM
+            )
+        except OSError as exc:
+            raise TransportError(
+                f"cannot resolve peer host `{host}` of {source}: {exc}", started=False
+            ) from exc
+        # Dual-stack names list each peer twice; one family is enough.
+        ips = [str(info[4][0]) for info in infos]
+        v4 = [ip for ip in ips if ":" not in ip]
+        chosen = sorted(set(v4 or ips))
+        # The certificate names the DNS name, not the address connected to.
+        member_tls = tls.with_domain(host) if tls is not None else None
+        return [(f"{scheme}://{_host_port(ip, port)}", member_tls) for ip in chosen]
+
+    async def _forget_removed(self) -> None:
+        for address, member in list(self._members.items()):
+            if member.removed and member.in_flight == 0:
+                del self._members[address]
+                if member.client is not None:
+                    await member.client.close()
+
+    def _healthy_count(self) -> int:
+        return sum(1 for member in self._members.values() if member.healthy and not member.removed)
+
+    def _describe_members(self) -> str:
+        parts = []
+        for address in sorted(self._members):
+            member = self._members[address]
+            state = "healthy" if member.healthy else f"down ({member.last_error or 'not probed'})"
+            parts.append(f"{address} {state}")
+        return "; ".join(parts) or "none"
+
+
+def _ids(member: _Member) -> frozenset[str]:
+    return member.steps.step_ids if member.steps else frozenset()
+
+
+def _split(address: str) -> tuple[str, str, int]:
+    parts = urlsplit(address)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
+        raise ValidationError(
+            f"`{address}` is not a peer address; use http://HOST:PORT or https://HOST:PORT"
+        )
+    return parts.scheme, parts.hostname, parts.port
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _host_port(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"

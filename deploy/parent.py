@@ -52,14 +52,16 @@ def client_tls(tls_dir: str) -> ClientTls | None:
 
 
 async def main(texts: list[str]) -> None:
-    pool = await PeerPool.connect(
+    async with await PeerPool.connect(
         os.environ.get("BLAZEN_PEERS", DEFAULT_PEERS),
         node_id=os.environ.get("BLAZEN_NODE_ID", "parent"),
         tls=client_tls(os.environ.get("BLAZEN_TLS_DIR", DEFAULT_TLS_DIR)),
         token=None,  # mTLS authenticates; add a token (--token-env on the peers) as a 2nd factor
         probe_interval_secs=2.0,
-    )
-    try:
+    ) as pool:
+        await pool.wait_for_healthy(1, timeout_secs=30.0)
+        for peer in pool.peers:
+            print(f"peer {peer.node_id} at {peer.address}: healthy={peer.healthy}", flush=True)
         # embed is a pure function, so a call cut off mid-run may run again on
         # another peer (idempotent=True); leave it False for steps with side effects.
         results: list[Any] = await asyncio.gather(
@@ -72,8 +74,6 @@ async def main(texts: list[str]) -> None:
         )
         for text, result in zip(texts, results, strict=True):
             print(f"{text!r}: {result}", flush=True)
-    finally:
-        await pool.close()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Coroutine, Generator
 from typing import Any
 
-from . import _native
+from . import _native, _tracing
 from .context import Context
 from .events import Event, StartEvent, StopEvent
 
@@ -24,8 +24,11 @@ def start_async_step(
     fn: Any, ctx: _native.RunContext, event: Any, completion: _native.Completion
 ) -> None:
     try:
-        call = fn(Context(ctx), _as_event(event))
-        task = asyncio.ensure_future(_paced(call, ctx) if ctx.streaming else call)
+        if _tracing.INSTALLED:
+            task = _start_traced(fn, ctx, event)
+        else:
+            call = fn(Context(ctx), _as_event(event))
+            task = asyncio.ensure_future(_paced(call, ctx) if ctx.streaming else call)
     except BaseException as exc:
         completion.fail(exc)
         return
@@ -33,6 +36,15 @@ def start_async_step(
         task.cancel()
         return
     task.add_done_callback(lambda done: _finish(done, completion))
+
+
+def _start_traced(fn: Any, ctx: _native.RunContext, event: Any) -> asyncio.Future[Any]:
+    with _tracing.starting_step(_step_name(fn), ctx.trace_context) as end_span:
+        call = fn(Context(ctx), _as_event(event))
+        task = asyncio.ensure_future(_paced(call, ctx) if ctx.streaming else call)
+    if end_span is not None:
+        task.add_done_callback(lambda _done: end_span())
+    return task
 
 
 def _finish(task: asyncio.Future[Any], completion: _native.Completion) -> None:
@@ -80,7 +92,14 @@ class _Paced:
 
 
 def run_sync_step(fn: Any, ctx: _native.RunContext, event: Any) -> Emitted:
-    return normalize_output(fn(Context(ctx), _as_event(event)))
+    if not _tracing.INSTALLED:
+        return normalize_output(fn(Context(ctx), _as_event(event)))
+    with _tracing.step_span(_step_name(fn), ctx.trace_context):
+        return normalize_output(fn(Context(ctx), _as_event(event)))
+
+
+def _step_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
 
 
 def _as_event(event: Any) -> Event:

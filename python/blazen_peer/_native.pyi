@@ -1,7 +1,7 @@
 """Stubs of the private extension module ``blazen_peer._native`` (checked by stubtest)."""
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, final
 
 from typing_extensions import Buffer
@@ -32,6 +32,12 @@ __all__ = [
 ]
 
 ENVELOPE_VERSION: int
+
+class _RunObservation(Protocol):
+    """What `run_started` returns: told how the run ended."""
+
+    context: tuple[str, str | None] | None
+    def end(self, failure_kind: str | None, message: str | None) -> None: ...
 
 @final
 class EventTypes:
@@ -180,6 +186,10 @@ class PeerServer:
         insecure: bool = False,
         keepalive_interval_secs: float | None = ...,
         keepalive_timeout_secs: float = ...,
+        run_started: Callable[
+            [str, str, str, str | None, str | None, str | None], _RunObservation | None
+        ]
+        | None = None,
     ) -> PeerServer: ...
     @property
     def session_refs(self) -> SessionRefRegistry:

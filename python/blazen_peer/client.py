@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
-from . import _native
+from . import _native, _tracing
 from ._auth import resolve_token, warn_if_token_in_clear
 from .errors import EncodeError, PeerError, ValidationError
 from .listing import HealthStatus, PeerSteps
@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 __all__ = ["ParentRun", "PeerClient", "RemoteRefDescriptor", "SubWorkflowResponse"]
 
 _DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# workflow_name, step_ids, input_json, timeout_secs, parent_run: what a run request sends.
+_NativeCall = tuple[str, list[str], bytes, int | None, str | None]
 _DEFAULT_KEEPALIVE_INTERVAL_SECS = 30.0
 _DEFAULT_KEEPALIVE_TIMEOUT_SECS = 20.0
 
@@ -134,6 +137,7 @@ class PeerClient:
             keepalive_interval_secs,
             keepalive_timeout_secs,
         )
+        _native.refresh_log_levels()
         return cls(await _native.PeerClient.connect(address, node_id, options))
 
     @classmethod
@@ -186,8 +190,8 @@ class PeerClient:
     ) -> SubWorkflowResponse:
         """Runs steps on the peer. A failed workflow comes back with ``.error`` set;
         a run past ``timeout_secs`` raises PeerTimeoutError."""
-        native = await self._ref.invoke(
-            *self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
+        native = await self._invoke(
+            self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
         )
         return self._remember(SubWorkflowResponse._from_native(native))
 
@@ -199,8 +203,8 @@ class PeerClient:
         timeout_secs: float | None = None,
     ) -> Any:
         """Runs steps on the peer and returns the result; raises WorkflowError on failure."""
-        native = await self._ref.invoke(
-            *self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
+        native = await self._invoke(
+            self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
         )
         return self._result(native)
 
@@ -212,8 +216,8 @@ class PeerClient:
         timeout_secs: float | None = None,
     ) -> str:
         """JSON text in, the result's JSON text out; raises WorkflowError on failure."""
-        native = await self._ref.invoke(
-            *self._call(workflow_name, step_ids, input_json.encode(), timeout_secs)
+        native = await self._invoke(
+            self._call(workflow_name, step_ids, input_json.encode(), timeout_secs)
         )
         return _result_json_text(native)
 
@@ -226,8 +230,8 @@ class PeerClient:
     ) -> SubWorkflowResponse:
         """Blocking :meth:`invoke_sub_workflow`."""
         _refuse_inside_loop("invoke_sub_workflow_blocking", "invoke_sub_workflow")
-        native = self._ref.invoke_blocking(
-            *self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
+        native = self._invoke_blocking(
+            self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
         )
         return self._remember(SubWorkflowResponse._from_native(native))
 
@@ -240,8 +244,8 @@ class PeerClient:
     ) -> Any:
         """Blocking :meth:`run_remote_workflow`."""
         _refuse_inside_loop("run_remote_workflow_blocking", "run_remote_workflow")
-        native = self._ref.invoke_blocking(
-            *self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
+        native = self._invoke_blocking(
+            self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
         )
         return self._result(native)
 
@@ -254,8 +258,8 @@ class PeerClient:
     ) -> str:
         """Blocking :meth:`run_remote_workflow_json`."""
         _refuse_inside_loop("run_remote_workflow_json_blocking", "run_remote_workflow_json")
-        native = self._ref.invoke_blocking(
-            *self._call(workflow_name, step_ids, input_json.encode(), timeout_secs)
+        native = self._invoke_blocking(
+            self._call(workflow_name, step_ids, input_json.encode(), timeout_secs)
         )
         return _result_json_text(native)
 
@@ -280,7 +284,9 @@ class PeerClient:
         call = self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
 
         def open_call() -> Awaitable[_native.EventStream]:
-            return self._ref.stream(*call)
+            # The run's span on the peer becomes a child of the reader's span.
+            headers = _tracing.current_headers() if _tracing.INSTALLED else (None, None)
+            return self._ref.stream(*call, *headers)
 
         return SubWorkflowStream(open_call, self._remember)
 
@@ -337,7 +343,7 @@ class PeerClient:
         step_ids: Sequence[str],
         input_json: bytes,
         timeout_secs: float | None,
-    ) -> tuple[str, list[str], bytes, int | None, str | None]:
+    ) -> _NativeCall:
         """The native arguments of a run request."""
         return (
             workflow_name,
@@ -346,6 +352,18 @@ class PeerClient:
             _wire_timeout(timeout_secs),
             self._current_parent(),
         )
+
+    async def _invoke(self, call: _NativeCall) -> _native.SubWorkflowResponse:
+        if not (_tracing.INSTALLED and _tracing.active()):
+            return await self._ref.invoke(*call)
+        with _tracing.client_span(call[0], call[1], self.address) as headers:
+            return await self._ref.invoke(*call, *headers)
+
+    def _invoke_blocking(self, call: _NativeCall) -> _native.SubWorkflowResponse:
+        if not (_tracing.INSTALLED and _tracing.active()):
+            return self._ref.invoke_blocking(*call)
+        with _tracing.client_span(call[0], call[1], self.address) as headers:
+            return self._ref.invoke_blocking(*call, *headers)
 
     def _result(self, native: _native.SubWorkflowResponse) -> Any:
         """The result of a run, or its error raised; reads only what it needs

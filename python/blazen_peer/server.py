@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from . import _native
+from . import _native, _tracing
 from ._auth import resolve_token
 from .errors import ValidationError
 from .refs import SessionRefRegistry
@@ -64,6 +64,11 @@ class PeerServer:
     Limits: ``max_message_bytes`` per message, ``max_concurrent_runs`` (beyond it
     callers get PeerBusyError), ``max_json_depth`` for inputs; HTTP/2 keepalive
     pings every ``keepalive_interval_secs`` (None: never).
+    Tracing: each run is an OpenTelemetry span, child of the caller's, when
+    ``tracing`` is True, or when it is None (the default) and OpenTelemetry is
+    installed with a tracer provider set before the server is made.
+    Logs go to the ``blazen_peer`` logger, with ``node_id``, ``run_id``,
+    ``workflow`` and ``step`` on each record.
     """
 
     def __init__(
@@ -80,7 +85,15 @@ class PeerServer:
         max_json_depth: int = 100,
         keepalive_interval_secs: float | None = 30.0,
         keepalive_timeout_secs: float = 20.0,
+        tracing: bool | None = None,
     ) -> None:
+        if tracing and not _tracing.INSTALLED:
+            raise ValidationError(
+                "tracing=True needs OpenTelemetry: pip install opentelemetry-api "
+                "opentelemetry-sdk (and unset BLAZEN_PEER_TRACING=0)"
+            )
+        # Decided once: an untraced server never pays a GIL hand-off per run.
+        traced = _tracing.active() if tracing is None else tracing
         if tls is not None and not isinstance(tls, ServerTls):
             raise ValidationError(
                 "tls must be a ServerTls (ServerTls.from_pem(cert=..., key=...)), "
@@ -98,6 +111,7 @@ class PeerServer:
             insecure=insecure,
             keepalive_interval_secs=keepalive_interval_secs,
             keepalive_timeout_secs=keepalive_timeout_secs,
+            run_started=_tracing.run_started if traced else None,
         )
         self._tls = tls
         self._session_refs = (
@@ -124,6 +138,8 @@ class PeerServer:
 
     async def start(self, address: str = "127.0.0.1:0") -> str:
         """Binds ``address`` (port 0 picks a free port) and returns the bound ``HOST:PORT``."""
+        # Logger levels set up since the last server or client started apply now.
+        _native.refresh_log_levels()
         self._address = await self._ref.start(address, asyncio.get_running_loop())
         return self._address
 

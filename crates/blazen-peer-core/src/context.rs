@@ -41,6 +41,7 @@ struct Inner {
     outliving_refs: Mutex<BTreeMap<Uuid, RemoteRefDescriptor>>,
     caller: OnceLock<Caller>,
     events: OnceLock<EventStream>,
+    run_trace: OnceLock<TraceContext>,
 }
 
 /// Who asked for a run, as far as the transport can tell.
@@ -114,6 +115,7 @@ impl RunContext {
             outliving_refs: Mutex::new(BTreeMap::new()),
             caller: OnceLock::new(),
             events: OnceLock::new(),
+            run_trace: OnceLock::new(),
         }))
     }
 
@@ -141,6 +143,21 @@ impl RunContext {
     /// Where this run's session refs live.
     pub fn session_refs(&self) -> &Arc<SessionRefRegistry> {
         &self.0.session_refs
+    }
+
+    /// Sets the trace context the run's steps work under (the run's own span,
+    /// opened by a tracing observer). Only the first call counts.
+    pub fn set_run_trace(&self, trace: TraceContext) {
+        let _ = self.0.run_trace.set(trace);
+    }
+
+    /// The trace context the run's steps work under: the run's span when a
+    /// tracer opened one, else the one the caller sent.
+    pub fn run_trace(&self) -> Option<&TraceContext> {
+        self.0
+            .run_trace
+            .get()
+            .or_else(|| self.caller()?.trace.as_ref())
     }
 
     /// The caller's parent run, when the request named one.

@@ -14,6 +14,7 @@ pub mod event;
 pub mod event_stream;
 pub mod limits;
 pub mod log_target;
+pub mod observer;
 pub mod registry;
 pub mod runner;
 pub mod server;

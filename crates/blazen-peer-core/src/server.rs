@@ -37,6 +37,7 @@ use crate::log_target::TARGET;
 use crate::limits::{check_json_depth, DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH_CEILING};
 use crate::pb::blazen_peer_server::{BlazenPeer, BlazenPeerServer};
 use crate::pb::{PostcardRequest, PostcardResponse};
+use crate::observer::RunObserver;
 use crate::registry::{Step, StepRegistry};
 use crate::runner::run_workflow;
 use crate::session_refs::{SessionRef, SessionRefRegistry};
@@ -89,7 +90,6 @@ pub struct ServerConfig {
     pub max_json_depth: usize,
     /// Certificate and key (and, for mutual TLS, the client CA); None serves plaintext.
     pub tls: Option<ServerTls>,
-    /// Shared secret every call must carry; None accepts calls without one.
     /// Shared secrets, any of which a call may carry (several while rotating);
     /// empty accepts calls without a token.
     pub tokens: Vec<String>,
@@ -101,6 +101,8 @@ pub struct ServerConfig {
     pub keepalive_timeout: Duration,
     /// Events a streaming run buffers before its writers wait for the caller.
     pub stream_buffer: usize,
+    /// Hears when each run starts and how it ends (tracing).
+    pub observer: Option<Arc<dyn RunObserver>>,
 }
 
 impl Default for ServerConfig {
@@ -119,6 +121,7 @@ impl Default for ServerConfig {
             keepalive_interval: Some(DEFAULT_KEEPALIVE_INTERVAL),
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             stream_buffer: DEFAULT_STREAM_BUFFER,
+            observer: None,
         }
     }
 }
@@ -276,6 +279,11 @@ impl PeerService {
     /// cancels the run: steps are cancelled and its refs dropped.
     async fn execute(&self, run: PreparedRun) -> Envelope<SubWorkflowResponse> {
         let record = self.lifecycle.begin(&run.ctx, run.steps.len());
+        let observation = self
+            .config
+            .observer
+            .as_ref()
+            .and_then(|observer| observer.run_started(&run.ctx));
         let shutdown = self.lifecycle.runs_cancelled();
         let outcome = tokio::select! {
             outcome = run_workflow(&run.steps, run.ctx.clone(), run.start, Some(run.deadline)) => outcome,
@@ -294,6 +302,9 @@ impl PeerService {
             })),
         };
         record.end(&outcome);
+        if let Some(observation) = observation {
+            observation.ended(outcome.as_ref().err().map(|failure| failure.as_ref()));
+        }
         self.respond(&run.ctx, outcome)
     }
 

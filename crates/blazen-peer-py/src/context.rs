@@ -49,10 +49,11 @@ impl RunContextRef {
         self.ctx.caller()?.node_id.clone()
     }
 
-    /// `(traceparent, tracestate)` the call carried (W3C), for remote runs.
+    /// `(traceparent, tracestate)` (W3C) this run's steps work under: the
+    /// run's span when the server traces, else what the caller sent.
     #[getter]
     fn trace_context(&self) -> Option<(String, Option<String>)> {
-        let trace = self.ctx.caller()?.trace.as_ref()?;
+        let trace = self.ctx.run_trace()?;
         Some((trace.traceparent.clone(), trace.tracestate.clone()))
     }
 

@@ -17,6 +17,7 @@ mod server;
 mod steps;
 mod streaming;
 mod tls;
+mod tracing;
 mod workflow;
 
 use pyo3::prelude::*;

@@ -9,6 +9,7 @@ use blazen_peer_core::server::{
     DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_CONCURRENT_RUNS,
     DEFAULT_MAX_MESSAGE_BYTES,
 };
+use blazen_peer_core::observer::RunObserver;
 use blazen_peer_core::{PeerError, PeerService, RunningServer, ServerConfig};
 use pyo3::prelude::*;
 
@@ -19,6 +20,7 @@ use crate::refs::SessionRefRegistryRef;
 use crate::runtime::Owner;
 use crate::steps::PyHost;
 use crate::tls::ServerTlsRef;
+use crate::tracing::PyRunObserver;
 
 enum ServerState {
     Idle,
@@ -83,6 +85,7 @@ impl PeerServerRef {
         insecure=false,
         keepalive_interval_secs=Some(DEFAULT_KEEPALIVE_INTERVAL.as_secs_f64()),
         keepalive_timeout_secs=DEFAULT_KEEPALIVE_TIMEOUT.as_secs_f64(),
+        run_started=None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -97,6 +100,7 @@ impl PeerServerRef {
         insecure: bool,
         keepalive_interval_secs: Option<f64>,
         keepalive_timeout_secs: f64,
+        run_started: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         if node_id.is_empty() {
             return Err(PeerError::Validation("node_id cannot be empty".into())).py_err();
@@ -125,6 +129,9 @@ impl PeerServerRef {
                 .map(|secs| seconds("keepalive_interval_secs", secs))
                 .transpose()?,
             keepalive_timeout: seconds("keepalive_timeout_secs", keepalive_timeout_secs)?,
+            observer: run_started.map(|run_started| {
+                Arc::new(PyRunObserver { run_started }) as Arc<dyn RunObserver>
+            }),
             ..ServerConfig::default()
         };
         config.validate().py_err()?;

@@ -4,6 +4,9 @@ Steps:
   bench::noop              StartEvent -> StopEvent(result=ev.data)
   bench::chain::0 .. ::9   a chain: step i turns its event into Hop(i+1), the last stops;
                            run all ten ids in one call to cost a ten-step workflow
+  bench::work              a `def` step busy for `ev.ms` milliseconds of CPU, then echoes
+                           `ev.data`: one peer process does one at a time (the GIL), so a
+                           pool's throughput shows how it spreads work over processes
 
 Load, to show that a call's cost does not grow with what the peer holds:
   --refs N         N small session refs live in the server's registry before serving
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import time
 import types
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,6 +33,15 @@ CHAIN_STEP_IDS = [f"bench::chain::{i}" for i in range(CHAIN_LENGTH)]
 
 @step("bench::noop")
 async def noop(ctx: Context, ev: StartEvent) -> StopEvent:
+    return StopEvent(result=ev.data)
+
+
+@step("bench::work")
+def work(ctx: Context, ev: StartEvent) -> StopEvent:
+    deadline = time.perf_counter() + ev.ms / 1000
+    digest = b""
+    while time.perf_counter() < deadline:
+        digest = hashlib.sha256(digest).digest()
     return StopEvent(result=ev.data)
 
 

@@ -10,10 +10,10 @@ echo "== cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D wa
 # import time), so its behaviour is tested from Python below.
 echo "== cargo test"; cargo test -p blazen-peer-core --locked
 # `python3 -m` finds tools that pip just installed even behind pyenv shims.
-lint_paths=(python tests examples benches)
+lint_paths=(python tests examples benches deploy)
 echo "== ruff"; python3 -m ruff check "${lint_paths[@]}" && python3 -m ruff format --check "${lint_paths[@]}"
 echo "== mypy --strict"; python3 -m mypy
 echo "== stubtest"; python3 -m mypy.stubtest blazen_peer._native
 echo "== pytest"; python3 -m pytest
 # Every benchmark path once with tiny counts: correctness only, no timing asserted.
-echo "== benches (quick)"; python3 benches/run_all.py --quick
+echo "== benches (quick)"; python3 benches/run_all.py --quick && python3 benches/pool_throughput.py --quick

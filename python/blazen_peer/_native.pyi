@@ -33,6 +33,9 @@ __all__ = [
 
 ENVELOPE_VERSION: int
 
+_RunArgs = tuple[str, list[str], bytes, int | None, str | None, str | None, str | None]
+"""`(workflow_name, step_ids, input_json, timeout_secs, parent_run, traceparent, tracestate)`."""
+
 class _RunObservation(Protocol):
     """What `run_started` returns: told how the run ended."""
 
@@ -257,39 +260,12 @@ class PeerClient:
         """True after `close`."""
     def close(self) -> None:
         """Drops the channel; later calls raise ValidationError. Idempotent."""
-    def invoke(
-        self,
-        workflow_name: str,
-        step_ids: Sequence[str],
-        input_json: bytes,
-        timeout_secs: int | None = None,
-        parent_run: str | None = None,
-        traceparent: str | None = None,
-        tracestate: str | None = None,
-    ) -> Awaitable[SubWorkflowResponse]:
+    def invoke(self, call: _RunArgs) -> Awaitable[SubWorkflowResponse]:
         """Runs a sub-workflow; resolves to a `SubWorkflowResponse`."""
-    def stream(
-        self,
-        workflow_name: str,
-        step_ids: Sequence[str],
-        input_json: bytes,
-        timeout_secs: int | None = None,
-        parent_run: str | None = None,
-        traceparent: str | None = None,
-        tracestate: str | None = None,
-    ) -> Awaitable[EventStream]:
-        """Starts a streaming run; resolves to an `EventStream` to read with `next()`."""
-    def invoke_blocking(
-        self,
-        workflow_name: str,
-        step_ids: Sequence[str],
-        input_json: bytes,
-        timeout_secs: int | None = None,
-        parent_run: str | None = None,
-        traceparent: str | None = None,
-        tracestate: str | None = None,
-    ) -> SubWorkflowResponse:
+    def invoke_blocking(self, call: _RunArgs) -> SubWorkflowResponse:
         """Blocking form of `invoke`."""
+    def stream(self, call: _RunArgs) -> Awaitable[EventStream]:
+        """Starts a streaming run; resolves to an `EventStream` to read with `next()`."""
     def fetch(self, key: str) -> Awaitable[tuple[str, bytes]]:
         """Fetches a session ref of any size; resolves to `(type_tag, bytes)`."""
     def fetch_into(self, key: str, buffer: Buffer) -> Awaitable[tuple[str, int]]:

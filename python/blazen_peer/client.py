@@ -286,7 +286,7 @@ class PeerClient:
         def open_call() -> Awaitable[_native.EventStream]:
             # The run's span on the peer becomes a child of the reader's span.
             headers = _tracing.current_headers() if _tracing.INSTALLED else (None, None)
-            return self._ref.stream(*call, *headers)
+            return self._ref.stream((*call, *headers))
 
         return SubWorkflowStream(open_call, self._remember)
 
@@ -355,15 +355,15 @@ class PeerClient:
 
     async def _invoke(self, call: _NativeCall) -> _native.SubWorkflowResponse:
         if not (_tracing.INSTALLED and _tracing.active()):
-            return await self._ref.invoke(*call)
+            return await self._ref.invoke((*call, None, None))
         with _tracing.client_span(call[0], call[1], self.address) as headers:
-            return await self._ref.invoke(*call, *headers)
+            return await self._ref.invoke((*call, *headers))
 
     def _invoke_blocking(self, call: _NativeCall) -> _native.SubWorkflowResponse:
         if not (_tracing.INSTALLED and _tracing.active()):
-            return self._ref.invoke_blocking(*call)
+            return self._ref.invoke_blocking((*call, None, None))
         with _tracing.client_span(call[0], call[1], self.address) as headers:
-            return self._ref.invoke_blocking(*call, *headers)
+            return self._ref.invoke_blocking((*call, *headers))
 
     def _result(self, native: _native.SubWorkflowResponse) -> Any:
         """The result of a run, or its error raised; reads only what it needs

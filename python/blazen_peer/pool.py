@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from . import _native
+from . import _native, _tracing
 from .client import PeerClient, _encode_input
 from .errors import PeerBusyError, PeerError, TransportError, UnknownStepError, ValidationError
 from .listing import PeerSteps
@@ -254,9 +254,9 @@ class PeerPool:
         chosen: list[PeerClient] = []
 
         async def open_on(client: PeerClient) -> _native.EventStream:
-            native = await client._ref.stream(
-                *client._call(workflow_name, step_ids, input_json, timeout_secs)
-            )
+            call = client._call(workflow_name, step_ids, input_json, timeout_secs)
+            headers = _tracing.current_headers() if _tracing.INSTALLED else (None, None)
+            native = await client._ref.stream((*call, *headers))
             chosen.append(client)
             return native
 

@@ -33,11 +33,11 @@ use crate::envelope::{
 use crate::error::PeerError;
 use crate::event::Event;
 use crate::event_stream::{EventStream, DEFAULT_STREAM_BUFFER};
-use crate::log_target::TARGET;
 use crate::limits::{check_json_depth, DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH_CEILING};
+use crate::log_target::TARGET;
+use crate::observer::RunObserver;
 use crate::pb::blazen_peer_server::{BlazenPeer, BlazenPeerServer};
 use crate::pb::{PostcardRequest, PostcardResponse};
-use crate::observer::RunObserver;
 use crate::registry::{Step, StepRegistry};
 use crate::runner::run_workflow;
 use crate::session_refs::{SessionRef, SessionRefRegistry};

@@ -83,8 +83,13 @@ fn is_valid_traceparent(value: &str) -> bool {
     let [version, trace_id, span_id, flags, rest @ ..] = fields.as_slice() else {
         return false;
     };
-    let sizes_ok = version.len() == 2 && trace_id.len() == 32 && span_id.len() == 16 && flags.len() == 2;
-    if !sizes_ok || ![version, trace_id, span_id, flags].iter().all(|f| is_lower_hex(f)) {
+    let sizes_ok =
+        version.len() == 2 && trace_id.len() == 32 && span_id.len() == 16 && flags.len() == 2;
+    if !sizes_ok
+        || ![version, trace_id, span_id, flags]
+            .iter()
+            .all(|f| is_lower_hex(f))
+    {
         return false;
     }
     // Version 00 has exactly four fields; later versions may append more.

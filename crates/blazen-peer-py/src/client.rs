@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use futures::FutureExt;
 
+use blazen_peer_core::client::Health;
 use blazen_peer_core::envelope::{
     self, FailureKind, ParentRun, SubWorkflowRequest, SubWorkflowResponse, WorkflowFailure,
 };
-use blazen_peer_core::client::Health;
 use blazen_peer_core::{CallOptions, ClientConfig, Envelope, PeerClient, PeerError, TraceContext};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -171,27 +171,9 @@ impl PeerClientRef {
     }
 
     /// Runs a sub-workflow; resolves to a `SubWorkflowResponse`.
-    #[pyo3(signature = (workflow_name, step_ids, input_json, timeout_secs=None, parent_run=None, traceparent=None, tracestate=None))]
-    fn invoke<'py>(
-        &self,
-        py: Python<'py>,
-        workflow_name: String,
-        step_ids: Vec<String>,
-        input_json: Vec<u8>,
-        timeout_secs: Option<u64>,
-        parent_run: Option<&str>,
-        traceparent: Option<&str>,
-        tracestate: Option<&str>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    fn invoke<'py>(&self, py: Python<'py>, call: RunArgs) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
-        let request = build_request(
-            workflow_name,
-            step_ids,
-            input_json,
-            timeout_secs,
-            parent_run,
-        )?;
-        let options = call_options(traceparent, tracestate)?;
+        let (request, options) = call.into_request()?;
         awaitable::spawn(py, async move {
             client
                 .invoke_with(&request, &options)
@@ -201,27 +183,9 @@ impl PeerClientRef {
     }
 
     /// Blocking form of `invoke`.
-    #[pyo3(signature = (workflow_name, step_ids, input_json, timeout_secs=None, parent_run=None, traceparent=None, tracestate=None))]
-    fn invoke_blocking(
-        &self,
-        py: Python<'_>,
-        workflow_name: String,
-        step_ids: Vec<String>,
-        input_json: Vec<u8>,
-        timeout_secs: Option<u64>,
-        parent_run: Option<&str>,
-        traceparent: Option<&str>,
-        tracestate: Option<&str>,
-    ) -> PyResult<ResponseRef> {
+    fn invoke_blocking(&self, py: Python<'_>, call: RunArgs) -> PyResult<ResponseRef> {
         let client = self.client()?;
-        let request = build_request(
-            workflow_name,
-            step_ids,
-            input_json,
-            timeout_secs,
-            parent_run,
-        )?;
-        let options = call_options(traceparent, tracestate)?;
+        let (request, options) = call.into_request()?;
         block_on(py, async move {
             client
                 .invoke_with(&request, &options)
@@ -231,27 +195,9 @@ impl PeerClientRef {
     }
 
     /// Starts a streaming run; resolves to an `EventStream` to read with `next()`.
-    #[pyo3(signature = (workflow_name, step_ids, input_json, timeout_secs=None, parent_run=None, traceparent=None, tracestate=None))]
-    fn stream<'py>(
-        &self,
-        py: Python<'py>,
-        workflow_name: String,
-        step_ids: Vec<String>,
-        input_json: Vec<u8>,
-        timeout_secs: Option<u64>,
-        parent_run: Option<&str>,
-        traceparent: Option<&str>,
-        tracestate: Option<&str>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    fn stream<'py>(&self, py: Python<'py>, call: RunArgs) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
-        let request = build_request(
-            workflow_name,
-            step_ids,
-            input_json,
-            timeout_secs,
-            parent_run,
-        )?;
-        let options = call_options(traceparent, tracestate)?;
+        let (request, options) = call.into_request()?;
         awaitable::spawn(py, async move {
             let receiver = client.stream_with(&request, &options).await?;
             Ok(Class(EventStreamRef::new(receiver)))
@@ -356,30 +302,36 @@ impl PeerClientRef {
     }
 }
 
-fn build_request(
-    workflow_name: String,
-    step_ids: Vec<String>,
-    input_json: Vec<u8>,
-    timeout_secs: Option<u64>,
-    parent_run: Option<&str>,
-) -> PyResult<Envelope<SubWorkflowRequest>> {
-    let mut request = envelope::request(workflow_name, step_ids, input_json, timeout_secs);
-    if let Some(parent) = parent_run {
-        let parent = ParentRun {
-            parent_run_id: parse_key(parent)?,
-        };
-        request.extensions.insert(&parent).py_err()?;
-    }
-    Ok(request)
-}
+/// A run request as Python passes it: `(workflow_name, step_ids, input_json,
+/// timeout_secs, parent_run, traceparent, tracestate)`.
+#[derive(FromPyObject)]
+pub struct RunArgs(
+    String,
+    Vec<String>,
+    Vec<u8>,
+    Option<u64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
 
-fn call_options(traceparent: Option<&str>, tracestate: Option<&str>) -> PyResult<CallOptions> {
-    Ok(CallOptions {
-        trace: traceparent
-            .map(|parent| TraceContext::new(parent, tracestate))
+impl RunArgs {
+    fn into_request(self) -> PyResult<(Envelope<SubWorkflowRequest>, CallOptions)> {
+        let RunArgs(workflow_name, step_ids, input_json, timeout_secs, parent_run, parent, state) =
+            self;
+        let mut request = envelope::request(workflow_name, step_ids, input_json, timeout_secs);
+        if let Some(parent_run) = parent_run {
+            let parent_run = ParentRun {
+                parent_run_id: parse_key(&parent_run)?,
+            };
+            request.extensions.insert(&parent_run).py_err()?;
+        }
+        let trace = parent
+            .map(|parent| TraceContext::new(&parent, state.as_deref()))
             .transpose()
-            .py_err()?,
-    })
+            .py_err()?;
+        Ok((request, CallOptions { trace }))
+    }
 }
 
 impl PeerClientRef {

@@ -5,11 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use blazen_peer_core::limits::DEFAULT_MAX_JSON_DEPTH;
+use blazen_peer_core::observer::RunObserver;
 use blazen_peer_core::server::{
     DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_CONCURRENT_RUNS,
     DEFAULT_MAX_MESSAGE_BYTES,
 };
-use blazen_peer_core::observer::RunObserver;
 use blazen_peer_core::{PeerError, PeerService, RunningServer, ServerConfig};
 use pyo3::prelude::*;
 
@@ -129,9 +129,8 @@ impl PeerServerRef {
                 .map(|secs| seconds("keepalive_interval_secs", secs))
                 .transpose()?,
             keepalive_timeout: seconds("keepalive_timeout_secs", keepalive_timeout_secs)?,
-            observer: run_started.map(|run_started| {
-                Arc::new(PyRunObserver { run_started }) as Arc<dyn RunObserver>
-            }),
+            observer: run_started
+                .map(|run_started| Arc::new(PyRunObserver { run_started }) as Arc<dyn RunObserver>),
             ..ServerConfig::default()
         };
         config.validate().py_err()?;

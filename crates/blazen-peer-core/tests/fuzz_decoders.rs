@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use blazen_peer_core::envelope::{
     check_version, peek_version, ChunkLimit, DerefChunk, DerefRequest, DerefResponse, Extension,
     FailureKind, NotFoundDetail, ParentRun, ParentRunRequest, ParentRunResponse, ReleaseRequest,
-    ReleaseResponse, RemoteRefDescriptor, StreamItem, SubWorkflowRequest, SubWorkflowResponse,
-    WorkflowFailure,
+    ReleaseResponse, RemoteRefDescriptor, StepInfo, StepsRequest, StepsResponse, StreamItem,
+    SubWorkflowRequest, SubWorkflowResponse, WorkflowFailure, WorkflowInfo,
 };
 use blazen_peer_core::{Envelope, PeerError, ENVELOPE_VERSION};
 use proptest::prelude::*;
@@ -118,10 +118,12 @@ enum Kind {
     ParentResp,
     Chunk,
     Stream,
+    StepsReq,
+    Steps,
 }
 
 impl Kind {
-    const ALL: [Kind; 10] = [
+    const ALL: [Kind; 12] = [
         Kind::Request,
         Kind::Response,
         Kind::Deref,
@@ -132,6 +134,8 @@ impl Kind {
         Kind::ParentResp,
         Kind::Chunk,
         Kind::Stream,
+        Kind::StepsReq,
+        Kind::Steps,
     ];
 
     /// The type name the decoder's error message carries.
@@ -147,6 +151,8 @@ impl Kind {
             Kind::ParentResp => "ParentRunResponse",
             Kind::Chunk => "DerefChunk",
             Kind::Stream => "StreamItem",
+            Kind::StepsReq => "StepsRequest",
+            Kind::Steps => "StepsResponse",
         }
     }
 
@@ -164,6 +170,8 @@ impl Kind {
             Kind::ParentResp => decode_as::<ParentRunResponse>(bytes),
             Kind::Chunk => decode_as::<DerefChunk>(bytes),
             Kind::Stream => decode_as::<StreamItem>(bytes),
+            Kind::StepsReq => decode_as::<StepsRequest>(bytes),
+            Kind::Steps => decode_as::<StepsResponse>(bytes),
         }
     }
 }
@@ -542,6 +550,43 @@ fn arb_valid() -> impl Strategy<Value = Valid> {
                 )
             }
         ),
+        arb_version().prop_map(|envelope_version| valid(
+            Kind::StepsReq,
+            Envelope::new(StepsRequest { envelope_version })
+        )),
+        (
+            arb_version(),
+            any::<String>(),
+            proptest::collection::vec(
+                (
+                    any::<String>(),
+                    proptest::collection::vec(any::<String>(), 0..3)
+                )
+                    .prop_map(|(id, accepts)| StepInfo { id, accepts }),
+                0..4
+            ),
+            proptest::collection::vec(
+                (
+                    any::<String>(),
+                    proptest::collection::vec(any::<String>(), 0..3)
+                )
+                    .prop_map(|(name, step_ids)| WorkflowInfo { name, step_ids }),
+                0..3
+            ),
+            any::<bool>(),
+        )
+            .prop_map(|(envelope_version, node_id, steps, workflows, draining)| {
+                valid(
+                    Kind::Steps,
+                    Envelope::new(StepsResponse {
+                        envelope_version,
+                        node_id,
+                        steps,
+                        workflows,
+                        draining,
+                    }),
+                )
+            }),
     ]
 }
 
@@ -880,6 +925,8 @@ proptest! {
             Kind::ParentResp => check_extensions::<ParentRunResponse>(&bytes, &fields)?,
             Kind::Chunk => check_extensions::<DerefChunk>(&bytes, &fields)?,
             Kind::Stream => check_extensions::<StreamItem>(&bytes, &fields)?,
+            Kind::StepsReq => check_extensions::<StepsRequest>(&bytes, &fields)?,
+            Kind::Steps => check_extensions::<StepsResponse>(&bytes, &fields)?,
         }
     }
 

@@ -12,12 +12,12 @@ use blazen_peer_core::event::{BASE_EVENT, START_EVENT, STOP_EVENT};
 use blazen_peer_core::pb::blazen_peer_client::BlazenPeerClient;
 use blazen_peer_core::pb::PostcardRequest;
 use blazen_peer_core::registry::StepOutput;
+use blazen_peer_core::{CallOptions, StreamMessage, StreamedEvent, TraceContext};
 use blazen_peer_core::{
     ClientConfig, Envelope, Event, EventTypes, JsonEvent, PeerClient, PeerError, PeerService,
     RunContext, RunningServer, ServerConfig, SessionRefRegistry, StateValue, Step, StepFailure,
     StepHandler, StepRegistry, ENVELOPE_VERSION,
 };
-use blazen_peer_core::{StreamMessage, StreamedEvent};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tonic::transport::Channel;
@@ -105,6 +105,17 @@ fn test_registry() -> Arc<StepRegistry> {
         .boxed()
     });
     // Writes `{"i": 0}` .. `{"i": n-1}` to the run's event stream, then stops with `n`.
+    // Answers with the W3C trace context its call carried.
+    register(&registry, "b::trace", &[START_EVENT], |ctx, _event| {
+        async move {
+            let trace = ctx.caller().and_then(|caller| caller.trace.clone());
+            Ok(vec![stop_with(serde_json::json!({
+                "traceparent": trace.as_ref().map(|trace| trace.traceparent.clone()),
+                "tracestate": trace.and_then(|trace| trace.tracestate),
+            }))])
+        }
+        .boxed()
+    });
     register(&registry, "b::count", &[START_EVENT], |ctx, event| {
         async move {
             let input: serde_json::Value =
@@ -128,7 +139,7 @@ fn test_registry() -> Arc<StepRegistry> {
     registry
 }
 
-const REGISTERED: [&str; 4] = ["b::count", "b::double", "b::fail", "b::sleep"];
+const REGISTERED: [&str; 5] = ["b::count", "b::double", "b::fail", "b::sleep", "b::trace"];
 
 struct Harness {
     server: RunningServer,
@@ -263,7 +274,7 @@ async fn unknown_step_is_not_found_with_the_registered_ids() {
         err.to_string(),
         format!(
             "step `b::missing` is not registered on peer {}; registered steps: [b::count, b::double, \
-             b::fail, b::sleep]",
+             b::fail, b::sleep, b::trace]",
             harness.address
         )
     );
@@ -279,7 +290,7 @@ async fn unknown_step_is_not_found_with_the_registered_ids() {
     assert_eq!(
         status.message(),
         "step `b::missing` is not registered on peer `node-b`; registered steps: [b::count, \
-         b::double, b::fail, b::sleep]"
+         b::double, b::fail, b::sleep, b::trace]"
     );
 }
 
@@ -916,4 +927,54 @@ async fn stop_returns_ok_and_the_server_goes_away() {
         .await
         .expect_err("the peer is gone");
     assert!(err.is_not_started(), "{err:?}");
+}
+
+#[tokio::test]
+async fn list_steps_names_every_step_and_workflow() {
+    let mut harness = start_server().await;
+    let client = harness.client().await;
+    let listed = client.list_steps().await.unwrap();
+    assert_eq!(listed.node_id, "node-b");
+    let ids: Vec<&str> = listed.steps.iter().map(|step| step.id.as_str()).collect();
+    assert_eq!(ids, REGISTERED);
+    assert!(listed
+        .steps
+        .iter()
+        .all(|step| step.accepts == vec![START_EVENT.to_string()]));
+    assert_eq!(listed.workflows.len(), 1);
+    assert_eq!(listed.workflows[0].name, "declared");
+    assert_eq!(listed.workflows[0].step_ids, vec!["b::double".to_string()]);
+    assert!(!listed.draining);
+    assert_eq!(
+        client.health("", None).await.unwrap(),
+        blazen_peer_core::client::Health::Serving
+    );
+    harness.server.stop(Some(Duration::ZERO)).await.unwrap();
+}
+
+#[tokio::test]
+async fn trace_context_travels_in_metadata_to_the_run() {
+    let harness = start_server().await;
+    let client = harness.client().await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let options = CallOptions {
+        trace: Some(TraceContext::new(traceparent, Some("vendor=1")).unwrap()),
+    };
+    let response = client
+        .invoke_with(&run_request(&["b::trace"], "{}"), &options)
+        .await
+        .unwrap();
+    assert_eq!(
+        result_value(&response.body),
+        serde_json::json!({"traceparent": traceparent, "tracestate": "vendor=1"})
+    );
+    // Without options the run sees no trace.
+    let response = client
+        .invoke(&run_request(&["b::trace"], "{}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        result_value(&response.body),
+        serde_json::json!({"traceparent": null, "tracestate": null})
+    );
 }

@@ -63,6 +63,12 @@ def client_span(
         yield current_headers()
 
 
+def mark_failed(message: str | None) -> None:
+    """Marks the current span failed when a run came back with an error."""
+    if message is not None:
+        trace.get_current_span().set_status(Status(StatusCode.ERROR, message))
+
+
 def current_headers() -> TraceHeaders:
     """The W3C headers of the current span, if tracing is active."""
     if not active():

@@ -357,13 +357,17 @@ class PeerClient:
         if not (_tracing.INSTALLED and _tracing.active()):
             return await self._ref.invoke((*call, None, None))
         with _tracing.client_span(call[0], call[1], self.address) as headers:
-            return await self._ref.invoke((*call, *headers))
+            native = await self._ref.invoke((*call, *headers))
+            _tracing.mark_failed(native.error)
+            return native
 
     def _invoke_blocking(self, call: _NativeCall) -> _native.SubWorkflowResponse:
         if not (_tracing.INSTALLED and _tracing.active()):
             return self._ref.invoke_blocking((*call, None, None))
         with _tracing.client_span(call[0], call[1], self.address) as headers:
-            return self._ref.invoke_blocking((*call, *headers))
+            native = self._ref.invoke_blocking((*call, *headers))
+            _tracing.mark_failed(native.error)
+            return native
 
     def _result(self, native: _native.SubWorkflowResponse) -> Any:
         """The result of a run, or its error raised; reads only what it needs

@@ -76,6 +76,13 @@ class Context:
         return self._ref.caller_node_id
 
     @property
+    def trace_context(self) -> tuple[str, str | None] | None:
+        """W3C ``(traceparent, tracestate)`` this step runs under: the run's
+        span when the peer traces (OpenTelemetry), else what the caller sent;
+        None for local runs and untraced calls."""
+        return self._ref.trace_context
+
+    @property
     def peer_identity(self) -> PeerIdentity | None:
         """Who called, as their verified TLS client certificate says (mutual TLS only),
         for auditing and authorization in steps; None otherwise."""

@@ -1,0 +1,212 @@
+"""What the subcommands share: options, connecting, JSON output, error reports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TextIO
+
+from ..client import PeerClient
+from ..errors import (
+    AuthenticationError,
+    EnvelopeVersionError,
+    PeerError,
+    TlsError,
+    TransportError,
+    UnknownStepError,
+    ValidationError,
+    WorkflowError,
+)
+from ..responses import SubWorkflowResponse
+from ..tls import ClientTls
+
+PROG = "blazen-peer"
+
+#: Exit statuses: a run or call that failed, and a problem with the command or
+#: the connection (argparse also exits 2 for bad usage).
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+#: What a subcommand's ``run`` is: parsed arguments in, exit status out.
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+# Problems with the setup rather than with the run: retrying the same command cannot help.
+_SETUP_ERRORS = (
+    TransportError,
+    ValidationError,
+    TlsError,
+    AuthenticationError,
+    EnvelopeVersionError,
+)
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every subcommand takes (after its name: ``blazen-peer call --json ...``)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='print JSON (errors too, as {"error": {...}} on stdout)',
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        help="level of the blazen_peer logger (default: INFO for serve, else WARNING)",
+    )
+    return parser
+
+
+def connection_options() -> argparse.ArgumentParser:
+    """How a client reaches a peer: identity, token and TLS."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--node-id",
+        default=f"cli@{socket.gethostname()}",
+        help="this client's node id, as the peer logs it (default: cli@HOSTNAME)",
+    )
+    parser.add_argument(
+        "--token-env",
+        metavar="VAR",
+        help="send the token held in environment variable VAR (default: $BLAZEN_PEER_TOKEN)",
+    )
+    tls = parser.add_argument_group("TLS (an ADDR without a scheme becomes https://)")
+    tls.add_argument("--tls-ca", metavar="FILE", help="CA certificate (PEM) to trust")
+    tls.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM), mutual TLS")
+    tls.add_argument("--tls-key", metavar="FILE", help="client private key (PEM), mutual TLS")
+    tls.add_argument("--tls-domain", metavar="NAME", help="name the peer's certificate carries")
+    return parser
+
+
+def check_client_tls_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuses TLS option combinations that cannot work (argparse exit status 2)."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_ca is None and (args.tls_cert or args.tls_domain):
+        parser.error("--tls-cert, --tls-key and --tls-domain need --tls-ca")
+
+
+def configure_logging(level: str) -> None:
+    """Shows records of the ``blazen_peer`` logger (the Rust core's too) at ``level``
+    and above on stderr, without turning up every other library's logging."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("blazen_peer").setLevel(level)
+
+
+def tokens_from_env(variable: str) -> list[str]:
+    """The comma-separated tokens held in ``variable``; ValidationError when there are none."""
+    value = os.environ.get(variable)
+    if value is None:
+        raise ValidationError(f"--token-env {variable}: the environment variable is not set")
+    tokens = [token.strip() for token in value.split(",") if token.strip()]
+    if not tokens:
+        raise ValidationError(f"--token-env {variable}: the environment variable holds no token")
+    return tokens
+
+
+def client_token(variable: str | None) -> str | None:
+    """The one token a client sends; None leaves the default ($BLAZEN_PEER_TOKEN)."""
+    if variable is None:
+        return None
+    tokens = tokens_from_env(variable)
+    if len(tokens) > 1:
+        # Several tokens are for a server accepting old and new during a rotation;
+        # a client must pick the one it sends.
+        raise ValidationError(
+            f"--token-env {variable}: the variable holds {len(tokens)} comma-separated tokens; "
+            "a client sends one"
+        )
+    return tokens[0]
+
+
+def peer_url(address: str, *, tls: bool) -> str:
+    """``HOST:PORT`` as the URL the client connects to; a full URL is kept as given."""
+    if "://" in address:
+        return address
+    return f"{'https' if tls else 'http'}://{address}"
+
+
+async def connect(args: argparse.Namespace) -> PeerClient:
+    """Connects to ``args.address`` with the connection options."""
+    tls = (
+        ClientTls.from_pem(
+            ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, domain=args.tls_domain
+        )
+        if args.tls_ca is not None
+        else None
+    )
+    return await PeerClient.connect(
+        peer_url(args.address, tls=tls is not None),
+        node_id=args.node_id,
+        token=client_token(args.token_env),
+        tls=tls,
+    )
+
+
+def dumps(value: Any, *, pretty: bool = False) -> str:
+    """JSON text of ``value``; non-ASCII stays readable."""
+    if pretty:
+        return json.dumps(value, indent=2, ensure_ascii=False)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def print_json(value: Any, *, stream: TextIO | None = None) -> None:
+    """Prints ``value`` as JSON: indented for a terminal, one line for a pipe."""
+    out = stream or sys.stdout
+    out.write(dumps(value, pretty=out.isatty()) + "\n")
+    out.flush()
+
+
+def response_json(response: SubWorkflowResponse) -> dict[str, Any]:
+    """A run's response as the ``--json`` output of ``call``."""
+    return {
+        "result": response.result,
+        "state": response.state,
+        "remote_refs": {
+            str(key): {
+                "origin_node_id": ref.origin_node_id,
+                "type_tag": ref.type_tag,
+                "created_at_epoch_ms": ref.created_at_epoch_ms,
+            }
+            for key, ref in response.remote_refs.items()
+        },
+    }
+
+
+def exit_status(error: PeerError) -> int:
+    """2 for problems with the command or the connection, 1 for a failed run or call."""
+    return EXIT_USAGE if isinstance(error, _SETUP_ERRORS) else EXIT_FAILED
+
+
+def _error_details(error: PeerError) -> dict[str, Any]:
+    """The typed fields of an error that scripts may branch on."""
+    details: dict[str, Any] = {}
+    if isinstance(error, WorkflowError):
+        details = {
+            "failure_kind": error.failure_kind,
+            "step_id": error.step_id,
+            "node_id": error.node_id,
+            "remote_type": error.remote_type,
+            "remote_traceback": error.remote_traceback,
+        }
+    elif isinstance(error, UnknownStepError):
+        details = {"step_id": error.step_id, "registered": error.registered}
+    elif isinstance(error, TransportError):
+        details = {"started": error.started}
+    return {key: value for key, value in details.items() if value is not None}
+
+
+def report_error(error: PeerError, *, as_json: bool) -> int:
+    """Prints ``error`` (stderr, or a JSON object on stdout) and returns the exit status."""
+    if as_json:
+        body = {"kind": error.kind, "message": error.message, **_error_details(error)}
+        print_json({"error": body})
+    else:
+        print(f"{PROG}: error ({error.kind}): {error.message}", file=sys.stderr, flush=True)
+    return exit_status(error)

@@ -1,0 +1,322 @@
+"""``blazen-peer serve``: import step modules and serve them until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import logging
+import os
+import re
+import signal
+import sys
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+from ..errors import PeerError, ValidationError
+from ..server import DEFAULT_GRACE_SECS, PeerServer
+from ..steps import Step, registered_step_ids, registered_workflows
+from ..tls import ServerTls
+from ._common import PROG, tokens_from_env
+
+DESCRIPTION = """\
+Imports each TARGET, which registers its @step functions, then serves every
+registered step on --listen until SIGTERM or Ctrl-C, when it drains: health turns
+NOT_SERVING, runs in progress get --grace seconds, and the command exits with 0.
+A second Ctrl-C stops at once.
+
+TARGET is one of:
+  my_app               a module, imported like `python -m` does (the current
+                       directory comes first on sys.path)
+  path/to/steps.py     a file; its directory goes first on sys.path, so it can
+                       import its neighbours
+  my_app:register      then calls my_app.register() (awaited when async), for
+                       steps registered by code rather than at import
+  my_app:STEPS         checks that my_app.STEPS is a step or a list of steps
+                       (they registered when the module was imported)
+
+Once serving, it prints one line to stderr:
+  blazen-peer: node NODE serving on HOST:PORT (N steps: a, b, ...)
+with the bound port when --listen asks for port 0.
+"""
+
+_log = logging.getLogger("blazen_peer.cli")
+_ATTRIBUTE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        parents=[common],
+        help="serve the steps of Python modules to other peers",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("targets", nargs="+", metavar="TARGET", help="MODULE[:ATTR] or FILE.py")
+    parser.add_argument("--listen", required=True, metavar="HOST:PORT", help="port 0: any free")
+    parser.add_argument("--node-id", required=True, help="the id this peer reports")
+    parser.add_argument(
+        "--token-env",
+        metavar="VAR",
+        help="require a token from environment variable VAR; several comma-separated tokens "
+        "are all accepted, for rotation (default: $BLAZEN_PEER_TOKEN)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback address without TLS or token",
+    )
+    parser.add_argument(
+        "--grace",
+        type=_grace,
+        default=DEFAULT_GRACE_SECS,
+        metavar="SECS",
+        help="how long runs in progress may finish when stopping; 'none': no limit "
+        f"(default: {DEFAULT_GRACE_SECS:g})",
+    )
+    parser.add_argument(
+        "--max-concurrent-runs", type=int, default=1024, metavar="N", help="(default: 1024)"
+    )
+    parser.add_argument(
+        "--default-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECS",
+        help="deadline of runs whose caller sets none (default: 300)",
+    )
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM)")
+    tls.add_argument("--tls-key", metavar="FILE", help="private key (PEM)")
+    tls.add_argument(
+        "--tls-client-ca", metavar="FILE", help="CA of client certificates: mutual TLS"
+    )
+    parser.set_defaults(run=run, default_log_level="INFO", validate=_check_tls_options)
+
+
+def _grace(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    try:
+        secs = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not secs >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return secs
+
+
+def _check_tls_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+
+
+async def run(args: argparse.Namespace) -> int:
+    stop_requested = asyncio.Event()
+    with _stop_on_signals(stop_requested):
+        for target in args.targets:
+            await _load_reporting_errors(target)
+        step_ids = registered_step_ids()
+        if not step_ids:
+            raise ValidationError(
+                f"no steps are registered after importing {', '.join(args.targets)}; "
+                "decorate functions with @step (or name a register function as MODULE:ATTR)"
+            )
+        if not stop_requested.is_set():
+            await _serve(args, step_ids, stop_requested)
+    return 0
+
+
+async def _load_reporting_errors(target: str) -> None:
+    try:
+        await load_target(target)
+    except PeerError:
+        raise
+    except Exception as exc:
+        # The user's own code failed: its traceback is what they need to fix it.
+        traceback.print_exc()
+        raise ValidationError(
+            f"loading {target} raised {type(exc).__name__} (traceback above)"
+        ) from None
+
+
+async def _serve(args: argparse.Namespace, step_ids: list[str], stop: asyncio.Event) -> None:
+    server = PeerServer(
+        args.node_id,
+        default_timeout_secs=args.default_timeout,
+        tls=_server_tls(args),
+        token=tokens_from_env(args.token_env) if args.token_env else None,
+        insecure=args.insecure,
+        max_concurrent_runs=args.max_concurrent_runs,
+    )
+    bound = await server.start(args.listen)
+    try:
+        _announce(server.node_id, bound, step_ids)
+        await stop.wait()
+        _log.info("stopping: runs in progress get %s", _grace_text(args.grace))
+    finally:
+        # Shielded: a second Ctrl-C cancels this task, not the drain under way.
+        await asyncio.shield(server.stop(grace=args.grace))
+    stats = server.stats()
+    _log.info(
+        "stopped after %d runs (%d succeeded, %d failed, %d cancelled, %d timed out)",
+        stats.runs_started,
+        stats.runs_succeeded,
+        stats.runs_failed,
+        stats.runs_cancelled,
+        stats.runs_timed_out,
+    )
+
+
+def _server_tls(args: argparse.Namespace) -> ServerTls | None:
+    if args.tls_cert is None:
+        return None
+    return ServerTls.from_pem(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
+
+
+def _announce(node_id: str, bound: str, step_ids: list[str]) -> None:
+    """The readiness line: scripts and tests wait for it instead of sleeping."""
+    noun = "step" if len(step_ids) == 1 else "steps"
+    print(
+        f"{PROG}: node {node_id} serving on {bound} "
+        f"({len(step_ids)} {noun}: {', '.join(step_ids)})",
+        file=sys.stderr,
+        flush=True,
+    )
+    for name in registered_workflows():
+        _log.info("workflow %s declared", name)
+
+
+def _grace_text(grace: float | None) -> str:
+    return "as long as they take" if grace is None else f"{grace:g} s"
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGTERM or SIGINT sets ``stop`` once; the handlers then go back to the
+    defaults, so a second signal ends the process at once."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+
+    def request_stop() -> None:
+        stop.set()
+        restore()
+
+    def restore() -> None:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+    for signum in signals:
+        loop.add_signal_handler(signum, request_stop)
+    try:
+        yield
+    finally:
+        restore()
+
+
+async def load_target(target: str) -> None:
+    """Imports ``MODULE[:ATTR]`` or ``FILE.py[:ATTR]`` and applies ATTR (see DESCRIPTION)."""
+    location, attribute = split_target(target)
+    module = _import_file(location) if _is_path(location) else _import_module(location)
+    if attribute is not None:
+        await _apply_attribute(module, attribute, target)
+
+
+def split_target(target: str) -> tuple[str, str | None]:
+    """``(module or path, attribute or None)``; a colon only separates an attribute
+    when what follows is a dotted name (so ``C:\\app\\steps.py`` stays a path)."""
+    location, colon, attribute = target.rpartition(":")
+    if colon and location and _ATTRIBUTE.fullmatch(attribute):
+        return location, attribute
+    return target, None
+
+
+def _is_path(location: str) -> bool:
+    separators = [os.sep] + ([os.altsep] if os.altsep else [])
+    return location.endswith(".py") or any(sep in location for sep in separators)
+
+
+def _import_module(name: str) -> ModuleType:
+    # A console script starts with its own directory on sys.path, not the current
+    # one; put the current one first so `serve my_app` works like `python -m`.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (name == missing or name.startswith(missing + ".")):
+            raise ValidationError(
+                f"no module named {missing!r} (searched the current directory and sys.path); "
+                "pass a path ending in .py to import a file"
+            ) from None
+        raise
+
+
+def _import_file(path: str) -> ModuleType:
+    file = Path(path).resolve()
+    if not file.is_file():
+        raise ValidationError(f"no such file: {path}")
+    name = file.parent.name if file.name == "__init__.py" else file.stem
+    existing = sys.modules.get(name)
+    if existing is not None:
+        existing_file = getattr(existing, "__file__", None)
+        if existing_file is not None and Path(existing_file).resolve() == file:
+            return existing
+        raise ValidationError(
+            f"cannot import {path} as module {name!r}: another module of that name is "
+            "already imported; rename the file"
+        )
+    # Like `python FILE`: its directory comes first, so it imports its neighbours.
+    sys.path.insert(0, str(file.parent))
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise ValidationError(f"cannot import {path}: not a Python source file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+async def _apply_attribute(module: ModuleType, attribute: str, target: str) -> None:
+    value: object = module
+    for part in attribute.split("."):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            raise ValidationError(
+                f"{target}: module {module.__name__!r} has no attribute {attribute!r}"
+            ) from None
+    if isinstance(value, Step):
+        return
+    if isinstance(value, list | tuple | set | frozenset):
+        not_steps = [item for item in value if not isinstance(item, Step)]
+        if not_steps:
+            raise ValidationError(
+                f"{target}: {attribute} holds {not_steps[0]!r}, which is not a step "
+                "(decorate it with @step)"
+            )
+        return
+    if callable(value):
+        outcome = value()
+        if inspect.isawaitable(outcome):
+            await outcome
+        return
+    raise ValidationError(
+        f"{target}: {attribute} is a {type(value).__name__}; name a function to call, "
+        "or a step or list of steps"
+    )

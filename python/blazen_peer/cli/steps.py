@@ -1,0 +1,61 @@
+"""``blazen-peer steps``: what a peer can run."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from ..listing import PeerSteps
+from ._common import check_client_tls_options, connect, print_json
+
+
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    connection: argparse.ArgumentParser,
+) -> None:
+    parser = subparsers.add_parser(
+        "steps",
+        parents=[common, connection],
+        help="list the steps and workflows a peer serves",
+        description="Lists the steps (with the event types each accepts) and the declared "
+        "workflows of the peer at ADDR.",
+    )
+    parser.add_argument("address", metavar="ADDR", help="HOST:PORT or URL of the peer")
+    parser.set_defaults(run=run, default_log_level="WARNING", validate=check_client_tls_options)
+
+
+async def run(args: argparse.Namespace) -> int:
+    async with await connect(args) as client:
+        listing = await client.list_steps()
+    if args.json:
+        print_json(as_json(listing))
+    else:
+        print("\n".join(as_text(listing)), flush=True)
+    return 0
+
+
+def as_json(listing: PeerSteps) -> dict[str, object]:
+    return {
+        "node_id": listing.node_id,
+        "draining": listing.draining,
+        "steps": [{"id": step.id, "accepts": list(step.accepts)} for step in listing.steps],
+        "workflows": [
+            {"name": workflow.name, "step_ids": list(workflow.step_ids)}
+            for workflow in listing.workflows
+        ],
+    }
+
+
+def as_text(listing: PeerSteps) -> list[str]:
+    lines = [f"node {listing.node_id}{' (draining)' if listing.draining else ''}", ""]
+    lines += _table(("STEP", "ACCEPTS"), [(s.id, ", ".join(s.accepts)) for s in listing.steps])
+    if listing.workflows:
+        rows = [(w.name, " -> ".join(w.step_ids)) for w in listing.workflows]
+        lines += ["", *_table(("WORKFLOW", "STEPS"), rows)]
+    return lines
+
+
+def _table(header: tuple[str, str], rows: Sequence[tuple[str, str]]) -> list[str]:
+    width = max(len(cell) for cell, _ in [header, *rows])
+    return [f"{left:<{width}}  {right}".rstrip() for left, right in [header, *rows]]

@@ -13,7 +13,11 @@ in the root namespace and reaches every host through the bridge.
 
 ``net.spawn(i, argv)`` runs ``ip netns exec bp-<pid>-h<i> argv...``; ``net.cut(i)`` sets
 the host side of host i's veth DOWN, so its packets are silently dropped (no RST, no
-ICMP: a pulled cable) until ``net.restore(i)``.
+ICMP: a pulled cable) until ``net.restore(i)``. ``net.write_hosts(i, {name: [ip, ...]})``
+gives the programs spawned in host i their own ``/etc/hosts`` (``ip netns exec``
+bind-mounts ``/etc/netns/<namespace>/hosts`` over it; the machine's ``/etc/hosts`` is
+never touched), so a name can resolve to several hosts, like a DNS name with several
+A records.
 
 Everything is torn down on exit, after failures too (processes spawned and still
 running are killed first). Leftovers of an earlier run that crashed (named after a pid
@@ -31,7 +35,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +46,8 @@ SUBNET_BASE = "10.77"
 MAX_HOSTS = 250
 IP_TIMEOUT_SECS = 10.0
 KILL_TIMEOUT_SECS = 10.0
+
+NETNS_ETC = Path("/etc/netns")
 
 _NAMESPACE = re.compile(r"^bp-(\d+)-h\d+$")
 _LINK = re.compile(r"^(?:bpbr(\d+)|bp(\d+)h\d+)$")
@@ -107,6 +113,12 @@ def clean_stale() -> list[str]:
         if match and _stale(int(match.group(1) or match.group(2))):
             _ip("link", "del", name, check=False)
             removed.append(f"link {name}")
+    if NETNS_ETC.is_dir():
+        for path in NETNS_ETC.iterdir():
+            match = _NAMESPACE.match(path.name)
+            if match and _stale(int(match.group(1))):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(f"directory {path}")
     return removed
 
 
@@ -155,6 +167,7 @@ class Network:
         self.bridge = f"bpbr{pid}"
         self._pid = pid
         self._procs: list[subprocess.Popen[Any]] = []
+        self._created_netns_etc = False
 
     # --- names and addresses ---
 
@@ -226,6 +239,16 @@ class Network:
             result = _ip("link", "del", self.bridge, check=False)
             if result.returncode != 0:
                 problems.append(f"link del {self.bridge}: {result.stderr.strip()}")
+        for i in range(1, self.hosts + 1):
+            etc = NETNS_ETC / self.namespace(i)
+            if etc.exists():
+                try:
+                    shutil.rmtree(etc)
+                except OSError as exc:
+                    problems.append(f"removing {etc}: {exc}")
+        if self._created_netns_etc:
+            with contextlib.suppress(OSError):  # not empty: another run uses it now
+                NETNS_ETC.rmdir()
         return problems
 
     # --- what tests do ---
@@ -238,6 +261,23 @@ class Network:
         )
         self._procs.append(proc)
         return proc
+
+    def write_hosts(self, i: int, names: Mapping[str, Sequence[str]]) -> Path:
+        """Sets the ``/etc/hosts`` that programs spawned in host i from now on see (and,
+        since the file is rewritten in place, those already running): ``localhost``
+        plus each name on one line per address, in the order given."""
+        if not NETNS_ETC.exists():
+            NETNS_ETC.mkdir()
+            self._created_netns_etc = True
+        etc = NETNS_ETC / self.namespace(i)
+        etc.mkdir(exist_ok=True)
+        lines = ["127.0.0.1 localhost"]
+        lines += [f"{address} {name}" for name, addresses in names.items() for address in addresses]
+        path = etc / "hosts"
+        with path.open("r+" if path.exists() else "w") as hosts:
+            hosts.write("\n".join(lines) + "\n")
+            hosts.truncate()
+        return path
 
     def cut(self, i: int) -> None:
         """Pulls host i's cable: its host-side veth goes DOWN, packets vanish silently."""

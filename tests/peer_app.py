@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -656,27 +657,38 @@ async def whoami(ctx: Context, ev: StartEvent) -> StopEvent:
 
 @step("pool::hold")
 async def pool_hold(ctx: Context, ev: StartEvent) -> StopEvent:
-    """Creates the file ``<started_dir>/<node id>.<run id>`` (the test counts them to see
-    how many runs each node is running), then waits until the file ``release`` exists
-    (up to GATE_TIMEOUT_SECS); returns the node id and ``ev.tag``."""
+    """Creates the file ``<started_dir>/<node id>.<run id>`` holding ``ev.tag`` (the test
+    reads them to see which node runs which call), inserts ``ref_value`` (if given, as
+    UTF-8 bytes, UNTIL_EXPLICIT_DROP), then waits until one of the files in ``release``
+    (a list of paths) exists, up to GATE_TIMEOUT_SECS. Returns the node id, the tag and
+    the ref's key (or None)."""
     marker = Path(ev.started_dir) / f"{ctx.node_id}.{ctx.run_id}"
+    key = None
+    ref_value = ev.data.get("ref_value")
+    if ref_value is not None:
+        explicit = RefLifetime.UNTIL_EXPLICIT_DROP
+        key = str(await ctx.session_refs.insert(str(ref_value).encode(), lifetime=explicit))
     marker.write_text(str(ev.tag))
-    release = Path(ev.release)
+    releases = [Path(path) for path in ev.release]
     deadline = time.monotonic() + GATE_TIMEOUT_SECS
-    while not release.exists():  # noqa: ASYNC240 (a stat of a local file: no real wait)
+    while not any(path.exists() for path in releases):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{release} did not appear within {GATE_TIMEOUT_SECS}s")
+            raise TimeoutError(f"none of {releases} appeared within {GATE_TIMEOUT_SECS}s")
         await asyncio.sleep(0.01)
-    return StopEvent(result={"node_id": ctx.node_id, "tag": ev.tag})
+    return StopEvent(result={"node_id": ctx.node_id, "tag": ev.tag, "key": key})
 
 
 # --- serving ---
 
 
 def _stop_on_stdin_eof(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    """Runs in a daemon thread: reads stdin to its end, then asks the loop to stop."""
+    """Runs in a daemon thread: reads stdin to its end, then asks the loop to stop.
+
+    Reads the file descriptor, not ``sys.stdin.buffer``: a daemon thread blocked inside
+    the buffered reader holds its lock, and the interpreter aborts at exit ("could not
+    acquire lock ... at interpreter shutdown") when the peer stops on SIGTERM."""
     with contextlib.suppress(OSError, ValueError):
-        while sys.stdin.buffer.read(4096):
+        while os.read(sys.stdin.fileno(), 4096):
             pass
     with contextlib.suppress(RuntimeError):  # the loop may already be closed
         loop.call_soon_threadsafe(stop.set)

@@ -281,7 +281,8 @@ class PeerClient:
     ) -> Awaitable[tuple[str, list[tuple[str, list[str]]], list[tuple[str, list[str]]], bool]]:
         """What the peer can run: `(node_id, steps with accepted types, workflows, draining)`."""
     def health(self, service: str = "", timeout_secs: float | None = None) -> Awaitable[str]:
-        """Standard gRPC health check; resolves to "SERVING", "NOT_SERVING" or "UNKNOWN"."""
+        """Standard gRPC health check; resolves to "SERVING", "NOT_SERVING",
+        "SERVICE_UNKNOWN" or "UNKNOWN"."""
 
 @final
 class LocalRun:

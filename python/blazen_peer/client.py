@@ -296,8 +296,9 @@ class PeerClient:
 
     async def health(self, service: str = "", *, timeout_secs: float | None = 5.0) -> HealthStatus:
         """The peer's standard gRPC health (``grpc.health.v1.Health``) for
-        ``service`` (empty: the whole server): "SERVING", or "NOT_SERVING"
-        while it drains. Raises TransportError when it cannot be reached."""
+        ``service`` (empty: the whole server): "SERVING", "NOT_SERVING" while
+        it drains, "SERVICE_UNKNOWN" for a service it does not serve. Raises
+        TransportError when it cannot be reached."""
         status = await self._ref.health(service, timeout_secs)
         return cast(HealthStatus, status)
 

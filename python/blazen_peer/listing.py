@@ -9,7 +9,7 @@ from typing import Literal
 
 __all__ = ["HealthStatus", "PeerSteps", "StepInfo", "WorkflowInfo"]
 
-HealthStatus = Literal["SERVING", "NOT_SERVING", "UNKNOWN"]
+HealthStatus = Literal["SERVING", "NOT_SERVING", "SERVICE_UNKNOWN", "UNKNOWN"]
 """What ``grpc.health.v1.Health`` answered for a peer."""
 
 

@@ -95,6 +95,8 @@ pub enum Health {
     Serving,
     /// Up but starting no runs (shutting down).
     NotServing,
+    /// The peer's health service does not know the service asked about.
+    ServiceUnknown,
     /// The peer answered with a status we do not know, or none.
     Unknown,
 }
@@ -388,10 +390,14 @@ impl PeerClient {
         if let Some(timeout) = timeout {
             request.set_timeout(timeout);
         }
-        let reply = health
-            .check(request)
-            .await
-            .map_err(|status| self.status_error(&status))?;
+        let reply = match health.check(request).await {
+            Ok(reply) => reply,
+            // The health service's answer for a service name it does not know.
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                return Ok(Health::ServiceUnknown)
+            }
+            Err(status) => return Err(self.status_error(&status)),
+        };
         Ok(match reply.into_inner().status() {
             ServingStatus::Serving => Health::Serving,
             ServingStatus::NotServing => Health::NotServing,

@@ -227,7 +227,8 @@ impl PeerClientRef {
         })
     }
 
-    /// Standard gRPC health check; resolves to "SERVING", "NOT_SERVING" or "UNKNOWN".
+    /// Standard gRPC health check; resolves to "SERVING", "NOT_SERVING",
+    /// "SERVICE_UNKNOWN" or "UNKNOWN".
     #[pyo3(signature = (service="", timeout_secs=None))]
     fn health<'py>(
         &self,
@@ -244,6 +245,7 @@ impl PeerClientRef {
             Ok(match client.health(&service, timeout).await? {
                 Health::Serving => "SERVING",
                 Health::NotServing => "NOT_SERVING",
+                Health::ServiceUnknown => "SERVICE_UNKNOWN",
                 Health::Unknown => "UNKNOWN",
             })
         })

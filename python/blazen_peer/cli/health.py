@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import UnknownStepError
 from ._common import EXIT_FAILED, check_client_tls_options, connect, print_json
 
 DESCRIPTION = """\
@@ -15,9 +14,6 @@ or SERVICE_UNKNOWN (the peer reports no status for --service).
 Exit status, like grpc_health_probe's: 0 only when SERVING, 1 otherwise, 2 when
 the peer cannot be reached.
 """
-
-#: The status printed when the peer has none for the service (gRPC answers NOT_FOUND).
-SERVICE_UNKNOWN = "SERVICE_UNKNOWN"
 
 
 def add_parser(
@@ -45,12 +41,7 @@ def add_parser(
 
 async def run(args: argparse.Namespace) -> int:
     async with await connect(args) as client:
-        try:
-            status: str = await client.health(args.service, timeout_secs=args.timeout)
-        except UnknownStepError:
-            # The client reports gRPC NOT_FOUND, the standard answer for a service
-            # the peer has no status for, as an unknown step.
-            status = SERVICE_UNKNOWN
+        status = await client.health(args.service, timeout_secs=args.timeout)
     if args.json:
         print_json({"service": args.service, "status": status})
     else:

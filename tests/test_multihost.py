@@ -38,7 +38,7 @@ PORT = 7443
 PEER_HOSTS = (1, 2, 3)
 CLIENT_HOST = 4
 """The namespace the name-resolution test's client runs in (its own /etc/hosts)."""
-POOL_SETTINGS: dict[str, float] = {
+POOL_SETTINGS: dict[str, Any] = {
     "probe_interval_secs": 0.2,
     "probe_timeout_secs": 0.5,
     "keepalive_interval_secs": 0.5,
@@ -337,3 +337,42 @@ def test_a_name_with_several_addresses_gives_one_member_each_and_is_resolved_aga
         assert client.stdout is not None
         client.stdout.close()
     assert status_code == 0, stderr_path.read_text()
+
+
+# --- probes of a host that does not answer ---
+
+
+async def test_a_probe_of_a_silent_host_ends_after_probe_timeout_secs(cluster: Cluster) -> None:
+    """A pulled cable makes every (re)connect attempt hang until connect_timeout_secs;
+    a health probe must still give up after probe_timeout_secs, or one silent member
+    slows the probe round (and so failure detection and rejoining) of the whole pool."""
+    probe_timeout, connect_timeout = 0.5, 3.0
+    pool = await PeerPool.connect(
+        [cluster.address(i) for i in PEER_HOSTS],
+        node_id="root",
+        probe_interval_secs=60.0,  # only the probes this test asks for
+        probe_timeout_secs=probe_timeout,
+        connect_timeout_secs=connect_timeout,
+        keepalive_interval_secs=0.5,
+        keepalive_timeout_secs=1.0,
+    )
+    try:
+        await pool.wait_for_healthy(3, timeout_secs=10)
+        await asyncio.to_thread(cluster.net.cut, 2)
+        # Rounds on the old connection until HTTP/2 keepalive gives it up (1.5 s),
+        # then rounds that must connect anew, each of which would wait out
+        # connect_timeout_secs if the probe did not bound it.
+        cut_at = time.monotonic()
+        rounds: list[float] = []
+        while time.monotonic() - cut_at < 1.5 + 2 * connect_timeout:
+            began = time.monotonic()
+            await pool.probe_now()
+            rounds.append(round(time.monotonic() - began, 3))
+            assert not status(pool, cluster.peers[2]).healthy, summary(pool)
+            assert status(pool, cluster.peers[1]).healthy, summary(pool)
+        print(
+            f"\nprobe rounds with h2's cable pulled: {rounds} s (probe_timeout {probe_timeout} s)"
+        )
+        assert max(rounds) < probe_timeout + 0.4, (rounds, summary(pool))
+    finally:
+        await pool.close()

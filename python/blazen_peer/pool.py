@@ -84,6 +84,9 @@ class _Member:
         self.calls = 0
         self.last_error: str | None = None
         self.removed = False
+        # The probe in progress, so a slow one (a reconnect waiting out its
+        # connect timeout) neither delays the other members' nor doubles up.
+        self.probing: asyncio.Task[None] | None = None
 
     def status(self) -> PeerStatus:
         return PeerStatus(
@@ -288,11 +291,13 @@ class PeerPool:
     async def close(self) -> None:
         """Stops probing and closes every member's connection. Idempotent."""
         self._closed = True
-        if self._background is not None:
-            self._background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._background
-            self._background = None
+        tasks = [self._background] + [member.probing for member in self._members.values()]
+        self._background = None
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for member in self._members.values():
             if member.client is not None:
                 await member.client.close()
@@ -475,7 +480,9 @@ class PeerPool:
                     await self._resolve()
                 except PeerError as failure:
                     _log.warning("pool: resolving peers failed: %s", failure)
-            await self.probe_now()
+            for member in self._members.values():
+                if not member.removed and (member.probing is None or member.probing.done()):
+                    member.probing = asyncio.create_task(self._probe(member))
             await self._forget_removed()
 
     async def _resolve(self) -> None:
@@ -519,6 +526,8 @@ class PeerPool:
         for address, member in list(self._members.items()):
             if member.removed and member.in_flight == 0:
                 del self._members[address]
+                if member.probing is not None:
+                    member.probing.cancel()
                 if member.client is not None:
                     await member.client.close()
 

@@ -390,7 +390,21 @@ impl PeerClient {
         if let Some(timeout) = timeout {
             request.set_timeout(timeout);
         }
-        let reply = match health.check(request).await {
+        // The request's own deadline does not cover waiting for a reconnect;
+        // a probe must answer within `timeout` whatever the connection does.
+        let checked = match timeout {
+            Some(limit) => tokio::time::timeout(limit, health.check(request))
+                .await
+                .map_err(|_| {
+                    PeerError::Timeout(format!(
+                        "health check of peer {} got no answer within {:.1} s",
+                        self.address,
+                        limit.as_secs_f64()
+                    ))
+                })?,
+            None => health.check(request).await,
+        };
+        let reply = match checked {
             Ok(reply) => reply,
             // The health service's answer for a service name it does not know.
             Err(status) if status.code() == tonic::Code::NotFound => {
@@ -547,8 +561,14 @@ impl PeerClient {
         if let Some(handshake) = handshake_failure(status) {
             return PeerError::Tls(format!("call to peer {} failed: {handshake}", self.address));
         }
-        if status.code() == tonic::Code::Unavailable || status.code() == tonic::Code::Unknown {
-            if let Some(source) = std::error::Error::source(status) {
+        // A status with a source was made here, from a transport failure; one
+        // without came from the peer.
+        if let Some(source) = std::error::Error::source(status) {
+            let local = matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+            );
+            if local || never_delivered(source) {
                 return PeerError::Transport {
                     message: format!(
                         "call to peer {} failed: {}",
@@ -677,6 +697,14 @@ fn never_delivered(err: &(dyn std::error::Error + 'static)) -> bool {
             if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
                 return true;
             }
+        }
+        // hyper: the request was dropped before the connection ever sent it
+        // (the connection closed while it was queued).
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
         }
         cause = err.source();
     }

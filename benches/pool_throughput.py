@@ -93,7 +93,8 @@ async def measure(seconds: float) -> list[tuple[str, str, float]]:
                 await pool.wait_for_healthy(count)
                 rate = await throughput(pool.run_remote_workflow, workload, seconds)
                 spread = "/".join(str(peer.calls) for peer in pool.peers)
-                rows.append((workload, f"PeerPool, {count} peers (calls {spread})", rate))
+                noun = "peer" if count == 1 else "peers"
+                rows.append((workload, f"PeerPool, {count} {noun} (calls {spread})", rate))
                 await pool.close()
     return rows
 

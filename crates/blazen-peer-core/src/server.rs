@@ -730,11 +730,11 @@ impl RunningServer {
             return Ok(());
         }
         let node_id = &*self.node_id;
+        let in_flight = self.lifecycle.stats().runs_in_flight;
         log::info!(
             target: TARGET,
-            node_id = node_id, runs_in_flight = self.lifecycle.stats().runs_in_flight;
-            "peer `{node_id}` draining: {} runs in progress, grace {}",
-            self.lifecycle.stats().runs_in_flight,
+            node_id = node_id, runs_in_flight = in_flight;
+            "peer `{node_id}` draining: {in_flight} runs in progress, grace {}",
             grace.map_or("unlimited".into(), |grace| format!("{:.1} s", grace.as_secs_f64()))
         );
         self.lifecycle.start_draining();
@@ -745,11 +745,11 @@ impl RunningServer {
             .set_not_serving::<BlazenPeerServer<PeerService>>()
             .await;
         if !self.lifecycle.wait_idle(grace).await {
+            let in_flight = self.lifecycle.stats().runs_in_flight;
             log::warn!(
                 target: TARGET,
-                node_id = node_id, runs_in_flight = self.lifecycle.stats().runs_in_flight;
-                "peer `{node_id}`: grace period over, cancelling {} runs",
-                self.lifecycle.stats().runs_in_flight
+                node_id = node_id, runs_in_flight = in_flight;
+                "peer `{node_id}`: grace period over, cancelling {in_flight} runs"
             );
             self.lifecycle.cancel_runs();
             // Cancelled runs end at once; their replies still go out below.

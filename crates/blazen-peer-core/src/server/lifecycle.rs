@@ -87,21 +87,19 @@ impl Lifecycle {
     pub(crate) fn begin(self: &Arc<Self>, ctx: &RunContext, steps: usize) -> RunRecord {
         self.counters.started.fetch_add(1, Ordering::AcqRel);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let record = RunRecord {
-            lifecycle: self.clone(),
-            ended: false,
-            run_id: ctx.run_id(),
-            node_id: ctx.node_id().into(),
-            workflow: ctx.workflow_name().into(),
-            began: Instant::now(),
-        };
+        let (node_id, run_id, workflow) = (ctx.node_id(), ctx.run_id(), ctx.workflow_name());
         log::debug!(
             target: TARGET,
-            node_id = &*record.node_id, run_id:% = record.run_id, workflow = &*record.workflow,
-            steps = steps;
-            "run {} of workflow `{}` started ({steps} steps)", record.run_id, record.workflow
+            node_id = node_id, run_id:% = run_id, workflow = workflow, steps = steps;
+            "run {run_id} of workflow `{workflow}` started ({steps} steps)"
         );
-        record
+        RunRecord {
+            lifecycle: self.clone(),
+            ended: false,
+            // A handle, not copies: every run pays for the record, few log.
+            ctx: ctx.clone(),
+            began: Instant::now(),
+        }
     }
 
     /// Waits until no run is going on, or `limit` passed; true when idle.
@@ -148,9 +146,7 @@ impl Lifecycle {
 pub(crate) struct RunRecord {
     lifecycle: Arc<Lifecycle>,
     ended: bool,
-    run_id: Uuid,
-    node_id: Box<str>,
-    workflow: Box<str>,
+    ctx: RunContext,
     began: Instant,
 }
 
@@ -170,9 +166,17 @@ impl RunRecord {
         self.log_end(outcome.as_ref().err().map(|failure| failure.as_ref()));
     }
 
+    fn labels(&self) -> (&str, Uuid, &str) {
+        (
+            self.ctx.node_id(),
+            self.ctx.run_id(),
+            self.ctx.workflow_name(),
+        )
+    }
+
     fn log_end(&self, failure: Option<&WorkflowFailure>) {
         let elapsed_ms = self.began.elapsed().as_secs_f64() * 1e3;
-        let (node_id, run_id, workflow) = (&*self.node_id, self.run_id, &*self.workflow);
+        let (node_id, run_id, workflow) = self.labels();
         let Some(failure) = failure else {
             log::debug!(
                 target: TARGET,
@@ -207,7 +211,7 @@ impl Drop for RunRecord {
                 .counters
                 .cancelled
                 .fetch_add(1, Ordering::AcqRel);
-            let (node_id, run_id, workflow) = (&*self.node_id, self.run_id, &*self.workflow);
+            let (node_id, run_id, workflow) = self.labels();
             log::info!(
                 target: TARGET,
                 node_id = node_id, run_id:% = run_id, workflow = workflow, outcome = "Cancelled";

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from . import _native, _tracing
+from . import _native, _signals, _tracing
 from ._auth import resolve_token
 from .errors import ValidationError
 from .refs import SessionRefRegistry
@@ -150,20 +148,46 @@ class PeerServer:
         grace: float | None = DEFAULT_GRACE_SECS,
         handle_signals: bool = True,
     ) -> None:
-        """Serves until SIGTERM or Ctrl-C (with ``handle_signals``, in the main
-        thread) or until the calling task is cancelled, then stops gracefully
-        (see :meth:`stop`) and returns."""
+        """Serves until SIGTERM or Ctrl-C, or until the calling task is cancelled,
+        then stops gracefully (see :meth:`stop`) and returns (re-raising
+        CancelledError when cancelled).
+
+        Signals (with ``handle_signals``, in the main thread) are borrowed, never
+        taken from the application:
+
+        - serve() handles SIGTERM and SIGINT only when the process leaves both to
+          their defaults (``SIG_DFL``, ``default_int_handler``, or asyncio.run()'s
+          Ctrl-C handler when serve() is the coroutine asyncio.run() runs, as in
+          ``asyncio.run(server.serve(...))``); an ignored signal stays ignored;
+        - if the application handles either one itself (``signal.signal``,
+          ``loop.add_signal_handler``, or serve() runs as a side task under
+          asyncio.run()), serve() leaves both alone: the application's handlers
+          run, and it stops the peer by cancelling this task or calling
+          :meth:`stop` (embedded apps are better served by :meth:`start` and
+          :meth:`stop` in their startup and shutdown hooks);
+        - on the first signal the previous handlers are put back before the drain
+          begins, so a second signal acts as it would without the peer;
+        - when serve() returns, raises or is cancelled, exactly the handlers it
+          replaced are restored (a handler installed meanwhile by someone else is
+          left in place).
+        """
         await self.start(address)
         stop_requested = asyncio.Event()
         try:
-            with _stop_on_signals(handle_signals, stop_requested.set):
+            with _signals.stop_on_signals(handle_signals, stop_requested.set):
                 await stop_requested.wait()
         finally:
             await asyncio.shield(self.stop(grace=grace))
 
     def serve_blocking(self, address: str, *, grace: float | None = DEFAULT_GRACE_SECS) -> None:
         """Serves on a new event loop in this thread until SIGTERM or Ctrl-C, then
-        stops gracefully and returns."""
+        stops gracefully and returns.
+
+        It runs :meth:`serve` under asyncio.run(), so the same signal rule applies:
+        with both signals at their defaults, serve() handles them and restores them
+        afterwards; if the application installed its own handler for either, they
+        are left to it (a KeyboardInterrupt from Ctrl-C still stops the peer
+        gracefully and returns)."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -214,21 +238,3 @@ class PeerServer:
 
     def __repr__(self) -> str:
         return f"PeerServer({self.node_id!r}, address={self.address!r})"
-
-
-@contextlib.contextmanager
-def _stop_on_signals(enabled: bool, request_stop: Callable[[], None]) -> Iterator[None]:
-    """Turns SIGTERM and SIGINT into ``request_stop`` while serving, where the
-    event loop can take signals (the main thread); restores the old handlers."""
-    installed: list[signal.Signals] = []
-    loop = asyncio.get_running_loop()
-    if enabled and threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signum, request_stop)
-                installed.append(signum)
-    try:
-        yield
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)

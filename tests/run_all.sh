@@ -16,4 +16,6 @@ echo "== mypy --strict"; python3 -m mypy
 echo "== stubtest"; python3 -m mypy.stubtest blazen_peer._native
 echo "== pytest"; python3 -m pytest
 # Every benchmark path once with tiny counts: correctness only, no timing asserted.
-echo "== benches (quick)"; python3 benches/run_all.py --quick && python3 benches/pool_throughput.py --quick
+# The soak's --quick form does judge: it fails when either process grows with its calls.
+echo "== benches (quick)"; python3 benches/run_all.py --quick && python3 benches/pool_throughput.py --quick \
+  && python3 benches/soak.py --quick

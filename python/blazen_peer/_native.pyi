@@ -21,8 +21,10 @@ __all__ = [
     "ServerTls",
     "SessionRefRegistry",
     "SubWorkflowResponse",
+    "SyncStepCall",
     "_panic_probe",
     "close_python_gate",
+    "next_sync_step",
     "refresh_log_levels",
     "register_step",
     "register_workflow",
@@ -135,6 +137,24 @@ class Completion:
         """Delivers the events a step emitted, as `[(event, event_types), ...]`."""
     def fail(self, exc: BaseException) -> None:
         """Delivers the exception a step raised."""
+
+@final
+class SyncStepCall:
+    """A `def` step call handed to a worker thread."""
+
+    @property
+    def func(self) -> Callable[..., Any]: ...
+    @property
+    def context(self) -> RunContext: ...
+    @property
+    def event(self) -> Any: ...
+    def succeed(self, emitted: object) -> None:
+        """Delivers the events the step emitted, as `[(event, event_types), ...]`."""
+    def fail(self, exc: BaseException) -> None:
+        """Delivers the exception the step raised."""
+
+def next_sync_step() -> SyncStepCall | None:
+    """Blocks (GIL released) for the next `def` step call; None tells the worker to end."""
 
 class _ConnectOptions(Protocol):
     """What `PeerClient.connect` reads, by attribute."""

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import math
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 from . import _native, _tracing
 from ._auth import resolve_token, warn_if_token_in_clear
-from .errors import EncodeError, PeerError, ValidationError
+from ._ref_book import RefBook
+from .errors import EncodeError, PeerError, RefNotFoundError, ValidationError
 from .listing import HealthStatus, PeerSteps
 from .refs import decode_ref_value
 from .responses import RemoteRefDescriptor, SubWorkflowResponse
@@ -93,6 +95,10 @@ def _wire_timeout(timeout_secs: float | None) -> int | None:
     return math.ceil(timeout_secs)
 
 
+def _as_uuid(key: uuid.UUID | str) -> uuid.UUID:
+    return key if isinstance(key, uuid.UUID) else uuid.UUID(key)
+
+
 def _refuse_inside_loop(method: str, alternative: str) -> None:
     try:
         asyncio.get_running_loop()
@@ -109,8 +115,7 @@ class PeerClient:
 
     def __init__(self, ref: _native.PeerClient) -> None:
         self._ref = ref
-        # Type tags of refs seen in responses, for peers that only serve the v1 deref.
-        self._ref_tags: dict[uuid.UUID, str] = {}
+        self._refs = RefBook()
 
     @classmethod
     async def connect(
@@ -304,7 +309,8 @@ class PeerClient:
 
     async def deref_session_ref(self, key: uuid.UUID | str) -> bytes:
         """The bytes of a session ref held by the peer, of any size (streamed in pieces)."""
-        _tag, raw = await self._ref.fetch(str(key))
+        with self._forgetting_if_gone(key):
+            _tag, raw = await self._ref.fetch(str(key))
         return raw
 
     async def deref_session_ref_into(self, key: uuid.UUID | str, buffer: Buffer) -> int:
@@ -313,19 +319,23 @@ class PeerClient:
 
         Reusing one buffer for many fetches avoids the cost of mapping new memory,
         which for large values is most of the time a fetch takes."""
-        _tag, size = await self._ref.fetch_into(str(key), buffer)
+        with self._forgetting_if_gone(key):
+            _tag, size = await self._ref.fetch_into(str(key), buffer)
         return size
 
     async def fetch_session_ref(self, key: uuid.UUID | str) -> Any:
         """A session ref decoded by the codec for its type tag (see ``register_ref_codec``)."""
-        tag, raw = await self._ref.fetch(str(key))
+        with self._forgetting_if_gone(key):
+            tag, raw = await self._ref.fetch(str(key))
         if not tag:
-            tag = self._ref_tags.get(uuid.UUID(str(key)), "bytes")
+            tag = self._refs.tag(_as_uuid(key)) or "bytes"
         return decode_ref_value(tag, raw)
 
     async def release_session_ref(self, key: uuid.UUID | str) -> bool:
         """Frees a session ref on the peer; False when it was already gone."""
-        return await self._ref.release(str(key))
+        released = await self._ref.release(str(key))
+        self._refs.forget(_as_uuid(key))
+        return released
 
     def parent_run(self) -> ParentRun:
         """``async with client.parent_run() as run:`` tags every call inside with
@@ -336,7 +346,17 @@ class PeerClient:
 
     async def finish_parent(self, run_id: uuid.UUID | str) -> int:
         """Releases every ``UNTIL_PARENT_FINISH`` ref of a parent run; returns how many."""
-        return await self._ref.finish_parent(str(run_id))
+        released = await self._ref.finish_parent(str(run_id))
+        self._refs.forget_parent(str(run_id))
+        return released
+
+    @contextlib.contextmanager
+    def _forgetting_if_gone(self, key: uuid.UUID | str) -> Iterator[None]:
+        try:
+            yield
+        except RefNotFoundError:
+            self._refs.forget(_as_uuid(key))
+            raise
 
     def _call(
         self,
@@ -386,8 +406,10 @@ class PeerClient:
         return None
 
     def _remember(self, response: SubWorkflowResponse) -> SubWorkflowResponse:
-        for key, descriptor in response.remote_refs.items():
-            self._ref_tags[key] = descriptor.type_tag
+        self._refs.remember(
+            ((key, descriptor.type_tag) for key, descriptor in response.remote_refs.items()),
+            self._current_parent(),
+        )
         return response
 
     async def close(self) -> None:

@@ -1,12 +1,20 @@
 //! The shared-secret token: checked on every call of the peer service before
 //! its payload is decoded, compared in constant time.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use subtle::ConstantTimeEq;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
+use crate::log_limit::{held_back_note, LogLimit};
 use crate::log_target::TARGET;
+
+/// One refusal line per client address per this long: a client with a bad
+/// token opens a stream per call, and each would otherwise log.
+const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(10);
 
 /// Environment variable both sides read their token from by default.
 pub const TOKEN_ENV: &str = "BLAZEN_PEER_TOKEN";
@@ -23,6 +31,7 @@ pub fn bearer(token: &str) -> Result<MetadataValue<Ascii>, String> {
 #[derive(Clone)]
 pub struct TokenCheck {
     accepted: Vec<Vec<u8>>,
+    refusals_logged: Arc<LogLimit>,
 }
 
 impl TokenCheck {
@@ -32,6 +41,7 @@ impl TokenCheck {
                 .iter()
                 .map(|token| token.as_bytes().to_vec())
                 .collect(),
+            refusals_logged: Arc::new(LogLimit::new(REFUSAL_LOG_PERIOD)),
         }
     }
 
@@ -74,11 +84,18 @@ impl Interceptor for TokenCheck {
         let from = request
             .remote_addr()
             .map_or_else(|| "an unknown address".to_owned(), |addr| addr.to_string());
-        log::warn!(
-            target: TARGET,
-            remote_addr = from.as_str();
-            "refused a call from {from}: it carried {refused}"
-        );
+        // Per host, not per port: a client reconnects from a new port each time.
+        let host = request
+            .remote_addr()
+            .map_or_else(String::new, |addr| addr.ip().to_string());
+        if let Some(held_back) = self.refusals_logged.admit(&host) {
+            log::warn!(
+                target: TARGET,
+                remote_addr = from.as_str();
+                "refused a call from {from}: it carried {refused}{}",
+                held_back_note(held_back)
+            );
+        }
         Err(Status::unauthenticated(message))
     }
 }

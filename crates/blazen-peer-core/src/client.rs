@@ -562,11 +562,16 @@ impl PeerClient {
             return PeerError::Tls(format!("call to peer {} failed: {handshake}", self.address));
         }
         // A status with a source was made here, from a transport failure; one
-        // without came from the peer.
+        // without came from the peer. A GOAWAY with ENHANCE_YOUR_CALM becomes
+        // RESOURCE_EXHAUSTED here: that is HTTP/2 on the way, not the peer
+        // saying "busy", and the run may have started.
         if let Some(source) = std::error::Error::source(status) {
             let local = matches!(
                 status.code(),
-                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::Cancelled
+                    | tonic::Code::ResourceExhausted
             );
             if local || never_delivered(source) {
                 return PeerError::Transport {

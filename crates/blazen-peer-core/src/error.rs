@@ -154,8 +154,10 @@ impl PeerError {
             PeerError::Encode(_) | PeerError::Validation(_) => Status::invalid_argument(message),
             PeerError::Authentication(_) => Status::unauthenticated(message),
             PeerError::Timeout(_) => Status::deadline_exceeded(message),
-            PeerError::Busy(_) => Status::resource_exhausted(message),
-            PeerError::Unavailable(_) => Status::unavailable(message),
+            PeerError::Busy(_) => refused_before_running(Code::ResourceExhausted, message, "busy"),
+            PeerError::Unavailable(_) => {
+                refused_before_running(Code::Unavailable, message, "draining")
+            }
             PeerError::Transport { .. } | PeerError::Tls(_) | PeerError::Workflow(_) => {
                 Status::internal(message)
             }
@@ -198,22 +200,36 @@ impl PeerError {
             Code::Unauthenticated => PeerError::Authentication(format!(
                 "peer {address} rejected the credentials: {message}"
             )),
+            // Our peer's message already says what to raise; others' may not.
+            Code::OutOfRange if message.contains("max_message_bytes") => {
+                PeerError::MessageTooLarge(format!("peer {address}: {message}"))
+            }
             Code::OutOfRange => PeerError::MessageTooLarge(format!(
                 "peer {address} refused an oversized message: {message}; raise max_message_bytes \
                  on both sides (PeerServer and PeerClient.connect), or pass large values as session refs"
             )),
-            Code::ResourceExhausted => PeerError::Busy(format!(
-                "peer {address} is busy: {message}"
-            )),
+            Code::ResourceExhausted if was_refused_before_running(status) => {
+                PeerError::Busy(format!("peer {address} is busy: {message}"))
+            }
+            // Not our server's refusal: a proxy, another implementation, or an
+            // HTTP/2 limit. Nothing says the run did not start.
+            Code::ResourceExhausted => PeerError::Transport {
+                message: format!(
+                    "call to peer {address} failed (ResourceExhausted): {message}; the run may \
+                     have started"
+                ),
+                code: Some(Code::ResourceExhausted as i32),
+                started: true,
+            },
             Code::DeadlineExceeded => PeerError::Timeout(format!(
                 "call to peer {address} passed its deadline: {message}"
             )),
-            // A peer answers UNAVAILABLE before it runs anything (it is shutting
-            // down); gRPC defines the code as safe to retry.
+            // Our peer answers UNAVAILABLE, marked, before it runs anything (it
+            // is shutting down). Unmarked, it may come from anything on the way.
             Code::Unavailable => PeerError::Transport {
                 message: format!("peer {address} is unavailable: {message}"),
                 code: Some(Code::Unavailable as i32),
-                started: false,
+                started: !was_refused_before_running(status),
             },
             code => PeerError::Transport {
                 message: format!("call to peer {address} failed ({code:?}): {message}"),
@@ -222,6 +238,25 @@ impl PeerError {
             },
         }
     }
+}
+
+/// Metadata key our server sets on a refusal made before running anything
+/// (busy, draining), so a caller can tell it from the same status code raised
+/// by a proxy or an HTTP/2 limit after the run may have started. Its value
+/// says which refusal; peers that do not know the key ignore it.
+pub const REFUSED_BEFORE_RUNNING: &str = "blazen-refused-before-running";
+
+fn refused_before_running(code: Code, message: String, why: &'static str) -> Status {
+    let mut status = Status::new(code, message);
+    status.metadata_mut().insert(
+        REFUSED_BEFORE_RUNNING,
+        tonic::metadata::MetadataValue::from_static(why),
+    );
+    status
+}
+
+fn was_refused_before_running(status: &Status) -> bool {
+    status.metadata().contains_key(REFUSED_BEFORE_RUNNING)
 }
 
 fn not_found(message: String, missing: &str, is_workflow: bool, registered: &[String]) -> Status {
@@ -260,6 +295,24 @@ mod tests {
         match PeerError::from_status(&status, "peer") {
             PeerError::EnvelopeVersion { got, supported } => assert_eq!((got, supported), (7, 1)),
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_our_marked_refusals_count_as_never_started() {
+        let busy = PeerError::Busy("full".into()).to_status();
+        assert!(matches!(
+            PeerError::from_status(&busy, "b"),
+            PeerError::Busy(_)
+        ));
+        let draining = PeerError::Unavailable("draining".into()).to_status();
+        assert!(PeerError::from_status(&draining, "b").is_not_started());
+        for code in [Code::ResourceExhausted, Code::Unavailable] {
+            let foreign = PeerError::from_status(&Status::new(code, "calm down"), "b");
+            assert!(
+                matches!(foreign, PeerError::Transport { started: true, .. }),
+                "{code:?} without our mark must not claim the run never started: {foreign:?}"
+            );
         }
     }
 

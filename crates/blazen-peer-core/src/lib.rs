@@ -13,6 +13,7 @@ pub mod error;
 pub mod event;
 pub mod event_stream;
 pub mod limits;
+pub mod log_limit;
 pub mod log_target;
 pub mod observer;
 pub mod registry;

@@ -142,17 +142,30 @@ fn step_failed(
     } else {
         FailureKind::StepFailed
     };
-    Box::new(WorkflowFailure {
-        kind,
-        message: format!(
-            "step `{}` failed on node `{}` handling `{}`: {}: {}; steps present: {}",
+    let raised = if err.message.is_empty() {
+        err.error_type.clone()
+    } else {
+        format!("{}: {}", err.error_type, err.message)
+    };
+    let message = if err.cancelled {
+        format!(
+            "step `{}` on node `{}` was cancelled while handling `{}` ({raised})",
             step.id,
             ctx.node_id(),
             event.types.name(),
-            err.error_type,
-            err.message,
+        )
+    } else {
+        format!(
+            "step `{}` failed on node `{}` handling `{}`: {raised}; steps present: {}",
+            step.id,
+            ctx.node_id(),
+            event.types.name(),
             describe_steps(steps)
-        ),
+        )
+    };
+    Box::new(WorkflowFailure {
+        kind,
+        message,
         remote_type: Some(err.error_type),
         remote_traceback: err.traceback,
         step_id: Some(step.id.to_string()),

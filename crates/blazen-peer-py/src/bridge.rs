@@ -18,16 +18,12 @@ pub fn start_async_step(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     module(py)?.getattr("start_async_step")
 }
 
-/// Runs a plain `def` step in the calling (worker) thread.
-pub fn run_sync_step<'py>(
-    py: Python<'py>,
-    func: &Bound<'py, PyAny>,
-    ctx: Bound<'py, PyAny>,
-    event: Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
-    module(py)?
-        .getattr("run_sync_step")?
-        .call1((func, ctx, event))
+/// Starts one more daemon thread for `def` steps (`_workers.start_worker`).
+pub fn start_step_worker(py: Python<'_>) -> PyResult<()> {
+    py.import("blazen_peer._workers")?
+        .getattr("start_worker")?
+        .call0()
+        .map(drop)
 }
 
 /// JSON text of a StopEvent's result.

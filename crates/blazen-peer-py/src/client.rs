@@ -19,6 +19,7 @@ use pyo3::types::PyBytes;
 
 use crate::awaitable::{self, Class};
 use crate::errors::{to_py, IntoPyResult};
+use crate::gil;
 use crate::refs::{parse_key, BufferSink, BytesSink, Fetched, FetchedInto};
 use crate::runtime::{self, Owner};
 use crate::server::{positive_size, seconds};
@@ -91,7 +92,8 @@ fn block_on<T: Send + 'static>(
         let _ = done.send(outcome);
     });
     loop {
-        let (received, receiver) = py.detach(move || (outcome.recv_timeout(SIGNAL_POLL), outcome));
+        let (received, receiver) =
+            gil::detach(py, move || (outcome.recv_timeout(SIGNAL_POLL), outcome));
         outcome = receiver;
         match received {
             Ok(outcome) => return outcome.py_err(),

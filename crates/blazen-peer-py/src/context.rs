@@ -6,7 +6,7 @@ use blazen_peer_core::{EventStream, RefOwner, RunContext, StateValue, StreamedEv
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::{awaitable, refs};
+use crate::{awaitable, gil, refs};
 
 /// How often a blocked writer checks whether its run ended.
 const ROOM_POLL: Duration = Duration::from_millis(100);
@@ -100,7 +100,9 @@ impl RunContextRef {
     fn wait_for_stream_room(&self, py: Python<'_>) {
         if let Some(events) = self.ctx.event_stream() {
             let ctx = &self.ctx;
-            py.detach(|| events.wait_for_room_blocking(ROOM_POLL, || ctx.is_cancelled()));
+            gil::detach(py, || {
+                events.wait_for_room_blocking(ROOM_POLL, || ctx.is_cancelled())
+            });
         }
     }
 

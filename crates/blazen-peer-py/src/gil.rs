@@ -4,8 +4,11 @@
 //! for the GIL with `pthread_exit`, which aborts the process when it unwinds
 //! through Rust frames (seen as SIGABRT/SIGSEGV at exit). So `blazen_peer`
 //! registers an `atexit` hook that closes this gate and waits, GIL released,
-//! for threads already inside to leave; after that, hand-offs to Python are
-//! skipped: nobody is left to receive them.
+//! for threads already inside and for running `def` steps to leave, for at
+//! most [`DRAIN_LIMIT`]; after that, hand-offs to Python are skipped (nobody
+//! is left to receive them), and a thread that released the GIL inside our
+//! code never takes it back (see [`detach`]). `def` steps still running are
+//! then abandoned as CPython abandons daemon threads: the process exits.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -16,7 +19,7 @@ static CLOSED: AtomicBool = AtomicBool::new(false);
 static INSIDE: AtomicUsize = AtomicUsize::new(0);
 
 /// How long exit waits for threads running Python code (e.g. a `def` step).
-const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 struct Leave;
 
@@ -43,12 +46,37 @@ pub fn while_open<R>(f: impl FnOnce() -> R) -> Option<R> {
     Some(f())
 }
 
-/// Closes the gate and waits for runtime threads to leave Python (atexit hook).
+/// True once interpreter exit closed the gate.
+pub fn is_closed() -> bool {
+    CLOSED.load(Ordering::SeqCst)
+}
+
+/// `py.detach(f)` for waits that may outlast the interpreter: when the gate
+/// closed while `f` ran, the thread never takes the GIL back (that would end
+/// it with `pthread_exit` through our frames); it sleeps until the process
+/// exits around it.
+pub fn detach<T, F>(py: Python<'_>, f: F) -> T
+where
+    F: Send + FnOnce() -> T,
+    T: Send,
+{
+    py.detach(|| {
+        let out = f();
+        while is_closed() {
+            std::thread::park();
+        }
+        out
+    })
+}
+
+/// Closes the gate and waits for runtime threads to leave Python and for
+/// running `def` steps to return (atexit hook).
 #[pyfunction]
 pub fn close_python_gate(py: Python<'_>) {
     CLOSED.store(true, Ordering::SeqCst);
     py.detach(|| {
         let started = Instant::now();
+        crate::sync_steps::pool().wait_idle(DRAIN_LIMIT);
         while INSIDE.load(Ordering::SeqCst) > 0 && started.elapsed() < DRAIN_LIMIT {
             std::thread::sleep(Duration::from_millis(1));
         }

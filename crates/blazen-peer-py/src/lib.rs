@@ -16,6 +16,7 @@ mod runtime;
 mod server;
 mod steps;
 mod streaming;
+mod sync_steps;
 mod tls;
 mod tracing;
 mod workflow;
@@ -29,6 +30,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<events::EventTypesRef>()?;
     module.add_class::<context::RunContextRef>()?;
     module.add_class::<steps::Completion>()?;
+    module.add_class::<sync_steps::SyncStepCall>()?;
     module.add_class::<server::PeerServerRef>()?;
     module.add_class::<client::PeerClientRef>()?;
     module.add_class::<client::ResponseRef>()?;
@@ -43,6 +45,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(logging::refresh_log_levels, module)?)?;
     module.add_function(wrap_pyfunction!(awaitable::_panic_probe, module)?)?;
     module.add_function(wrap_pyfunction!(steps::register_step, module)?)?;
+    module.add_function(wrap_pyfunction!(sync_steps::next_sync_step, module)?)?;
     module.add_function(wrap_pyfunction!(steps::unregister_step, module)?)?;
     module.add_function(wrap_pyfunction!(steps::registered_step_ids, module)?)?;
     module.add_function(wrap_pyfunction!(steps::register_workflow, module)?)?;

@@ -1,6 +1,6 @@
 //! Python functions as core steps. `async def` steps run as tasks on the event
 //! loop of the server (or local run) that owns the run; plain `def` steps run
-//! on tokio's blocking pool, holding the GIL only while Python code runs.
+//! on the package's daemon worker threads (see `sync_steps`).
 
 use std::any::Any;
 use std::sync::{Arc, Mutex};
@@ -15,14 +15,7 @@ use crate::context::RunContextRef;
 use crate::errors::IntoPyResult;
 use crate::events::{self, EventTypesRef};
 use crate::inbox::Inbox;
-use crate::{bridge, gil};
-
-fn interpreter_exiting() -> StepFailure {
-    StepFailure {
-        cancelled: true,
-        ..StepFailure::new("CancelledError", "the Python interpreter is shutting down")
-    }
-}
+use crate::{bridge, sync_steps};
 
 /// What a run carries for Python steps: the inbox of the loop that runs
 /// `async def` steps.
@@ -60,21 +53,8 @@ async fn invoke_sync(
     ctx: RunContext,
     event: Event,
 ) -> Result<StepOutput, StepFailure> {
-    let call = tokio::task::spawn_blocking(move || {
-        gil::with_python(|py| {
-            let outcome = (|| {
-                let remote = is_remote(&ctx);
-                let ctx = Bound::new(py, RunContextRef { ctx })?.into_any();
-                let event = events::to_py(py, &event)?;
-                let emitted = bridge::run_sync_step(py, func.bind(py), ctx, event)?;
-                collect_events(&emitted, remote)
-            })();
-            outcome.map_err(|err| bridge::describe_failure(py, err))
-        })
-        .unwrap_or_else(|| Err(interpreter_exiting()))
-    });
-    call.await
-        .unwrap_or_else(|join| Err(StepFailure::new("WorkerThreadError", join.to_string())))
+    let remote = is_remote(&ctx);
+    sync_steps::run(func, ctx, event, remote).await
 }
 
 async fn invoke_async(
@@ -192,8 +172,18 @@ impl StepCall {
         state.task.take()
     }
 
+    /// Delivers the outcome and lets go of the task. A failed task holds its
+    /// exception, whose traceback holds the frame that holds the `Completion`
+    /// that holds this call: kept, that cycle runs through a native object the
+    /// garbage collector cannot see, and every failed step would leak its
+    /// frames and locals for good.
     fn send(&self, outcome: Result<StepOutput, StepFailure>) {
-        if let Some(sender) = self.lock().sender.take() {
+        let (sender, task) = {
+            let mut state = self.lock();
+            (state.sender.take(), state.task.take())
+        };
+        drop(task);
+        if let Some(sender) = sender {
             let _ = sender.send(outcome);
         }
     }
@@ -214,7 +204,10 @@ impl Completion {
         if state.abandoned {
             return false;
         }
-        state.task = Some(task);
+        // Already settled (it failed while starting): nothing left to cancel.
+        if state.sender.is_some() {
+            state.task = Some(task);
+        }
         true
     }
 
@@ -237,7 +230,10 @@ fn is_remote(ctx: &RunContext) -> bool {
     ctx.caller().is_some()
 }
 
-fn collect_events(emitted: &Bound<'_, PyAny>, encode_stop: bool) -> PyResult<StepOutput> {
+pub(crate) fn collect_events(
+    emitted: &Bound<'_, PyAny>,
+    encode_stop: bool,
+) -> PyResult<StepOutput> {
     emitted
         .try_iter()?
         .map(|pair| {

@@ -1,0 +1,176 @@
+"""A peer for the fault suite: failing steps that hold memory, its own
+figures, and exits with a `def` step still running.
+
+    python tests/fault_peer.py serve        # prints LISTENING HOST:PORT, stops at stdin EOF
+    python tests/fault_peer.py exit-stop    # a def step runs, then stop(grace=0.2) and exit
+    python tests/fault_peer.py exit-sigint  # serve_blocking; a def step runs; the test sends SIGINT
+    python tests/fault_peer.py exit-nested  # as exit-stop, the step blocked in a blocking call
+
+The exit modes print ``STEP RUNNING`` once the step is inside Python (and,
+for exit-sigint, the server is serving), then expect to exit with status 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from blazen_peer import Context, PeerClient, PeerServer, StartEvent, StopEvent, Workflow, step
+
+# Big enough that a leak of one per failure shows in RSS within a few thousand calls.
+HELD_BYTES = 64 * 1024
+STEP_HOLD_SECS = 60.0
+
+
+class HeldFailure(RuntimeError):
+    """What the failing steps raise; their frames hold HELD_BYTES."""
+
+
+@step("fault::fail_async")
+async def fail_async(ctx: Context, ev: StartEvent) -> StopEvent:
+    held = bytearray(HELD_BYTES)
+    raise HeldFailure(f"failing on purpose with {len(held)} bytes in a local")
+
+
+@step("fault::fail_sync")
+def fail_sync(ctx: Context, ev: StartEvent) -> StopEvent:
+    held = bytearray(HELD_BYTES)
+    raise HeldFailure(f"failing on purpose with {len(held)} bytes in a local")
+
+
+@step("fault::ok")
+async def ok(ctx: Context, ev: StartEvent) -> StopEvent:
+    return StopEvent(result="ok")
+
+
+def figures() -> dict[str, Any]:
+    """This process's RSS, object count (after a full collection), fds and threads."""
+    gc.collect()
+    with open("/proc/self/status") as proc_status:
+        status = dict(line.split(":", 1) for line in proc_status if ":" in line)
+    return {
+        "rss_bytes": int(status["VmRSS"].split()[0]) * 1024,
+        "objects": len(gc.get_objects()),
+        "fds": len(os.listdir("/proc/self/fd")),
+        "threads": int(status["Threads"]),
+    }
+
+
+@step("fault::figures")
+def report_figures(ctx: Context, ev: StartEvent) -> StopEvent:
+    return StopEvent(result=figures())
+
+
+_running = threading.Event()
+
+
+@step("fault::hold_sync")
+def hold_sync(ctx: Context, ev: StartEvent) -> StopEvent:
+    _running.set()
+    deadline = time.monotonic() + STEP_HOLD_SECS
+    while time.monotonic() < deadline:
+        time.sleep(0.005)  # GIL released and re-taken, again and again
+    return StopEvent(result="held")
+
+
+@step("fault::hold_nested")
+def hold_nested(ctx: Context, ev: StartEvent) -> StopEvent:
+    # Blocked inside the package's own native code (GIL released) at exit.
+    address = ev.address
+    with PeerClient.connect_blocking(address, node_id="nested") as client:
+        _running.set()
+        client.run_remote_workflow_blocking("hold", ["fault::hold_sync"], {})
+    return StopEvent(result="held")
+
+
+def _announce_when_running() -> None:
+    _running.wait()
+    print("STEP RUNNING", flush=True)
+
+
+async def _exit_with_running_step(step_id: str) -> None:
+    server = PeerServer("fault-exit")
+    address = f"http://{await server.start('127.0.0.1:0')}"
+    client = await PeerClient.connect(address, node_id="fault-exit-caller")
+    call = asyncio.ensure_future(
+        client.run_remote_workflow("hold", [step_id], {"address": address})
+    )
+    await asyncio.get_running_loop().run_in_executor(None, _running.wait)
+    print("STEP RUNNING", flush=True)
+    await server.stop(grace=0.2)
+    call.cancel()
+    await client.close()
+
+
+def _exit_on_sigint() -> None:
+    server = PeerServer("fault-exit")
+    started = threading.Event()
+    original_start = server.start
+
+    async def start(address: str = "127.0.0.1:0") -> str:
+        bound = await original_start(address)
+        os.environ["FAULT_PEER_ADDRESS"] = bound
+        started.set()
+        return bound
+
+    server.start = start  # type: ignore[method-assign]
+
+    def call_it() -> None:
+        started.wait()
+        with PeerClient.connect_blocking(
+            f"http://{os.environ['FAULT_PEER_ADDRESS']}", node_id="fault-exit-caller"
+        ) as client:
+            client.run_remote_workflow_blocking("hold", ["fault::hold_sync"], {})
+
+    threading.Thread(target=call_it, daemon=True).start()
+    threading.Thread(target=_announce_when_running, daemon=True).start()
+    server.serve_blocking("127.0.0.1:0", grace=0.2)
+
+
+async def _serve() -> None:
+    server = PeerServer("fault-peer")
+    print(f"LISTENING {await server.start('127.0.0.1:0')}", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await server.stop(grace=1.0)
+
+
+async def _local_failures(count: int) -> None:
+    """Runs `count` failing local Workflow runs (async and def steps alike)."""
+    for index in range(count):
+        flow = Workflow("local-fail", ["fault::fail_async" if index % 2 else "fault::fail_sync"])
+        handler = await flow.run({})
+        with contextlib.suppress(Exception):
+            await handler
+
+
+def main() -> None:
+    mode = sys.argv[1]
+    if mode == "serve":
+        asyncio.run(_serve())
+    elif mode == "exit-stop":
+        asyncio.run(_exit_with_running_step("fault::hold_sync"))
+    elif mode == "exit-nested":
+        asyncio.run(_exit_with_running_step("fault::hold_nested"))
+    elif mode == "exit-sigint":
+        _exit_on_sigint()
+    elif mode == "local-leak":
+        # Warm up, measure, fail many times, measure: prints both as JSON.
+        import json
+
+        asyncio.run(_local_failures(200))
+        before = figures()
+        asyncio.run(_local_failures(int(sys.argv[2])))
+        after = figures()
+        print(json.dumps({"before": before, "after": after}), flush=True)
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -152,6 +152,7 @@ async def test_stop_with_grace_drains_then_cancels_what_is_left(
         err = excinfo.value
         assert not isinstance(err, PeerTimeoutError)
         assert err.failure_kind == "Cancelled", err
+        assert "shut down" in str(err), err
         assert GRACE_SECS - 0.25 < cancelled_after < GRACE_SECS + 3, cancelled_after
     finally:
         await client.close()
@@ -293,6 +294,8 @@ async def test_on_sigterm_serve_cancels_the_runs_left_after_its_grace(
                 await asyncio.wait_for(call, 10)
             cancelled_after = time.monotonic() - signalled_at
         assert excinfo.value.failure_kind == "Cancelled", excinfo.value
+        # The caller hears why, not a bare "CancelledError: ".
+        assert "shut down" in str(excinfo.value), excinfo.value
         assert 0.75 < cancelled_after < 4, cancelled_after  # grace=1.0
         assert await asyncio.wait_for(proc.wait(), 10) == 0, stderr_path.read_text()
         assert (await proc.stdout.read()).decode() == "SERVE RETURNED\n"

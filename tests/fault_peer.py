@@ -1,7 +1,8 @@
 """A peer for the fault suite: failing steps that hold memory, its own
 figures, and exits with a `def` step still running.
 
-    python tests/fault_peer.py serve        # prints LISTENING HOST:PORT, stops at stdin EOF
+    python tests/fault_peer.py serve [TOKEN]  # prints LISTENING HOST:PORT, stops at stdin EOF;
+                                              # logs WARNING and up to stderr
     python tests/fault_peer.py exit-stop    # a def step runs, then stop(grace=0.2) and exit
     python tests/fault_peer.py exit-sigint  # serve_blocking; a def step runs; the test sends SIGINT
     python tests/fault_peer.py exit-nested  # as exit-stop, the step blocked in a blocking call
@@ -14,14 +15,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
+import logging
 import os
 import sys
 import threading
 import time
 from typing import Any
 
-from blazen_peer import Context, PeerClient, PeerServer, StartEvent, StopEvent, Workflow, step
+from blazen_peer import (
+    Context,
+    PeerClient,
+    PeerServer,
+    RefLifetime,
+    StartEvent,
+    StopEvent,
+    Workflow,
+    step,
+)
 
 # Big enough that a leak of one per failure shows in RSS within a few thousand calls.
 HELD_BYTES = 64 * 1024
@@ -44,6 +56,19 @@ def fail_sync(ctx: Context, ev: StartEvent) -> StopEvent:
     raise HeldFailure(f"failing on purpose with {len(held)} bytes in a local")
 
 
+@step("fault::not_json")
+async def not_json(ctx: Context, ev: StartEvent) -> StopEvent:
+    return StopEvent(result={"not": object()})
+
+
+@step("fault::make_refs")
+async def make_refs(ctx: Context, ev: StartEvent) -> StopEvent:
+    lifetime = RefLifetime[ev.lifetime]
+    for _ in range(int(ev.count)):
+        await ctx.session_refs.insert(b"held on the peer", lifetime=lifetime)
+    return StopEvent(result=None)
+
+
 @step("fault::ok")
 async def ok(ctx: Context, ev: StartEvent) -> StopEvent:
     return StopEvent(result="ok")
@@ -62,9 +87,13 @@ def figures() -> dict[str, Any]:
     }
 
 
+SERVER: PeerServer | None = None
+
+
 @step("fault::figures")
 def report_figures(ctx: Context, ev: StartEvent) -> StopEvent:
-    return StopEvent(result=figures())
+    runs = dataclasses.asdict(SERVER.stats()) if SERVER is not None else {}
+    return StopEvent(result={**figures(), "runs": runs})
 
 
 _running = threading.Event()
@@ -133,8 +162,10 @@ def _exit_on_sigint() -> None:
     server.serve_blocking("127.0.0.1:0", grace=0.2)
 
 
-async def _serve() -> None:
-    server = PeerServer("fault-peer")
+async def _serve(token: str | None) -> None:
+    global SERVER
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    server = SERVER = PeerServer("fault-peer", token=token)
     print(f"LISTENING {await server.start('127.0.0.1:0')}", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await server.stop(grace=1.0)
@@ -152,7 +183,7 @@ async def _local_failures(count: int) -> None:
 def main() -> None:
     mode = sys.argv[1]
     if mode == "serve":
-        asyncio.run(_serve())
+        asyncio.run(_serve(sys.argv[2] if len(sys.argv) > 2 else None))
     elif mode == "exit-stop":
         asyncio.run(_exit_with_running_step("fault::hold_sync"))
     elif mode == "exit-nested":

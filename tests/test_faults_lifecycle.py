@@ -13,11 +13,12 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from blazen_peer import PeerClient, WorkflowError
+from blazen_peer import AuthenticationError, PeerClient, RefNotFoundError, WorkflowError
 from conftest import EXIT_TIMEOUT_SECS, read_line
 
 FAULT_PEER = Path(__file__).resolve().parent / "fault_peer.py"
@@ -31,23 +32,41 @@ EXITS = 100
 EXITS_AT_ONCE = 8
 
 
-@pytest.fixture(scope="module")
-def fault_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    stderr_path = tmp_path_factory.mktemp("fault-peer") / "stderr.txt"
+@dataclass
+class FaultPeer:
+    address: str
+    proc: subprocess.Popen[bytes]
+    stderr_path: Path
+
+    def stop(self) -> str:
+        """Stops the peer (stdin EOF), checks it exited 0, returns its stderr."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        status = self.proc.wait(timeout=EXIT_TIMEOUT_SECS)
+        self.proc.stdout.close()
+        stderr = self.stderr_path.read_text(errors="replace")
+        assert status == 0, stderr
+        return stderr
+
+
+def start_fault_peer(stderr_path: Path, *args: str) -> FaultPeer:
     with stderr_path.open("wb") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, str(FAULT_PEER), "serve"],
+            [sys.executable, str(FAULT_PEER), "serve", *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
         )
     line = read_line(proc, 30)
     assert line.startswith("LISTENING "), (line, stderr_path.read_text())
-    yield f"http://{line.split()[1]}"
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.close()
-    assert proc.wait(timeout=EXIT_TIMEOUT_SECS) == 0, stderr_path.read_text()
-    proc.stdout.close()
+    return FaultPeer(f"http://{line.split()[1]}", proc, stderr_path)
+
+
+@pytest.fixture(scope="module")
+def fault_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    peer = start_fault_peer(tmp_path_factory.mktemp("fault-peer") / "stderr.txt")
+    yield peer.address
+    peer.stop()
 
 
 @pytest.fixture
@@ -142,3 +161,62 @@ async def test_exiting_with_a_running_def_step_never_aborts() -> None:
     failed = [report for status, report in outcomes if status != 0]
     assert not failed, f"{len(failed)} of {EXITS} exits failed; first:\n{failed[0]}"
     assert all("Fatal Python error" not in report for _, report in outcomes)
+
+
+async def test_a_result_that_is_not_json_is_a_failed_run_and_logged(tmp_path: Path) -> None:
+    peer = start_fault_peer(tmp_path / "stderr.txt")
+    try:
+        async with await PeerClient.connect(peer.address, node_id="fault-tests") as client:
+            with pytest.raises(WorkflowError) as failed:
+                await client.run_remote_workflow("bad", ["fault::not_json"])
+            assert failed.value.failure_kind == "ResultNotJson", failed.value
+            runs = (await _figures(client))["runs"]
+        assert runs["runs_failed"] == 1 and runs["runs_succeeded"] == 0, runs
+    finally:
+        stderr = peer.stop()
+    assert "ResultNotJson" in stderr, stderr
+
+
+async def test_refused_calls_log_once_per_host_not_once_per_call(tmp_path: Path) -> None:
+    peer = start_fault_peer(tmp_path / "stderr.txt", "the-right-token")
+    try:
+        async with await PeerClient.connect(
+            peer.address, node_id="intruder", token="a-wrong-token"
+        ) as client:
+            for _ in range(100):
+                with pytest.raises(AuthenticationError):
+                    await client.run_remote_workflow("ok", ["fault::ok"])
+    finally:
+        stderr = peer.stop()
+    refusals = [line for line in stderr.splitlines() if "refused a call" in line]
+    assert 1 <= len(refusals) <= 2, stderr
+
+
+async def _remote_ref_keys(client: PeerClient, lifetime: str, count: int) -> list[Any]:
+    response = await client.invoke_sub_workflow(
+        "refs", ["fault::make_refs"], {"lifetime": lifetime, "count": count}
+    )
+    return list(response.remote_refs)
+
+
+async def test_the_client_forgets_refs_released_finished_or_gone(
+    fault_client: PeerClient, fault_peer: str
+) -> None:
+    remembered = fault_client._refs
+    keys = await _remote_ref_keys(fault_client, "UNTIL_EXPLICIT_DROP", 200)
+    assert len(remembered) == 200
+    for key in keys:
+        assert await fault_client.release_session_ref(key)
+    assert len(remembered) == 0, "released refs are still remembered"
+
+    async with fault_client.parent_run():
+        await _remote_ref_keys(fault_client, "UNTIL_PARENT_FINISH", 50)
+        assert len(remembered) == 50
+    assert len(remembered) == 0, "refs of a finished parent are still remembered"
+
+    (key,) = await _remote_ref_keys(fault_client, "UNTIL_EXPLICIT_DROP", 1)
+    async with await PeerClient.connect(fault_peer, node_id="other") as other:
+        assert await other.release_session_ref(key)
+    with pytest.raises(RefNotFoundError):
+        await fault_client.fetch_session_ref(key)
+    assert len(remembered) == 0, "a ref the peer reported gone is still remembered"

@@ -6,6 +6,7 @@ them with :class:`PeerServer`, and call them from elsewhere with
 """
 
 import atexit
+import logging
 
 from ._native import ENVELOPE_VERSION, close_python_gate
 from .client import ParentRun, PeerClient, RemoteRefDescriptor, SubWorkflowResponse
@@ -46,6 +47,9 @@ from .workflow import Workflow, WorkflowHandler
 
 # Runtime threads must be out of Python before the interpreter finalizes.
 atexit.register(close_python_gate)
+# A library's records reach only the handlers its application configured: without
+# this, Python's last-resort handler would print every WARNING to stderr.
+logging.getLogger("blazen_peer").addHandler(logging.NullHandler())
 
 __all__ = [
     "ENVELOPE_VERSION",

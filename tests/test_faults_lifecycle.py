@@ -12,13 +12,23 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from blazen_peer import AuthenticationError, PeerClient, RefNotFoundError, WorkflowError
+from blazen_peer import (
+    AuthenticationError,
+    Context,
+    PeerClient,
+    PeerServer,
+    RefNotFoundError,
+    StartEvent,
+    StopEvent,
+    WorkflowError,
+    step,
+)
 from conftest import EXIT_TIMEOUT_SECS, read_line
 
 FAULT_PEER = Path(__file__).resolve().parent / "fault_peer.py"
@@ -220,3 +230,32 @@ async def test_the_client_forgets_refs_released_finished_or_gone(
     with pytest.raises(RefNotFoundError):
         await fault_client.fetch_session_ref(key)
     assert len(remembered) == 0, "a ref the peer reported gone is still remembered"
+
+
+async def test_a_step_task_cancelled_by_the_peers_app_says_so(
+    step_ids: Callable[[str], str],
+) -> None:
+    """The peer's application (or its loop on the way out) cancelling a step's
+    task used to reach the caller as a bare "CancelledError: "."""
+    step_id = step_ids("cancelled_by_app")
+    running: asyncio.Queue[asyncio.Task[Any]] = asyncio.Queue()
+
+    @step(step_id)
+    async def wait_forever(ctx: Context, ev: StartEvent) -> StopEvent:
+        task = asyncio.current_task()
+        assert task is not None
+        running.put_nowait(task)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async with PeerServer("node-app") as server:
+        address = f"http://{await server.start('127.0.0.1:0')}"
+        async with await PeerClient.connect(address, node_id="node-a") as client:
+            call = asyncio.ensure_future(client.run_remote_workflow("wf", [step_id]))
+            (await running.get()).cancel()
+            with pytest.raises(WorkflowError) as failed:
+                await call
+    message = str(failed.value)
+    assert failed.value.failure_kind == "Cancelled", message
+    assert "cancelled on the peer, not by the caller" in message, message
+    assert step_id in message, message

@@ -48,6 +48,17 @@ def _start_traced(fn: Any, ctx: _native.RunContext, event: Any) -> asyncio.Futur
 
 
 def _finish(task: asyncio.Future[Any], completion: _native.Completion) -> None:
+    if task.cancelled():
+        # Not the caller's doing (a caller's cancel abandons the completion
+        # first): the peer's own application or event loop cancelled the task,
+        # typically on its way out. A bare CancelledError would say nothing.
+        completion.fail(
+            asyncio.CancelledError(
+                "the step's task was cancelled on the peer, not by the caller "
+                "(the peer's application or event loop shutting down?)"
+            )
+        )
+        return
     try:
         emitted = normalize_output(task.result())
     except BaseException as exc:

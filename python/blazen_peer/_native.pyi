@@ -2,7 +2,7 @@
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, final
+from typing import Any, ClassVar, Protocol, final
 
 from typing_extensions import Buffer
 
@@ -191,9 +191,32 @@ class ClientTls:
         cls, ca: _Pem, identity: tuple[_Pem, _Pem] | None = None, domain: str | None = None
     ) -> ClientTls: ...
 
+class _TransportOptions(Protocol):
+    """What `PeerServer` reads, by attribute, for its transport limits."""
+
+    @property
+    def max_connections(self) -> int: ...
+    @property
+    def max_concurrent_streams(self) -> int: ...
+    @property
+    def handshake_timeout_secs(self) -> float: ...
+    @property
+    def idle_connection_timeout_secs(self) -> float | None: ...
+    @property
+    def request_body_timeout_secs(self) -> float: ...
+    @property
+    def max_buffered_request_bytes(self) -> int: ...
+
 @final
 class PeerServer:
     """A peer server; serves once, from `start` until `stop`."""
+
+    DEFAULT_MAX_CONNECTIONS: ClassVar[int]
+    DEFAULT_MAX_CONCURRENT_STREAMS: ClassVar[int]
+    DEFAULT_HANDSHAKE_TIMEOUT_SECS: ClassVar[float]
+    DEFAULT_IDLE_CONNECTION_TIMEOUT_SECS: ClassVar[float]
+    DEFAULT_REQUEST_BODY_TIMEOUT_SECS: ClassVar[float]
+    DEFAULT_MAX_BUFFERED_REQUEST_BYTES: ClassVar[int]
 
     def __new__(
         cls,
@@ -213,6 +236,7 @@ class PeerServer:
             [str, str, str, str | None, str | None, str | None], _RunObservation | None
         ]
         | None = None,
+        transport: _TransportOptions | None = None,
     ) -> PeerServer: ...
     @property
     def session_refs(self) -> SessionRefRegistry:

@@ -19,6 +19,27 @@ __all__ = ["PeerServer", "ServerStats"]
 #: How long ``stop()`` lets runs in progress finish before cancelling them.
 DEFAULT_GRACE_SECS = 10.0
 
+# Transport limits: the defaults live in the Rust core (server/limits.rs).
+_NativeServer = _native.PeerServer
+DEFAULT_MAX_CONNECTIONS: int = _NativeServer.DEFAULT_MAX_CONNECTIONS
+DEFAULT_MAX_CONCURRENT_STREAMS: int = _NativeServer.DEFAULT_MAX_CONCURRENT_STREAMS
+DEFAULT_HANDSHAKE_TIMEOUT_SECS: float = _NativeServer.DEFAULT_HANDSHAKE_TIMEOUT_SECS
+DEFAULT_IDLE_CONNECTION_TIMEOUT_SECS: float = _NativeServer.DEFAULT_IDLE_CONNECTION_TIMEOUT_SECS
+DEFAULT_REQUEST_BODY_TIMEOUT_SECS: float = _NativeServer.DEFAULT_REQUEST_BODY_TIMEOUT_SECS
+DEFAULT_MAX_BUFFERED_REQUEST_BYTES: int = _NativeServer.DEFAULT_MAX_BUFFERED_REQUEST_BYTES
+
+
+@dataclass(frozen=True)
+class _TransportLimits:
+    """What the native server reads (by attribute) for its transport limits."""
+
+    max_connections: int
+    max_concurrent_streams: int
+    handshake_timeout_secs: float
+    idle_connection_timeout_secs: float | None
+    request_body_timeout_secs: float
+    max_buffered_request_bytes: int
+
 
 @dataclass(frozen=True)
 class ServerStats:
@@ -62,6 +83,13 @@ class PeerServer:
     Limits: ``max_message_bytes`` per message, ``max_concurrent_runs`` (beyond it
     callers get PeerBusyError), ``max_json_depth`` for inputs; HTTP/2 keepalive
     pings every ``keepalive_interval_secs`` (None: never).
+    Transport limits (README, "Limits"): ``max_connections`` open at once (more
+    are closed at once), ``max_concurrent_streams`` calls per connection,
+    ``handshake_timeout_secs`` for a new connection's TLS handshake and HTTP/2
+    preface, ``idle_connection_timeout_secs`` without a call before a connection
+    is closed (None: never), ``request_body_timeout_secs`` of silence in a
+    request body before its call fails, ``max_buffered_request_bytes`` of
+    request messages held at once (past it calls get PeerBusyError).
     Tracing: each run is an OpenTelemetry span, child of the caller's, when
     ``tracing`` is True, or when it is None (the default) and OpenTelemetry is
     installed with a tracer provider set before the server is made.
@@ -84,6 +112,12 @@ class PeerServer:
         keepalive_interval_secs: float | None = 30.0,
         keepalive_timeout_secs: float = 20.0,
         tracing: bool | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
+        handshake_timeout_secs: float = DEFAULT_HANDSHAKE_TIMEOUT_SECS,
+        idle_connection_timeout_secs: float | None = DEFAULT_IDLE_CONNECTION_TIMEOUT_SECS,
+        request_body_timeout_secs: float = DEFAULT_REQUEST_BODY_TIMEOUT_SECS,
+        max_buffered_request_bytes: int = DEFAULT_MAX_BUFFERED_REQUEST_BYTES,
     ) -> None:
         if tracing and not _tracing.INSTALLED:
             raise ValidationError(
@@ -110,6 +144,14 @@ class PeerServer:
             keepalive_interval_secs=keepalive_interval_secs,
             keepalive_timeout_secs=keepalive_timeout_secs,
             run_started=_tracing.run_started if traced else None,
+            transport=_TransportLimits(
+                max_connections=max_connections,
+                max_concurrent_streams=max_concurrent_streams,
+                handshake_timeout_secs=handshake_timeout_secs,
+                idle_connection_timeout_secs=idle_connection_timeout_secs,
+                request_body_timeout_secs=request_body_timeout_secs,
+                max_buffered_request_bytes=max_buffered_request_bytes,
+            ),
         )
         self._tls = tls
         self._session_refs = (

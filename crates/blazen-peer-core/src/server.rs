@@ -8,20 +8,30 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
+use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use uuid::Uuid;
 
+mod connection;
+mod incoming;
 mod lifecycle;
+mod limits;
+mod log_throttle;
+mod request_body;
 mod stream_feed;
 
 pub use lifecycle::RunStats;
+pub use limits::{
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_CONNECTION_TIMEOUT, DEFAULT_MAX_BUFFERED_REQUEST_BYTES,
+    DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_BODY_TIMEOUT,
+    MAX_LOCAL_ERROR_RESET_STREAMS, MAX_PENDING_ACCEPT_RESET_STREAMS,
+};
 
 use crate::auth::{bearer, TokenCheck};
 use crate::context::{Caller, RunContext};
@@ -103,6 +113,21 @@ pub struct ServerConfig {
     pub stream_buffer: usize,
     /// Hears when each run starts and how it ends (tracing).
     pub observer: Option<Arc<dyn RunObserver>>,
+    /// Connections open at once; more are accepted and closed at once.
+    pub max_connections: usize,
+    /// HTTP/2 streams (calls) one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Time a new connection has, from accept, to complete the TLS handshake
+    /// (under TLS) and send the HTTP/2 preface; it is closed otherwise.
+    pub handshake_timeout: Duration,
+    /// Time a connection may have no open stream before it is closed
+    /// gracefully; None keeps idle connections open.
+    pub idle_connection_timeout: Option<Duration>,
+    /// Longest pause in a request body before its call fails.
+    pub request_body_timeout: Duration,
+    /// Request bytes held at once across all connections for messages still
+    /// arriving or being decoded; calls past it are refused as busy.
+    pub max_buffered_request_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +147,12 @@ impl Default for ServerConfig {
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             stream_buffer: DEFAULT_STREAM_BUFFER,
             observer: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_connection_timeout: Some(DEFAULT_IDLE_CONNECTION_TIMEOUT),
+            request_body_timeout: DEFAULT_REQUEST_BODY_TIMEOUT,
+            max_buffered_request_bytes: DEFAULT_MAX_BUFFERED_REQUEST_BYTES,
         }
     }
 }
@@ -151,6 +182,7 @@ impl ServerConfig {
                 self.max_message_bytes
             )));
         }
+        self.validate_transport()?;
         for token in &self.tokens {
             if token.is_empty() {
                 return Err(PeerError::Validation(
@@ -158,6 +190,42 @@ impl ServerConfig {
                 ));
             }
             bearer(token).map_err(PeerError::Validation)?;
+        }
+        Ok(())
+    }
+}
+
+impl ServerConfig {
+    /// The transport limits: connections, streams, timeouts, buffered bytes.
+    fn validate_transport(&self) -> Result<(), PeerError> {
+        if self.max_connections == 0 {
+            return Err(PeerError::Validation(
+                "max_connections must be at least 1".into(),
+            ));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(PeerError::Validation(
+                "max_concurrent_streams must be at least 1".into(),
+            ));
+        }
+        let timeouts = [
+            ("handshake_timeout_secs", Some(self.handshake_timeout)),
+            ("idle_connection_timeout_secs", self.idle_connection_timeout),
+            ("request_body_timeout_secs", Some(self.request_body_timeout)),
+        ];
+        for (name, timeout) in timeouts {
+            if timeout.is_some_and(|timeout| timeout.is_zero()) {
+                return Err(PeerError::Validation(format!(
+                    "{name} must be a positive number of seconds"
+                )));
+            }
+        }
+        // A whole message, with its 5-byte gRPC header, must fit.
+        if self.max_buffered_request_bytes < self.max_message_bytes.saturating_add(5) {
+            return Err(PeerError::Validation(format!(
+                "max_buffered_request_bytes ({}) must be at least max_message_bytes ({}) plus                  5, or the largest message could never arrive; raise max_buffered_request_bytes",
+                self.max_buffered_request_bytes, self.max_message_bytes
+            )));
         }
         Ok(())
     }
@@ -656,8 +724,6 @@ impl RunningServer {
         let local_addr = listener
             .local_addr()
             .map_err(|err| PeerError::transport(format!("cannot read the bound address: {err}")))?;
-        // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to small replies.
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let limit = config.max_message_bytes;
         let sweeper = tokio::spawn(sweep_leases(config.session_refs.clone()));
@@ -669,18 +735,11 @@ impl RunningServer {
         // carry no credentials, and the answer reveals nothing but up or draining.
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<BlazenPeerServer<PeerService>>().await;
-        let mut builder = tonic::transport::Server::builder()
-            .initial_stream_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .max_frame_size(MAX_FRAME_BYTES)
-            .http2_keepalive_interval(config.keepalive_interval)
-            .http2_keepalive_timeout(Some(config.keepalive_timeout));
-        if let Some(tls) = &config.tls {
-            builder = builder.tls_config(tls.tonic()).map_err(|err| {
-                PeerError::Tls(format!("the server's TLS settings were refused: {err}"))
-            })?;
-        }
-        let router = builder.add_service(health_service).add_service(grpc);
+        // Connections are accepted and served by our own loop (server/incoming.rs,
+        // server/connection.rs), which bounds what tonic's would not: connections,
+        // handshake time, idle time, request bytes (see server/limits.rs).
+        let routes = Routes::new(health_service).add_service(grpc);
+        let transport = Arc::new(connection::Transport::new(node_id.clone(), &config, routes));
         log::info!(
             target: TARGET,
             node_id = &*node_id, address:% = local_addr;
@@ -691,9 +750,19 @@ impl RunningServer {
                 _ => "token required",
             }
         );
-        let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-            let _ = shutdown_rx.await;
-        }));
+        let task = tokio::spawn(async move {
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let serving = incoming::serve(listener, transport, stop_rx);
+            tokio::pin!(serving);
+            tokio::select! {
+                () = &mut serving => {}
+                _ = shutdown_rx => {
+                    let _ = stop_tx.send(true);
+                    serving.await;
+                }
+            }
+            Ok(())
+        });
         Ok(Self {
             local_addr,
             node_id,

@@ -3,13 +3,15 @@
 //! tonic's own configs accept any bytes and fail later with a generic
 //! "transport error", so every PEM input is parsed here first, with the
 //! source's name (usually a file path) in each error, and a server key is
-//! checked against its certificate.
+//! checked against its certificate. The server's rustls config is built here
+//! too: the server does its own handshakes (bounded in time, see
+//! `server::transport`), so it needs rustls itself rather than tonic's config.
 
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use rustls::server::WebPkiClientVerifier;
 
 use crate::error::PeerError;
 
@@ -92,7 +94,7 @@ fn checked_key_pair(cert: &Pem, key: &Pem) -> Result<KeyPair, PeerError> {
 /// A server's certificate and, for mutual TLS, the CA that client certificates must chain to.
 #[derive(Clone)]
 pub struct ServerTls {
-    config: ServerTlsConfig,
+    config: Arc<rustls::ServerConfig>,
     requires_client_certificates: bool,
 }
 
@@ -100,15 +102,42 @@ impl ServerTls {
     /// Parses and checks the PEM inputs; with `client_ca`, clients must present
     /// a certificate signed by it.
     pub fn from_pem(cert: &Pem, key: &Pem, client_ca: Option<&Pem>) -> Result<Self, PeerError> {
-        checked_key_pair(cert, key)?;
-        let mut config =
-            ServerTlsConfig::new().identity(Identity::from_pem(&cert.bytes, &key.bytes));
-        if let Some(ca) = client_ca {
-            ca.certificates("client CA")?;
-            config = config.client_ca_root(Certificate::from_pem(&ca.bytes));
-        }
+        let (certs, private_key) = checked_key_pair(cert, key)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|err| PeerError::Tls(format!("TLS is unavailable: {err}")))?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in ca.certificates("client CA")? {
+                    roots.add(cert).map_err(|err| {
+                        ca.error(
+                            "client CA",
+                            &format!("is not a usable CA certificate ({err})"),
+                        )
+                    })?;
+                }
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .map_err(|err| {
+                        ca.error("client CA", &format!("cannot verify clients ({err})"))
+                    })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(certs, private_key)
+            .map_err(|err| {
+                key.error(
+                    "key",
+                    &format!("is not usable with {} ({err})", cert.source),
+                )
+            })?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Self {
-            config,
+            config: Arc::new(config),
             requires_client_certificates: client_ca.is_some(),
         })
     }
@@ -118,7 +147,8 @@ impl ServerTls {
         self.requires_client_certificates
     }
 
-    pub(crate) fn tonic(&self) -> ServerTlsConfig {
+    /// The rustls config the server's handshakes use.
+    pub(crate) fn rustls(&self) -> Arc<rustls::ServerConfig> {
         self.config.clone()
     }
 }

@@ -7,8 +7,10 @@ use std::time::Duration;
 use blazen_peer_core::limits::DEFAULT_MAX_JSON_DEPTH;
 use blazen_peer_core::observer::RunObserver;
 use blazen_peer_core::server::{
-    DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_CONCURRENT_RUNS,
-    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_CONNECTION_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_BUFFERED_REQUEST_BYTES, DEFAULT_MAX_CONCURRENT_RUNS,
+    DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_REQUEST_BODY_TIMEOUT,
 };
 use blazen_peer_core::{PeerError, PeerService, RunningServer, ServerConfig};
 use pyo3::prelude::*;
@@ -65,6 +67,48 @@ pub fn seconds(name: &str, secs: f64) -> PyResult<Duration> {
         .py_err()
 }
 
+/// Transport limits as Python passes them (`PeerServer`'s keywords), read by
+/// attribute; their defaults are `PeerServer.DEFAULT_*` below.
+#[derive(FromPyObject)]
+pub struct TransportOptions {
+    max_connections: usize,
+    max_concurrent_streams: usize,
+    handshake_timeout_secs: f64,
+    idle_connection_timeout_secs: Option<f64>,
+    request_body_timeout_secs: f64,
+    max_buffered_request_bytes: usize,
+}
+
+impl TransportOptions {
+    /// `config` with these limits; `ServerConfig::validate` checks the rest.
+    fn apply(&self, config: ServerConfig) -> PyResult<ServerConfig> {
+        let max_concurrent_streams = u32::try_from(self.max_concurrent_streams)
+            .map_err(|_| {
+                PeerError::Validation(format!(
+                    "max_concurrent_streams must be at most {}, got {}",
+                    u32::MAX,
+                    self.max_concurrent_streams
+                ))
+            })
+            .py_err()?;
+        Ok(ServerConfig {
+            max_connections: self.max_connections,
+            max_concurrent_streams,
+            handshake_timeout: seconds("handshake_timeout_secs", self.handshake_timeout_secs)?,
+            idle_connection_timeout: self
+                .idle_connection_timeout_secs
+                .map(|secs| seconds("idle_connection_timeout_secs", secs))
+                .transpose()?,
+            request_body_timeout: seconds(
+                "request_body_timeout_secs",
+                self.request_body_timeout_secs,
+            )?,
+            max_buffered_request_bytes: self.max_buffered_request_bytes,
+            ..config
+        })
+    }
+}
+
 fn lock<T>(state: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     state.lock().unwrap_or_else(|poison| poison.into_inner())
 }
@@ -86,6 +130,7 @@ impl PeerServerRef {
         keepalive_interval_secs=Some(DEFAULT_KEEPALIVE_INTERVAL.as_secs_f64()),
         keepalive_timeout_secs=DEFAULT_KEEPALIVE_TIMEOUT.as_secs_f64(),
         run_started=None,
+        transport=None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -101,6 +146,7 @@ impl PeerServerRef {
         keepalive_interval_secs: Option<f64>,
         keepalive_timeout_secs: f64,
         run_started: Option<Py<PyAny>>,
+        transport: Option<TransportOptions>,
     ) -> PyResult<Self> {
         if node_id.is_empty() {
             return Err(PeerError::Validation("node_id cannot be empty".into())).py_err();
@@ -133,6 +179,10 @@ impl PeerServerRef {
                 .map(|run_started| Arc::new(PyRunObserver { run_started }) as Arc<dyn RunObserver>),
             ..ServerConfig::default()
         };
+        let config = match transport {
+            Some(transport) => transport.apply(config)?,
+            None => config,
+        };
         config.validate().py_err()?;
         Ok(Self {
             node_id,
@@ -142,6 +192,25 @@ impl PeerServerRef {
             owner: Owner::here(),
         })
     }
+
+    /// Connections open at once; more are accepted and closed at once.
+    #[classattr]
+    const DEFAULT_MAX_CONNECTIONS: usize = DEFAULT_MAX_CONNECTIONS;
+    /// HTTP/2 streams (calls) one connection may have open at once.
+    #[classattr]
+    const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = DEFAULT_MAX_CONCURRENT_STREAMS;
+    /// Seconds a new connection has to complete TLS and send the HTTP/2 preface.
+    #[classattr]
+    const DEFAULT_HANDSHAKE_TIMEOUT_SECS: f64 = DEFAULT_HANDSHAKE_TIMEOUT.as_secs_f64();
+    /// Seconds a connection may have no call in progress before it is closed.
+    #[classattr]
+    const DEFAULT_IDLE_CONNECTION_TIMEOUT_SECS: f64 = DEFAULT_IDLE_CONNECTION_TIMEOUT.as_secs_f64();
+    /// Longest pause in a request body, in seconds, before its call fails.
+    #[classattr]
+    const DEFAULT_REQUEST_BODY_TIMEOUT_SECS: f64 = DEFAULT_REQUEST_BODY_TIMEOUT.as_secs_f64();
+    /// Request bytes held at once, across connections, for messages still arriving.
+    #[classattr]
+    const DEFAULT_MAX_BUFFERED_REQUEST_BYTES: usize = DEFAULT_MAX_BUFFERED_REQUEST_BYTES;
 
     /// This server's node id.
     #[getter]

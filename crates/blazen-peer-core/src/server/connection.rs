@@ -1,0 +1,522 @@
+//! One accepted connection, from `accept` to close: the TLS handshake and the
+//! HTTP/2 preface within a deadline, HTTP/2 served by hyper with our stream and
+//! reset limits, an idle timeout, and the per-request plumbing tonic's own
+//! server did (connection info for `peer_certs`, `grpc-timeout`), plus request
+//! bodies bounded by [`BoundedBody`].
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body as HttpBody, Bytes, Frame, Incoming, SizeHint};
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tonic::body::Body;
+use tonic::service::Routes;
+use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
+use tonic::Status;
+use tower::ServiceExt;
+
+use super::incoming::Handshake;
+use super::limits::{MAX_LOCAL_ERROR_RESET_STREAMS, MAX_PENDING_ACCEPT_RESET_STREAMS};
+use super::log_throttle::{more, Throttle};
+use super::request_body::{BoundedBody, RequestBudget};
+use super::{ServerConfig, CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES};
+use crate::log_target::TARGET;
+
+/// The client's HTTP/2 connection preface, `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`:
+/// a connection that sent this much (after TLS) completed its handshake.
+const PREFACE_BYTES: u64 = 24;
+
+/// How long a connection closed for being idle has to acknowledge the GOAWAY
+/// (HTTP/2's graceful close waits for a PING round trip) before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// The idle timer's period when idle connections are never closed (it is then not polled).
+const NEVER: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// What every connection of one server shares.
+pub(crate) struct Transport {
+    pub(crate) node_id: Arc<str>,
+    pub(crate) max_connections: usize,
+    routes: Routes,
+    http2: http2::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    budget: Arc<RequestBudget>,
+    handshake_timeouts: Throttle,
+    evictions: Throttle,
+}
+
+impl Transport {
+    pub(crate) fn new(node_id: Arc<str>, config: &ServerConfig, routes: Routes) -> Self {
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .max_frame_size(MAX_FRAME_BYTES)
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
+            .keep_alive_interval(config.keepalive_interval)
+            .keep_alive_timeout(config.keepalive_timeout);
+        let budget = Arc::new(RequestBudget::new(
+            node_id.clone(),
+            config.max_buffered_request_bytes,
+            config.request_body_timeout,
+            config.max_message_bytes,
+        ));
+        Self {
+            max_connections: config.max_connections,
+            routes: routes.prepare(),
+            http2,
+            tls: config
+                .tls
+                .as_ref()
+                .map(|tls| TlsAcceptor::from(tls.rustls())),
+            handshake_timeout: config.handshake_timeout,
+            idle_timeout: config.idle_connection_timeout,
+            budget,
+            handshake_timeouts: Throttle::new(),
+            evictions: Throttle::new(),
+            node_id,
+        }
+    }
+
+    fn evicted(&self, remote: SocketAddr) {
+        if let Some(held_back) = self.evictions.admit() {
+            log::warn!(
+                target: TARGET,
+                node_id = &*self.node_id, reason = "evicted_handshake";
+                "closed a connection from {remote} that had not completed its handshake, to \
+                 make room for a new one (max_connections or the open-file limit reached){}",
+                more(held_back)
+            );
+        }
+    }
+
+    fn handshake_timed_out(&self, remote: SocketAddr, what: &str) {
+        if let Some(held_back) = self.handshake_timeouts.admit() {
+            log::warn!(
+                target: TARGET,
+                node_id = &*self.node_id, reason = "handshake_timeout";
+                "closed a connection from {remote}: {what} within {} s \
+                 (handshake_timeout_secs){}",
+                self.handshake_timeout.as_secs_f64(),
+                more(held_back)
+            );
+        }
+    }
+}
+
+/// Serves one accepted connection until it closes; `_slot` is its place
+/// among `max_connections`, given back when this returns.
+pub(crate) async fn serve_connection(
+    transport: Arc<Transport>,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    _slot: OwnedSemaphorePermit,
+    handshake: Arc<Handshake>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let deadline = Instant::now() + transport.handshake_timeout;
+    let Some(acceptor) = transport.tls.clone() else {
+        let info = PeerInfo::Plain(tcp.connect_info());
+        return drive(&transport, tcp, info, remote, deadline, handshake, shutdown).await;
+    };
+    let tls_handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp));
+    let tls = tokio::select! {
+        result = tls_handshake => match result {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(err)) => {
+                log::debug!(
+                    target: TARGET,
+                    node_id = &*transport.node_id;
+                    "TLS handshake with {remote} failed: {err}"
+                );
+                return;
+            }
+            Err(_) => {
+                transport.handshake_timed_out(remote, "the TLS handshake did not complete");
+                return;
+            }
+        },
+        () = handshake.evict.notified() => {
+            transport.evicted(remote);
+            return;
+        }
+        _ = shutdown.wait_for(|stop| *stop) => return,
+    };
+    let info = PeerInfo::Tls(tls.connect_info());
+    drive(&transport, tls, info, remote, deadline, handshake, shutdown).await
+}
+
+/// Serves HTTP/2 on an established (and, under TLS, handshaken) stream.
+async fn drive<IO>(
+    transport: &Arc<Transport>,
+    io: IO,
+    info: PeerInfo,
+    remote: SocketAddr,
+    deadline: Instant,
+    handshake: Arc<Handshake>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = PrefaceWatch::new(io, handshake.clone());
+    let streams = Arc::new(StreamCount::new());
+    let service = PeerConnection {
+        routes: transport.routes.clone(),
+        info,
+        remote,
+        streams: streams.clone(),
+        budget: transport.budget.clone(),
+    };
+    let conn = transport.http2.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let preface_timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(preface_timer);
+    let mut awaiting_preface = true;
+    let idle_timer = tokio::time::sleep(transport.idle_timeout.unwrap_or(NEVER));
+    tokio::pin!(idle_timer);
+    let mut closing = false;
+    let close_grace = tokio::time::sleep(NEVER);
+    tokio::pin!(close_grace);
+    let mut idle_closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(err) = result {
+                    log::debug!(
+                        target: TARGET,
+                        node_id = &*transport.node_id;
+                        "connection from {remote} ended: {err}"
+                    );
+                }
+                return;
+            }
+            () = &mut preface_timer, if awaiting_preface => {
+                if !handshake.done.load(Ordering::Acquire) {
+                    transport.handshake_timed_out(remote, "no HTTP/2 preface arrived");
+                    return;
+                }
+                awaiting_preface = false;
+            }
+            () = handshake.evict.notified(), if awaiting_preface => {
+                if !handshake.done.load(Ordering::Acquire) {
+                    transport.evicted(remote);
+                    return;
+                }
+            }
+            () = &mut idle_timer, if transport.idle_timeout.is_some() && !closing => {
+                let timeout = transport.idle_timeout.unwrap_or(NEVER);
+                match streams.idle_for() {
+                    Some(idle) if idle >= timeout => {
+                        log::debug!(
+                            target: TARGET,
+                            node_id = &*transport.node_id;
+                            "closing the connection from {remote}: no call for {} s \
+                             (idle_connection_timeout_secs)",
+                            timeout.as_secs_f64()
+                        );
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                        close_grace.as_mut().reset(Instant::now() + IDLE_CLOSE_GRACE);
+                        idle_closing = true;
+                    }
+                    Some(idle) => idle_timer.as_mut().reset(Instant::now() + (timeout - idle)),
+                    None => idle_timer.as_mut().reset(Instant::now() + timeout),
+                }
+            }
+            () = &mut close_grace, if idle_closing => {
+                // It had no stream open: nothing is lost by closing it now.
+                return;
+            }
+            changed = shutdown.changed(), if !closing => {
+                if changed.is_err() || *shutdown.borrow() {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// Who is on the other end, as tonic's own server records it in each
+/// request's extensions (`Request::remote_addr`, `Request::peer_certs`).
+#[derive(Clone)]
+enum PeerInfo {
+    Plain(TcpConnectInfo),
+    Tls(TlsConnectInfo<TcpConnectInfo>),
+}
+
+impl PeerInfo {
+    fn insert_into(&self, extensions: &mut http::Extensions) {
+        match self {
+            PeerInfo::Plain(tcp) => {
+                extensions.insert(tcp.clone());
+            }
+            PeerInfo::Tls(tls) => {
+                extensions.insert(tls.get_ref().clone());
+                extensions.insert(tls.clone());
+            }
+        }
+    }
+}
+
+/// Open streams of one connection, and since when it has had none.
+struct StreamCount {
+    open: AtomicUsize,
+    born: Instant,
+    /// Nanoseconds after `born` when the last stream closed.
+    last_closed: AtomicU64,
+}
+
+impl StreamCount {
+    fn new() -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            born: Instant::now(),
+            last_closed: AtomicU64::new(0),
+        }
+    }
+
+    fn opened(self: &Arc<Self>) -> StreamGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        StreamGuard(self.clone())
+    }
+
+    /// How long the connection has had no open stream; None while it has one.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let closed = self.born + Duration::from_nanos(self.last_closed.load(Ordering::Acquire));
+        Some(Instant::now().saturating_duration_since(closed))
+    }
+}
+
+/// Counts one open stream until the response is done or abandoned.
+struct StreamGuard(Arc<StreamCount>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let since_born = Instant::now().saturating_duration_since(self.0.born);
+        let nanos = u64::try_from(since_born.as_nanos()).unwrap_or(u64::MAX);
+        self.0.last_closed.fetch_max(nanos, Ordering::AcqRel);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The service hyper calls for each stream of one connection.
+#[derive(Clone)]
+struct PeerConnection {
+    routes: Routes,
+    info: PeerInfo,
+    remote: SocketAddr,
+    streams: Arc<StreamCount>,
+    budget: Arc<RequestBudget>,
+}
+
+type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<TrackedBody>, Infallible>> + Send>>;
+
+impl hyper::service::Service<http::Request<Incoming>> for PeerConnection {
+    type Response = http::Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, request: http::Request<Incoming>) -> Self::Future {
+        let guard = self.streams.opened();
+        let (mut parts, body) = request.into_parts();
+        self.info.insert_into(&mut parts.extensions);
+        let timeout = grpc_timeout(&parts.headers);
+        let body = BoundedBody::new(body, self.budget.clone(), Some(self.remote));
+        let call = self
+            .routes
+            .clone()
+            .oneshot(http::Request::from_parts(parts, body));
+        Box::pin(async move {
+            let response = match timeout {
+                None => call.await,
+                Some(timeout) => match tokio::time::timeout(timeout, call).await {
+                    Ok(response) => response,
+                    // What tonic's own server answers when a call outlives its grpc-timeout.
+                    Err(_) => Ok(Status::cancelled("Timeout expired").into_http()),
+                },
+            };
+            let response = match response {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            Ok(response.map(|body| TrackedBody {
+                body,
+                _guard: guard,
+            }))
+        })
+    }
+}
+
+/// A response body that keeps its stream counted as open until it is done.
+pub(crate) struct TrackedBody {
+    body: Body,
+    _guard: StreamGuard,
+}
+
+impl HttpBody for TrackedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The `grpc-timeout` a caller set, per the gRPC over HTTP/2 spec
+/// (`^\d{1,8}[HMSmun]$`); None when absent or malformed, as tonic does.
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 60 * 60),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// Passes I/O through, noting once the client's HTTP/2 preface has arrived.
+struct PrefaceWatch<IO> {
+    io: IO,
+    read: u64,
+    handshake: Arc<Handshake>,
+}
+
+impl<IO> PrefaceWatch<IO> {
+    fn new(io: IO, handshake: Arc<Handshake>) -> Self {
+        Self {
+            io,
+            read: 0,
+            handshake,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for PrefaceWatch<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.io).poll_read(cx, buf);
+        if self.read < PREFACE_BYTES {
+            self.read += (buf.filled().len() - before) as u64;
+            if self.read >= PREFACE_BYTES {
+                self.handshake.done.store(true, Ordering::Release);
+            }
+        }
+        result
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for PrefaceWatch<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_follows_the_spec() {
+        let parse = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            grpc_timeout(&headers)
+        };
+        assert_eq!(parse("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse("9n"), Some(Duration::from_nanos(9)));
+        assert_eq!(parse("99999999S"), Some(Duration::from_secs(99_999_999)));
+        for bad in ["S", "5", "5x", "123456789S", "-1S", "1.5S"] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_from_the_end_of_its_last_stream() {
+        let streams = Arc::new(StreamCount::new());
+        let first = streams.opened();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(streams.idle_for(), None, "a stream is open");
+        let second = streams.opened();
+        drop(first);
+        assert_eq!(streams.idle_for(), None, "one stream is still open");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        drop(second);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(streams.idle_for(), Some(Duration::from_secs(2)));
+    }
+}

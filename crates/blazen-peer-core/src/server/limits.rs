@@ -1,0 +1,100 @@
+//! What the server's transport holds, and for how long: connections, HTTP/2
+//! streams, request bytes. Each default bounds what one misbehaving or hostile
+//! client can cost the server, while a well-behaved `PeerClient` (one
+//! connection, any number of calls in flight, calls cancelled at will) never
+//! meets it. The numbers and the reasons are here; `ServerConfig` carries the
+//! ones an operator may change.
+
+use std::time::Duration;
+
+/// Connections open at once. Beyond it a new connection is accepted and
+/// closed at once (a refusal costs one `accept` and one `close`, and the
+/// caller fails fast instead of hanging in the listen backlog), with a
+/// rate-limited WARNING. A `PeerClient` or a pool member holds one connection
+/// per peer, so even large fleets use a few hundred. Each connection costs a
+/// file descriptor and a few tens of KiB (HTTP/2 state and buffers); 4096 of
+/// them stay under ~200 MiB. Keep it below the process's open-file limit
+/// (`ulimit -n`): at that limit `accept` fails with EMFILE and the server can
+/// only pause accepting (it backs off 5 ms doubling to 1 s, never spinning).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// HTTP/2 streams (calls in progress, including streams and derefs) one
+/// connection may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+/// Equal to the default `max_concurrent_runs`: one caller on one connection
+/// can use every run slot of the peer, and no more. A client past it waits for
+/// a slot on its side (HTTP/2 flow control), nothing fails. It also bounds the
+/// per-connection work and state an attacker can pin with stalled streams.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// Remotely reset streams that may wait, at once, in one connection's queue of
+/// streams the server has not accepted yet (h2's
+/// `max_pending_accept_reset_streams`, its guard against the HTTP/2 "rapid
+/// reset" attack, CVE-2023-44487). When the queue holds more, the server
+/// answers GOAWAY (ENHANCE_YOUR_CALM) and every call on the connection fails,
+/// so the limit must sit above what an honest client produces.
+///
+/// h2's default, 20, does not: cancelling calls is the documented way to stop
+/// remote runs, and h2 reads every frame the socket has (up to tokio's
+/// cooperative budget, on the order of a megabyte) before the server accepts
+/// the next stream, so a client cancelling calls at a few thousand a second
+/// lands hundreds of HEADERS+RST_STREAM pairs in one read. 20 failed unrelated
+/// calls on the shared connection (1,564 in 3.5 s); 1,024 held at 9,000
+/// cancellations a second but not at 20,000 (measured on loopback, 64 tasks
+/// cancelling as fast as they can). 8,192 held at every rate measured.
+///
+/// It still bounds the attack: the queue is what an attacker can make the
+/// server hold per connection, a stream's state and request head each (about
+/// a kilobyte), so at most ~8 MiB per connection, freed as the server accepts
+/// and drops them; past it the connection is closed as before. The work each
+/// reset stream costs is an accept, a task and at most a run cancelled as soon
+/// as it starts, as for any cancelled call; runs in progress are bounded by
+/// `max_concurrent_runs` whatever the queue.
+pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 8192;
+
+/// Streams the server itself may reset because the client broke the protocol
+/// on them (a frame on a forgotten stream, a window overflow...) over a
+/// connection's lifetime before it answers GOAWAY (ENHANCE_YOUR_CALM): the
+/// guard against the "MadeYouReset" variant of rapid reset (CVE-2025-8671).
+/// Honest clients, ours included, do not make these errors (cancelling a call
+/// is a *remote* reset and never counts here), so hyper's default is kept,
+/// stated here so that it is a decision and not an accident.
+pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// How long a new connection has to complete its TLS handshake (under TLS)
+/// and send the HTTP/2 connection preface, counted from `accept`. Without it,
+/// a connection that sends nothing holds a descriptor and a connection slot
+/// forever. A client on a slow network completes both in a few round trips
+/// (well under a second); 10 s leaves room for a loaded peer and a slow
+/// certificate check while freeing the slot of a silent connection quickly.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection may have no open stream before the server closes it
+/// gracefully (GOAWAY, so a call racing the close is retried on a new
+/// connection by HTTP/2 semantics). HTTP/2 keepalive pings find dead
+/// connections, not live idle ones; this frees the slots of clients that
+/// connected and went quiet. Five minutes: an idle `PeerClient` reconnects on
+/// its next call at the cost of one handshake, rare enough not to matter.
+pub const DEFAULT_IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Longest pause in a request body the server waits through: while a call's
+/// message is still arriving, no new bytes for this long fails the call
+/// (DEADLINE_EXCEEDED) and frees what it held. Bytes flow continuously from a
+/// live client (HTTP/2 flow control lets it send up to the window at once), so
+/// 30 s of silence means it stalled or is holding memory on purpose; a slow
+/// link only makes the gaps shorter than the whole transfer, which this does
+/// not bound.
+pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Request bytes the server holds at once, across all connections, for calls
+/// whose message has not fully arrived (or is being decoded). A request
+/// message is only ever held as far as it arrived, never reserved at its
+/// declared length. Past the cap, bodies wait (HTTP/2 flow control slows their
+/// senders) for up to `request_body_timeout`, then the call is refused as busy
+/// (RESOURCE_EXHAUSTED, nothing ran). 256 MiB is four messages of the default
+/// `max_message_bytes` (64 MiB) at once; it must be at least
+/// `max_message_bytes`, or the largest message could never arrive.
+///
+/// Beyond this cap, what a server can hold for request bodies is what HTTP/2
+/// flow control lets clients send before the server reads: at most the
+/// connection window (`CONNECTION_WINDOW_BYTES`) per connection.
+pub const DEFAULT_MAX_BUFFERED_REQUEST_BYTES: usize = 256 * 1024 * 1024;

@@ -180,6 +180,47 @@ async def _local_failures(count: int) -> None:
             await handler
 
 
+_waiting = threading.Event()
+
+
+@step("fault::wait_forever")
+async def wait_forever(ctx: Context, ev: StartEvent) -> StopEvent:
+    never = asyncio.Event()
+    _waiting.set()
+    await never.wait()
+    raise AssertionError("unreachable")
+
+
+def _destroyed_task() -> None:
+    """Serves on a loop that is then closed with a step's task still pending
+    (nothing cancels it), as an app that stops its loop abruptly would; the
+    caller, in another thread, must get an answer rather than wait forever."""
+    loop = asyncio.new_event_loop()
+    server = PeerServer("destroyed")
+    address = loop.run_until_complete(server.start("127.0.0.1:0"))
+    answers: list[str] = []
+
+    def call() -> None:
+        with PeerClient.connect_blocking(f"http://{address}", node_id="caller") as client:
+            try:
+                client.run_remote_workflow_blocking("wf", ["fault::wait_forever"], timeout_secs=20)
+                answers.append("succeeded?")
+            except Exception as exc:
+                answers.append(str(exc))
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    loop.run_until_complete(loop.run_in_executor(None, _waiting.wait))
+    for pending in asyncio.all_tasks(loop):
+        pending._log_destroy_pending = False  # type: ignore[attr-defined]
+    del pending
+    loop.close()
+    del loop
+    gc.collect()
+    caller.join(30)
+    print(answers[0] if answers else "no answer", flush=True)
+
+
 def main() -> None:
     mode = sys.argv[1]
     if mode == "serve":
@@ -188,6 +229,8 @@ def main() -> None:
         asyncio.run(_exit_with_running_step("fault::hold_sync"))
     elif mode == "exit-nested":
         asyncio.run(_exit_with_running_step("fault::hold_nested"))
+    elif mode == "destroyed-task":
+        _destroyed_task()
     elif mode == "exit-sigint":
         _exit_on_sigint()
     elif mode == "local-leak":

@@ -259,3 +259,41 @@ async def test_a_step_task_cancelled_by_the_peers_app_says_so(
     assert failed.value.failure_kind == "Cancelled", message
     assert "cancelled on the peer, not by the caller" in message, message
     assert step_id in message, message
+
+
+LATE_EXIT_HOOK = """
+import atexit
+
+def late_hook():
+    from blazen_peer import PeerClient, TransportError
+    try:
+        PeerClient.connect_blocking("http://127.0.0.1:1", node_id="late", connect_timeout_secs=2)
+    except TransportError:
+        print("LATE HOOK RAN", flush=True)
+
+atexit.register(late_hook)  # before the import: runs after blazen_peer's own exit hook
+import blazen_peer
+"""
+
+
+def test_a_blocking_call_in_an_exit_hook_that_runs_last_returns() -> None:
+    """The thread running exit hooks is never parked by the exit gate."""
+    done = subprocess.run(
+        [sys.executable, "-c", LATE_EXIT_HOOK], capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode() == "LATE HOOK RAN\n", done
+
+
+def test_a_step_task_destroyed_pending_fails_its_run_instead_of_hanging() -> None:
+    """A loop closed without cancelling a step's task: once the collector frees
+    the task, its run fails as cancelled and the caller hears so at once
+    (it used to wait for the run's deadline)."""
+    done = subprocess.run(
+        [sys.executable, str(FAULT_PEER), "destroyed-task"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert "destroyed before it finished" in done.stdout.decode(), done

@@ -50,12 +50,18 @@ def _start_traced(fn: Any, ctx: _native.RunContext, event: Any) -> asyncio.Futur
 def _finish(task: asyncio.Future[Any], completion: _native.Completion) -> None:
     if task.cancelled():
         # Not the caller's doing (a caller's cancel abandons the completion
-        # first): the peer's own application or event loop cancelled the task,
-        # typically on its way out. A bare CancelledError would say nothing.
+        # first): the step raised CancelledError, or the peer's own application
+        # or event loop cancelled its task, typically on the way out. A bare
+        # CancelledError would say nothing.
+        why = ""
+        try:
+            task.result()
+        except asyncio.CancelledError as cancelled:
+            why = f": {cancelled}" if str(cancelled) else ""
         completion.fail(
             asyncio.CancelledError(
-                "the step's task was cancelled on the peer, not by the caller "
-                "(the peer's application or event loop shutting down?)"
+                f"the step's task was cancelled on the peer, not by the caller{why} "
+                "(did the step raise CancelledError, or the peer's app or event loop stop?)"
             )
         )
         return

@@ -30,6 +30,7 @@ __all__ = [
     "register_workflow",
     "registered_step_ids",
     "registered_workflows",
+    "sync_step_worker_left",
     "unregister_step",
 ]
 
@@ -140,7 +141,8 @@ class Completion:
 
 @final
 class SyncStepCall:
-    """A `def` step call handed to a worker thread."""
+    """A `def` step call handed to a worker thread: the step, its context and
+    event as Python objects, and where its outcome goes."""
 
     @property
     def func(self) -> Callable[..., Any]: ...
@@ -155,6 +157,9 @@ class SyncStepCall:
 
 def next_sync_step() -> SyncStepCall | None:
     """Blocks (GIL released) for the next `def` step call; None tells the worker to end."""
+
+def sync_step_worker_left() -> None:
+    """A worker thread is ending because of an exception in its own loop."""
 
 class _ConnectOptions(Protocol):
     """What `PeerClient.connect` reads, by attribute."""

@@ -22,12 +22,21 @@ def start_worker() -> None:
 
 
 def _work() -> None:
-    while (call := _native.next_sync_step()) is not None:
-        try:
-            emitted = _bridge.run_sync_step(call.func, call.context, call.event)
-        except BaseException as exc:  # the step's failure, whatever it is, goes to its run
-            call.fail(exc)
-        else:
-            call.succeed(emitted)
-        # Let go of the call (and through it the step's event) before waiting again.
-        del call
+    retired = False
+    try:
+        while (call := _native.next_sync_step()) is not None:
+            _run(call)
+            del call  # holds the step's context and event until the next call
+        retired = True
+    finally:
+        if not retired:
+            _native.sync_step_worker_left()
+
+
+def _run(call: _native.SyncStepCall) -> None:
+    try:
+        emitted = _bridge.run_sync_step(call.func, call.context, call.event)
+    except BaseException as exc:  # the step's failure, whatever it is, goes to its run
+        call.fail(exc)
+    else:
+        call.succeed(emitted)

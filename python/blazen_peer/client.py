@@ -293,7 +293,8 @@ class PeerClient:
             headers = _tracing.current_headers() if _tracing.INSTALLED else (None, None)
             return self._ref.stream((*call, *headers))
 
-        return SubWorkflowStream(open_call, self._remember)
+        # The stream's refs belong to the parent the request named, wherever it is read.
+        return SubWorkflowStream(open_call, lambda response: self._remember(response, call[4]))
 
     async def list_steps(self) -> PeerSteps:
         """The steps and workflows the peer can run (the ``ListSteps`` method)."""
@@ -346,9 +347,11 @@ class PeerClient:
 
     async def finish_parent(self, run_id: uuid.UUID | str) -> int:
         """Releases every ``UNTIL_PARENT_FINISH`` ref of a parent run; returns how many."""
-        released = await self._ref.finish_parent(str(run_id))
-        self._refs.forget_parent(str(run_id))
-        return released
+        try:
+            return await self._ref.finish_parent(str(run_id))
+        finally:
+            # Failed or not, the parent is over; its lease frees its refs on the peer.
+            self._refs.forget_parent(str(run_id))
 
     @contextlib.contextmanager
     def _forgetting_if_gone(self, key: uuid.UUID | str) -> Iterator[None]:
@@ -405,10 +408,12 @@ class PeerClient:
                 return str(run.id)
         return None
 
-    def _remember(self, response: SubWorkflowResponse) -> SubWorkflowResponse:
+    def _remember(
+        self, response: SubWorkflowResponse, parent: str | None = None
+    ) -> SubWorkflowResponse:
         self._refs.remember(
             ((key, descriptor.type_tag) for key, descriptor in response.remote_refs.items()),
-            self._current_parent(),
+            parent if parent is not None else self._current_parent(),
         )
         return response
 

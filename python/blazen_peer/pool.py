@@ -403,7 +403,7 @@ class PeerPool:
     def _owner_of(self, key: uuid.UUID | str) -> PeerClient:
         wanted = uuid.UUID(str(key))
         for member in self._members.values():
-            if member.client is not None and wanted in member.client._refs:
+            if member.client is not None and member.client._refs.knows(wanted):
                 return member.client
         raise ValidationError(
             f"session ref {wanted} did not come from a call made through this pool, so the "

@@ -46,6 +46,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(awaitable::_panic_probe, module)?)?;
     module.add_function(wrap_pyfunction!(steps::register_step, module)?)?;
     module.add_function(wrap_pyfunction!(sync_steps::next_sync_step, module)?)?;
+    module.add_function(wrap_pyfunction!(sync_steps::sync_step_worker_left, module)?)?;
     module.add_function(wrap_pyfunction!(steps::unregister_step, module)?)?;
     module.add_function(wrap_pyfunction!(steps::registered_step_ids, module)?)?;
     module.add_function(wrap_pyfunction!(steps::register_workflow, module)?)?;

@@ -9,6 +9,7 @@ use blazen_peer_core::registry::StepOutput;
 use blazen_peer_core::{Event, RunContext, Step, StepFailure, StepHandler, StepRegistry};
 use futures::future::BoxFuture;
 use pyo3::prelude::*;
+use pyo3::types::PyWeakrefReference;
 use tokio::sync::oneshot;
 
 use crate::context::RunContextRef;
@@ -74,6 +75,11 @@ async fn invoke_async(
     let launched = call.clone();
     // Everything Python happens on the loop thread, in one inbox job.
     inbox.post(Box::new(move |py| {
+        // Dropped unrun (its loop closed) or failing to start, the call still settles.
+        let mut unsettled = SettleOnDrop {
+            call: Some(launched.clone()),
+            why: "the event loop that was to run this step closed before the step started",
+        };
         if launched.lock().abandoned {
             return;
         }
@@ -93,6 +99,7 @@ async fn invoke_async(
         if let Err(err) = started {
             launched.send(Err(bridge::describe_failure(py, err)));
         }
+        unsettled.call = None;
     }));
     let guard = CancelOnDrop {
         call: Some(call),
@@ -101,14 +108,31 @@ async fn invoke_async(
     let outcome = rx.await;
     guard.disarm();
     outcome.unwrap_or_else(|_| {
-        Err(StepFailure {
-            cancelled: true,
-            ..StepFailure::new(
-                "CancelledError",
-                "the event loop running this step closed before the step finished",
-            )
-        })
+        Err(step_lost(
+            "the event loop running this step closed before the step finished",
+        ))
     })
+}
+
+fn step_lost(why: &str) -> StepFailure {
+    StepFailure {
+        cancelled: true,
+        ..StepFailure::new("CancelledError", why)
+    }
+}
+
+/// Settles a call with a cancellation unless disarmed (`call` taken) first.
+struct SettleOnDrop {
+    call: Option<Arc<StepCall>>,
+    why: &'static str,
+}
+
+impl Drop for SettleOnDrop {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            call.send(Err(step_lost(self.why)));
+        }
+    }
 }
 
 /// Cancels the asyncio task of a step whose run no longer waits for it.
@@ -131,7 +155,9 @@ impl Drop for CancelOnDrop {
         // Not started yet: `attach` will see the flag and cancel the task itself.
         if let Some(task) = call.abandon() {
             self.inbox.post(Box::new(move |py| {
-                let _ = task.bind(py).call_method0("cancel");
+                if let Some(task) = task.bind(py).upgrade() {
+                    let _ = task.call_method0("cancel");
+                }
             }));
         }
     }
@@ -145,7 +171,10 @@ struct StepCall {
 
 struct CompletionState {
     sender: Option<oneshot::Sender<Result<StepOutput, StepFailure>>>,
-    task: Option<Py<PyAny>>,
+    // Weak: the run holds this call, and a task it held strongly could never
+    // be collected, even once nothing but the run waits for it (a loop
+    // closed under it); then the run would wait for it forever.
+    task: Option<Py<PyWeakrefReference>>,
     abandoned: bool,
 }
 
@@ -166,17 +195,13 @@ impl StepCall {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    fn abandon(&self) -> Option<Py<PyAny>> {
+    fn abandon(&self) -> Option<Py<PyWeakrefReference>> {
         let mut state = self.lock();
         state.abandoned = true;
         state.task.take()
     }
 
-    /// Delivers the outcome and lets go of the task. A failed task holds its
-    /// exception, whose traceback holds the frame that holds the `Completion`
-    /// that holds this call: kept, that cycle runs through a native object the
-    /// garbage collector cannot see, and every failed step would leak its
-    /// frames and locals for good.
+    /// Delivers the outcome and lets go of the task.
     fn send(&self, outcome: Result<StepOutput, StepFailure>) {
         let (sender, task) = {
             let mut state = self.lock();
@@ -196,19 +221,30 @@ pub struct Completion {
     remote: bool,
 }
 
+impl Drop for Completion {
+    fn drop(&mut self) {
+        // Settled already: a no-op. Otherwise the task was destroyed pending
+        // (its loop stopped without cancelling it), and its run must not hang.
+        self.call.send(Err(step_lost(
+            "the step's task was destroyed before it finished (its event loop stopped)",
+        )));
+    }
+}
+
 #[pymethods]
 impl Completion {
     /// Records the step's task; False means the run gave up and the task must be cancelled.
-    fn attach(&self, task: Py<PyAny>) -> bool {
+    fn attach(&self, task: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let task = PyWeakrefReference::new(task)?.unbind();
         let mut state = self.call.lock();
         if state.abandoned {
-            return false;
+            return Ok(false);
         }
         // Already settled (it failed while starting): nothing left to cancel.
         if state.sender.is_some() {
             state.task = Some(task);
         }
-        true
+        Ok(true)
     }
 
     /// Delivers the events a step emitted, as `[(event, event_types), ...]`.

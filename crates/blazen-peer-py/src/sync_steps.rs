@@ -22,6 +22,7 @@ use std::time::Duration;
 use blazen_peer_core::registry::StepOutput;
 use blazen_peer_core::{Event, RunContext, StepFailure};
 use pyo3::prelude::*;
+use pyo3::{PyTraverseError, PyVisit};
 use tokio::sync::oneshot;
 
 use crate::context::RunContextRef;
@@ -137,17 +138,38 @@ impl SyncPool {
 
     /// The next job whose caller still waits; None: retire this worker.
     fn next(&self) -> Option<SyncJob> {
+        // Jobs whose run ended while they queued never start. They are dropped
+        // after the lock is released: the last handle on a run's context may
+        // take the GIL as it goes, and a worker holding the GIL may be waiting
+        // for this lock.
+        let mut abandoned = Vec::new();
         let mut state = self.lock();
         state.idle += 1;
-        loop {
+        let next = loop {
+            if gil::is_closed() {
+                // Exit began: nothing starts any more (see `fail_queued`).
+                state.idle -= 1;
+                break None;
+            }
+            let mut taken = None;
             while let Some(job) = state.jobs.pop_front() {
-                // Its run ended while it queued: it never starts.
                 if job.reply.is_closed() {
-                    continue;
+                    abandoned.push(job);
+                } else {
+                    taken = Some(job);
+                    break;
                 }
+            }
+            if let Some(job) = taken {
                 state.idle -= 1;
                 state.running += 1;
-                return Some(job);
+                break Some(job);
+            }
+            if !abandoned.is_empty() {
+                drop(state);
+                abandoned.clear();
+                state = self.lock();
+                continue;
             }
             let (next, waited) = self
                 .job_ready
@@ -157,14 +179,35 @@ impl SyncPool {
             if waited.timed_out() && state.jobs.is_empty() && state.idle > 1 {
                 state.idle -= 1;
                 state.workers -= 1;
-                return None;
+                break None;
             }
+        };
+        drop(state);
+        drop(abandoned);
+        next
+    }
+
+    /// A worker thread ended other than by retiring (an exception in the loop).
+    fn worker_left(&self) {
+        let mut state = self.lock();
+        state.workers = state.workers.saturating_sub(1);
+    }
+
+    /// At exit: queued calls fail now instead of waiting for a worker that
+    /// will never take them; idle workers wake and park.
+    pub fn fail_queued(&self) {
+        let queued: Vec<SyncJob> = self.lock().jobs.drain(..).collect();
+        self.job_ready.notify_all();
+        for job in queued {
+            let _ = job.reply.send(Err(interpreter_exiting()));
         }
     }
 
     fn finished(&self) {
         let mut state = self.lock();
-        state.running -= 1;
+        // Saturating: a child forked inside a `def` step settles that call
+        // into a fresh pool that never counted it.
+        state.running = state.running.saturating_sub(1);
         if state.running == 0 {
             self.all_done.notify_all();
         }
@@ -241,6 +284,12 @@ impl SyncStepCall {
 
 #[pymethods]
 impl SyncStepCall {
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.func)?;
+        visit.call(&self.context)?;
+        visit.call(&self.event)
+    }
+
     /// Delivers the events the step emitted, as `[(event, event_types), ...]`.
     fn succeed(&self, emitted: Bound<'_, PyAny>) {
         let outcome = crate::steps::collect_events(&emitted, self.remote)
@@ -302,4 +351,10 @@ pub fn next_sync_step(py: Python<'_>) -> PyResult<Option<SyncStepCall>> {
             }
         }
     }
+}
+
+/// A worker thread is ending because of an exception in its own loop.
+#[pyfunction]
+pub fn sync_step_worker_left() {
+    pool().worker_left();
 }

@@ -1,5 +1,7 @@
 """Context: identity of a run and its state (public keys exported, `_` keys private)."""
 
+import gc
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -72,6 +74,38 @@ async def test_sync_steps_use_set_sync_and_get_sync(step_ids: Callable[[str], st
     handler, result = await run_one(step_ids, sync_state)
     assert result == [2, True]
     assert handler.state == {"count": 2}
+
+
+async def test_set_without_await_in_a_def_step_stores_the_value(
+    step_ids: Callable[[str], str],
+) -> None:
+    # The mistake of issue 14: `ctx.set` is documented as `await ctx.set(...)`, and a
+    # def step cannot await. The value must be stored anyway, with no warning.
+    def forgets_await(ctx: Context, ev: StartEvent) -> StopEvent:
+        ctx.set("count", 3)
+        ctx.set("_private", ev.data)
+        return StopEvent(result=[ctx.get_sync("count"), ctx.get_sync("_private")])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a "coroutine was never awaited" would fail the test
+        handler, result = await run_one(step_ids, forgets_await, document="d")
+        gc.collect()
+    assert result == [3, {"document": "d"}]
+    assert handler.state == {"count": 3}
+
+
+async def test_set_without_await_raises_for_a_non_json_value(
+    step_ids: Callable[[str], str],
+) -> None:
+    def stores_object(ctx: Context, ev: StartEvent) -> StopEvent:
+        try:
+            ctx.set("bad", object())
+        except EncodeError as exc:
+            return StopEvent(result=str(exc))
+        return StopEvent(result="no error")
+
+    _, message = await run_one(step_ids, stores_object)
+    assert "state key 'bad'" in message
 
 
 async def test_non_json_public_value_raises_encode_error_in_the_step(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, final
 
 from . import _native
 from .errors import EncodeError
@@ -39,6 +40,26 @@ def _on_event_loop() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+@final
+class _Stored:
+    """What :meth:`Context.set` returns: the value is already stored, so awaiting
+    it (``await ctx.set(...)`` in an ``async def`` step) does nothing, and not
+    awaiting it (``ctx.set(...)`` in a ``def`` step) loses nothing and warns of
+    nothing, unlike a coroutine that is never awaited."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # makes this a generator: `await` finishes at once
+
+    def __repr__(self) -> str:
+        return "<stored>"
+
+
+_STORED = _Stored()
 
 
 class Context:
@@ -118,9 +139,14 @@ class Context:
             # An `async def` step is paused by the step bridge instead.
             self._ref.wait_for_stream_room()
 
-    async def set(self, key: str, value: Any) -> None:
-        """Stores ``value`` under ``key`` for later steps (and the caller, for public keys)."""
+    def set(self, key: str, value: Any) -> _Stored:
+        """Stores ``value`` under ``key`` for later steps (and the caller, for public keys).
+
+        The value is stored when ``set`` is called, so both ``await ctx.set(k, v)``
+        (``async def`` steps) and plain ``ctx.set(k, v)`` (``def`` steps) work; a
+        value that cannot be stored raises here, awaited or not."""
         self.set_sync(key, value)
+        return _STORED
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value under ``key``, or ``default``."""

@@ -2,12 +2,19 @@
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
+import importlib
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from blazen_peer import (
     Context,
     Event,
+    GenericEvent,
     PeerClient,
     StartEvent,
     StopEvent,
@@ -15,6 +22,7 @@ from blazen_peer import (
     WorkflowError,
     event_type_name,
     register_step,
+    unregister_step,
 )
 
 
@@ -89,6 +97,129 @@ def test_each_class_carries_its_routing_chain_most_derived_first() -> None:
         "blazen::Event",
     ]
     assert StartEvent._blazen_types.chain == ["blazen::StartEvent", "blazen::Event"]
+
+
+# --- wire names of a script's own classes ---
+
+# A peer file that streams its own event type; started as a script (`__main__`) or
+# imported (its file name), its classes and bare steps must get the same names.
+SCRIPT = textwrap.dedent(
+    """
+    import asyncio
+    import sys
+
+    from blazen_peer import Context, Event, PeerServer, StartEvent, StopEvent, step
+    from blazen_peer import event_type_name
+
+
+    class Tick(Event):
+        epoch: int
+
+
+    @step
+    async def train(ctx: Context, ev: StartEvent) -> StopEvent:
+        for epoch in range(3):
+            ctx.write_event_to_stream(Tick(epoch=epoch))
+        return StopEvent(result="done")
+
+
+    async def serve() -> None:
+        async with PeerServer("trainer") as server:
+            print("LISTENING", await server.start("127.0.0.1:0"), flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+    if __name__ == "__main__":
+        print("NAMES", event_type_name(Tick), train.id, flush=True)
+        if sys.argv[1:] == ["serve"]:
+            asyncio.run(serve())
+    """
+)
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Iterator[Path]:
+    """The script above, under a file name unique to the test (the step registry is
+    process-wide); its directory is importable while the test runs."""
+    path = tmp_path / f"trainer_{uuid.uuid4().hex[:8]}.py"
+    path.write_text(SCRIPT)
+    sys.path.insert(0, str(tmp_path))
+    yield path
+    sys.path.remove(str(tmp_path))
+    module = sys.modules.pop(path.stem, None)
+    if module is not None:
+        unregister_step(module.train.id)
+
+
+def run_script(*argv: str, cwd: Path) -> str:
+    completed = subprocess.run(
+        [sys.executable, *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout.strip()
+
+
+def test_a_scripts_events_and_bare_steps_are_named_after_its_file(script: Path) -> None:
+    name = script.stem
+    expected = f"NAMES {name}.Tick {name}.train"
+    assert run_script(str(script), cwd=script.parent) == expected  # python trainer.py
+    assert run_script("-m", name, cwd=script.parent) == expected  # python -m trainer
+    module = importlib.import_module(name)  # what a client (or blazen-peer serve) imports
+    assert event_type_name(module.Tick) == f"{name}.Tick"
+    assert module.train.id == f"{name}.train"
+
+
+async def test_a_client_importing_a_scripts_event_class_receives_it_from_that_script(
+    script: Path,
+) -> None:
+    module = importlib.import_module(script.stem)
+    peer = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        "serve",
+        cwd=script.parent,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert peer.stdin is not None and peer.stdout is not None
+    try:
+        names = await asyncio.wait_for(peer.stdout.readline(), 30)
+        listening = (await asyncio.wait_for(peer.stdout.readline(), 30)).decode()
+        assert listening.startswith("LISTENING "), (names, listening)
+        address = "http://" + listening.split()[1]
+        async with await PeerClient.connect(address, node_id="node-a") as client:
+            stream = client.stream_sub_workflow("train", [module.train.id])
+            events = [event async for event in stream]
+    finally:
+        peer.stdin.close()
+        _, err = await asyncio.wait_for(peer.communicate(), 10)
+    assert peer.returncode == 0, err.decode(errors="replace")
+    # Before: the script's events were `__main__.Tick` and arrived as GenericEvent.
+    assert events[:-1] == [module.Tick(epoch=0), module.Tick(epoch=1), module.Tick(epoch=2)]
+    assert events[-1] == StopEvent(result="done")
+
+
+# --- GenericEvent ---
+
+
+def test_generic_event_fields_are_attributes() -> None:
+    ev = GenericEvent(event_type="other.Tick", data={"epoch": 3, "loss": 0.5})
+    assert ev.epoch == 3
+    assert ev.loss == 0.5
+    assert ev.event_type == "other.Tick"
+    assert ev.data == {"epoch": 3, "loss": 0.5}
+    with pytest.raises(
+        AttributeError, match=r"'other.Tick' has no field 'lr'.*\['epoch', 'loss'\]"
+    ):
+        _ = ev.lr
+    assert dataclasses.replace(ev, data={"epoch": 4}).epoch == 4
 
 
 # --- StartEvent ---

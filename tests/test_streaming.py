@@ -87,6 +87,9 @@ async def test_an_event_type_this_process_does_not_know_arrives_as_generic_event
     assert type(first) is GenericEvent
     assert first.event_type == "tests.PeerOnly"
     assert first.data == {"note": "only the peer knows", "values": [1, 2, 3]}
+    # Its fields are attributes too, as StartEvent's input keys are.
+    assert first.note == "only the peer knows"
+    assert first.values == [1, 2, 3]
     assert isinstance(last, StopEvent)
     assert last.result == "sent"
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar, dataclass_transform
 
 from . import _native
@@ -20,6 +22,32 @@ __all__ = ["Event", "GenericEvent", "StartEvent", "StopEvent", "event_type_name"
 # Event classes by wire name, so streamed events arrive as their own class.
 # The last class defined under a name wins (re-imports, reloads).
 _CLASSES_BY_NAME: dict[str, type[Event]] = {}
+
+
+def stable_module_name(module: str) -> str:
+    """The module name that names events and bare ``@step`` ids defined in ``module``.
+
+    A script's own module is ``__main__`` when it runs as ``python FILE.py`` or
+    ``python -m NAME``, but ``FILE`` (its file's stem, as ``blazen-peer serve
+    FILE.py`` and ``import FILE`` name it) when it is imported. Names made from
+    ``__main__`` would change with how the process started, so a client that
+    imports the class would not recognize the peer's events: ``__main__`` is
+    replaced by the module name the file has when imported (``NAME`` of
+    ``python -m NAME``, else the file's stem). Code with no file (``python -c``,
+    a REPL) keeps ``__main__``.
+    """
+    if module != "__main__":
+        return module
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    name = getattr(spec, "name", None)
+    if isinstance(name, str) and name and name != "__main__":
+        return name
+    file = getattr(main, "__file__", None)
+    if isinstance(file, str) and file.endswith(".py"):
+        path = Path(file)
+        return path.parent.name if path.name == "__init__.py" else path.stem
+    return module
 
 
 @dataclass_transform()
@@ -38,7 +66,8 @@ class Event:
         super().__init_subclass__(**kwargs)
         if event_type is None:
             declared = cls.__dict__.get("__event_type__")
-            event_type = declared or f"{cls.__module__}.{cls.__qualname__}"
+            module = stable_module_name(cls.__module__)
+            event_type = declared or f"{module}.{cls.__qualname__}"
         cls.__event_type__ = event_type
         if "__init__" not in cls.__dict__:
             dataclasses.dataclass(cls)
@@ -99,19 +128,34 @@ class StopEvent(Event, event_type="blazen::StopEvent"):
 
 
 def event_type_name(cls: type[Event]) -> str:
-    """The wire name of an event class (``module.QualName`` unless set with ``event_type=``)."""
+    """The wire name of an event class: ``module.QualName`` (a script's file name
+    stands for ``__main__``, see :func:`stable_module_name`) unless set with
+    ``event_type=``."""
     return cls.__event_type__
 
 
 class GenericEvent(Event, event_type="blazen::GenericEvent"):
     """A streamed event whose type this process does not define.
 
-    ``event_type`` is its wire name on the peer, ``data`` its fields. Writing it
-    to another stream forwards it under its original name.
+    ``event_type`` is its wire name on the peer, ``data`` its fields; each field
+    is also an attribute (``ev.epoch``), except fields named ``event_type`` or
+    ``data``, which only ``ev.data[...]`` reaches. Writing it to another stream
+    forwards it under its original name.
     """
 
     event_type: str
     data: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only for names that are not attributes: the event's own fields.
+        data = self.__dict__.get("data")
+        if isinstance(data, Mapping) and name in data:
+            return data[name]
+        keys = sorted(data) if isinstance(data, Mapping) else []
+        raise AttributeError(
+            f"event {self.__dict__.get('event_type')!r} has no field {name!r}; "
+            f"its fields are {keys}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.data)

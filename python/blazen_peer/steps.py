@@ -11,7 +11,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from . import _native
 from .errors import ValidationError
-from .events import Event
+from .events import Event, stable_module_name
 
 __all__ = [
     "Step",
@@ -140,17 +140,25 @@ def step(
     """Registers a function as a step: ``@step``, ``@step("my_app::analyze")``,
     or ``@step("id", accepts=[MyEvent], replace=True)``.
 
-    Without an id, the id is ``module.qualname``. ``async def`` steps run on the
+    Without an id, the id is ``module.qualname`` (a script's file name, not
+    ``__main__``, however it was started). ``async def`` steps run on the
     serving event loop; plain ``def`` steps run in worker threads.
     """
     if callable(target):
-        return register_step(f"{target.__module__}.{target.__qualname__}", target)
+        return register_step(_default_id(target), target)
 
     def decorate(fn: Callable[P, R]) -> Step[P, R]:
-        step_id = target if target is not None else f"{fn.__module__}.{fn.__qualname__}"
+        step_id = target if target is not None else _default_id(fn)
         return register_step(step_id, fn, accepts=accepts, replace=replace)
 
     return decorate
+
+
+def _default_id(fn: Callable[..., Any]) -> str:
+    """``module.qualname``, with a script's file name for ``__main__`` (the id a
+    caller gets by importing the module is the id the peer registers, however the
+    peer was started)."""
+    return f"{stable_module_name(fn.__module__)}.{fn.__qualname__}"
 
 
 def unregister_step(step_id: str) -> bool:

@@ -31,6 +31,7 @@ from blazen_peer import (
     StopEvent,
     TransportError,
     UnknownStepError,
+    UnknownWorkflowError,
 )
 from conftest import PeerProcess
 
@@ -341,6 +342,41 @@ async def test_unknown_step_error_when_no_member_registers_the_steps(
             await bounded(pool.run_remote_workflow("no-such-workflow", [], 1))
         # The pool still works.
         assert (await bounded(pool.run_remote_workflow("w", [WHOAMI], 1)))["data"] == 1
+
+
+async def test_a_misspelled_step_is_unknown_step_error_while_a_member_is_unreachable(
+    spawn_peer: Callable[..., PeerProcess],
+) -> None:
+    # Issue 14: with one member never reached, a typo was a TransportError ("no healthy
+    # peer ..."), which reads as an outage and invites retrying.
+    (peer,) = await nodes(spawn_peer, "p1")
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    pool = await PeerPool.connect([peer.address, nobody], node_id="node-a", **FAST_PROBES)
+    async with pool:
+        await pool.wait_for_healthy(1, timeout_secs=WAIT_SECS)
+        with pytest.raises(UnknownStepError) as excinfo:
+            await bounded(pool.run_remote_workflow("w", ["pool::whoamI"], 1))
+        err = excinfo.value
+        assert err.step_id == "pool::whoamI"
+        assert WHOAMI in err.registered
+        message = str(err)
+        assert "did you mean 'pool::whoami'?" in message, message
+        assert f"{peer.address} has " in message and WHOAMI in message, message
+        assert f"{nobody} has not been reached" in message, message
+        # A workflow nobody declares: UnknownWorkflowError, naming the declared ones.
+        with pytest.raises(UnknownWorkflowError) as workflow_excinfo:
+            await bounded(pool.run_remote_workflow("analyze-pipelin", [], 1))
+        assert workflow_excinfo.value.workflow_name == "analyze-pipelin"
+        assert "did you mean 'analyze-pipeline'?" in str(workflow_excinfo.value)
+        # A step only an unreachable member could have is still unknown here, but a
+        # step of a member that went down is a TransportError (it may come back).
+        assert (await bounded(pool.run_remote_workflow("w", [WHOAMI], 1)))["data"] == 1
+        await asyncio.to_thread(peer.kill)
+        await pool.probe_now()
+        with pytest.raises(TransportError):
+            await bounded(pool.run_remote_workflow("w", [WHOAMI], 1))
 
 
 async def test_transport_error_names_every_member_when_all_are_down(

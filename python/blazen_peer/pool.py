@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import ipaddress
 import logging
 import socket
@@ -27,8 +28,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from . import _native, _tracing
+from ._address import peer_url
 from .client import PeerClient, _encode_input
-from .errors import PeerBusyError, PeerError, TransportError, UnknownStepError, ValidationError
+from .errors import (
+    PeerBusyError,
+    PeerError,
+    TransportError,
+    UnknownStepError,
+    UnknownWorkflowError,
+    ValidationError,
+)
 from .listing import PeerSteps
 from .responses import SubWorkflowResponse
 from .streaming import SubWorkflowStream
@@ -128,15 +137,17 @@ class PeerPool:
         probe_timeout_secs: float = 1.0,
         resolve_interval_secs: float = 30.0,
     ) -> PeerPool:
-        """Connects to every peer of ``addresses`` (``http://HOST:PORT`` or
-        ``https://...`` each). A host name that resolves to several addresses,
-        as a Kubernetes headless Service does, gives one member per address;
-        names are resolved again every ``resolve_interval_secs`` so new peers
-        join. Members that cannot be reached yet join once they answer.
+        """Connects to every peer of ``addresses`` (``HOST:PORT``, ``http://HOST:PORT``
+        or ``https://HOST:PORT`` each, as for PeerClient.connect). A host name that
+        resolves to several addresses, as a Kubernetes headless Service does, gives
+        one member per address; names are resolved again every
+        ``resolve_interval_secs`` so new peers join. Members that cannot be reached yet join once they answer.
         Raises ValidationError for malformed addresses or settings."""
         sources = [addresses] if isinstance(addresses, str) else list(addresses)
         if not sources:
             raise ValidationError("PeerPool.connect needs at least one peer address")
+        # The rule of PeerClient.connect: HOST:PORT is https:// with tls=, else http://.
+        sources = [peer_url(source, tls=tls is not None) for source in sources]
         for source in sources:
             _split(source)
         for name, value in (
@@ -385,13 +396,27 @@ class PeerPool:
         if last_refusal is not None and not isinstance(last_refusal, TransportError):
             return last_refusal
         wanted = f"steps {list(step_ids)}" if step_ids else f"workflow `{workflow_name}`"
-        if not able and all(member.steps is not None for member in self._members.values()):
+        known = [member for member in self._members.values() if member.steps is not None]
+        if not able and known:
+            # No member whose steps are known has them: most likely a misspelled id.
+            # Members never reached might, so the message names them too.
+            if not step_ids:
+                declared = sorted(
+                    {w.name for member in known if member.steps for w in member.steps.workflows}
+                )
+                return UnknownWorkflowError(
+                    f"no peer of the pool declares {wanted}"
+                    f"{_did_you_mean([workflow_name], declared)}; {self._describe_steps()}",
+                    workflow_name=workflow_name,
+                    registered=declared,
+                )
+            registered = sorted({step for member in known for step in _ids(member)})
+            missing = [s for s in step_ids if s not in registered] or list(step_ids)
             return UnknownStepError(
-                f"no peer of the pool registers {wanted}; members: {self._describe_members()}",
-                step_id=next(iter(step_ids), None),
-                registered=sorted(
-                    {step for member in self._members.values() for step in _ids(member)}
-                ),
+                f"no peer of the pool registers {wanted}{_did_you_mean(missing, registered)}; "
+                f"{self._describe_steps()}",
+                step_id=next(iter(missing), None),
+                registered=registered,
             )
         tail = f"; last failure: {last_refusal}" if last_refusal is not None else ""
         return TransportError(
@@ -531,6 +556,22 @@ class PeerPool:
                 if member.client is not None:
                     await member.client.close()
 
+    def _describe_steps(self) -> str:
+        parts = []
+        for address in sorted(self._members):
+            member = self._members[address]
+            if member.steps is None:
+                reason = member.last_error or "not probed yet"
+                parts.append(f"{address} has not been reached ({reason}), its steps are unknown")
+                continue
+            steps = sorted(member.steps.step_ids)
+            shown = ", ".join(steps[:_LISTED_STEPS]) or "no steps"
+            more = f" and {len(steps) - _LISTED_STEPS} more" if len(steps) > _LISTED_STEPS else ""
+            workflows = sorted(workflow.name for workflow in member.steps.workflows)
+            declared = f"; workflows: {', '.join(workflows)}" if workflows else ""
+            parts.append(f"{address} has {shown}{more}{declared}")
+        return "; ".join(parts) or "the pool has no members"
+
     def _healthy_count(self) -> int:
         return sum(1 for member in self._members.values() if member.healthy and not member.removed)
 
@@ -541,6 +582,19 @@ class PeerPool:
             state = "healthy" if member.healthy else f"down ({member.last_error or 'not probed'})"
             parts.append(f"{address} {state}")
         return "; ".join(parts) or "none"
+
+
+_LISTED_STEPS = 20
+"""How many step ids of each member an UnknownStepError message lists."""
+
+
+def _did_you_mean(missing: Sequence[str], registered: Sequence[str]) -> str:
+    hints = []
+    for step_id in missing:
+        close = difflib.get_close_matches(step_id, registered, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{close[0]!r} for {step_id!r}" if len(missing) > 1 else repr(close[0]))
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
 
 
 def _ids(member: _Member) -> frozenset[str]:

@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 from . import _native, _tracing
+from ._address import peer_url
 from ._auth import resolve_token, warn_if_token_in_clear
 from ._ref_book import RefBook
 from .errors import EncodeError, PeerError, RefNotFoundError, ValidationError
@@ -104,9 +105,11 @@ def _refuse_inside_loop(method: str, alternative: str) -> None:
         asyncio.get_running_loop()
     except RuntimeError:
         return
+    # connect is a classmethod; the others are called on a client.
+    owner = "PeerClient" if alternative == "connect" else "client"
     raise ValidationError(
         f"{method}() blocks the thread and was called from a running event loop; "
-        f"use `await client.{alternative}(...)` there instead"
+        f"use `await {owner}.{alternative}(...)` there instead"
     )
 
 
@@ -130,9 +133,12 @@ class PeerClient:
         keepalive_interval_secs: float | None = _DEFAULT_KEEPALIVE_INTERVAL_SECS,
         keepalive_timeout_secs: float = _DEFAULT_KEEPALIVE_TIMEOUT_SECS,
     ) -> PeerClient:
-        """Connects to ``address``: ``http://HOST:PORT``, or ``https://HOST:PORT`` with
-        ``tls=``. ``token`` (default ``$BLAZEN_PEER_TOKEN``) is sent with every call.
-        Raises TransportError when nothing listens, TlsError when the handshake fails."""
+        """Connects to ``address``: ``HOST:PORT`` (``https://`` with ``tls=``, else
+        ``http://``), ``http://HOST:PORT``, or ``https://HOST:PORT`` with ``tls=``; the
+        port is required. ``token`` (default ``$BLAZEN_PEER_TOKEN``) is sent with every
+        call. Raises TransportError when nothing listens, TlsError when the handshake
+        fails, ValidationError for a malformed address."""
+        address = peer_url(address, tls=tls is not None)
         options = _ConnectOptions.build(
             address,
             token,
@@ -160,6 +166,7 @@ class PeerClient:
     ) -> PeerClient:
         """Blocking :meth:`connect`, for code without an event loop."""
         _refuse_inside_loop("connect_blocking", "connect")
+        address = peer_url(address, tls=tls is not None)
         options = _ConnectOptions.build(
             address,
             token,

@@ -141,7 +141,8 @@ class PeerPool:
         or ``https://HOST:PORT`` each, as for PeerClient.connect). A host name that
         resolves to several addresses, as a Kubernetes headless Service does, gives
         one member per address; names are resolved again every
-        ``resolve_interval_secs`` so new peers join. Members that cannot be reached yet join once they answer.
+        ``resolve_interval_secs`` so new peers join. Members that cannot be reached
+        yet join once they answer.
         Raises ValidationError for malformed addresses or settings."""
         sources = [addresses] if isinstance(addresses, str) else list(addresses)
         if not sources:

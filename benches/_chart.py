@@ -12,7 +12,7 @@ def have_matplotlib() -> str | None:
     try:
         import matplotlib  # noqa: F401
     except ImportError as exc:
-        return f"matplotlib is not installed ({exc}); pip install -e '.[bench]'"
+        return f"matplotlib is not installed ({exc}); python3 -m pip install '.[bench]'"
     return None
 
 

@@ -589,3 +589,245 @@ def test_demo_runs_the_readme_pipeline() -> None:
     assert 'result: {"words":4,"summary":"the quick brown fox"}' in result.stdout
     assert 'state:  {"language":"en"}' in result.stdout
     assert "local workflow result: " in result.stdout
+
+
+# --- what a new user runs into (issue 14) ---
+
+# What a message written for Python callers looks like: `insecure=True`,
+# `tls=ServerTls.from_pem(...)`, `ClientTls(cert=..., key=...)`, `token=`.
+PYTHON_ARGUMENT = re.compile(r"\b[a-z_]+=|ClientTls|ServerTls|PeerClient\.")
+
+
+def error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one `blazen-peer: error ...` line, checked to suggest flags, not Python."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("blazen-peer")]
+    assert len(lines) == 1, result.stderr
+    assert not PYTHON_ARGUMENT.search(lines[0]), lines[0]
+    return lines[0]
+
+
+def test_serve_refusing_an_open_address_names_the_flags() -> None:
+    result = run_cli("serve", PEER_APP, "--listen", "0.0.0.0:0", "--node-id", "n")
+    assert result.returncode == 2
+    line = error_line(result)
+    assert "refusing to serve 0.0.0.0:0 without TLS or a token" in line
+    for flag in ("--tls-cert", "--tls-key", "--token-env", "--insecure"):
+        assert flag in line, line
+
+
+def test_token_errors_name_the_token_env_flag(token_peer: Served) -> None:
+    missing = run_cli("call", token_peer.host_port, "--step", "test::echo")
+    wrong = run_cli(
+        "call",
+        token_peer.host_port,
+        *("--step", "test::echo", "--token-env", "T"),
+        env=clean_env(T="wrong"),
+    )
+    for result in (missing, wrong):
+        assert result.returncode == 2
+        assert "--token-env" in error_line(result)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 only, a client certificate, and
+    another CA that signed none of them."""
+    root = tmp_path_factory.mktemp("pki")
+    ca, other = trustme.CA(), trustme.CA()
+    server, client = ca.issue_cert("127.0.0.1"), ca.issue_cert("client@example.com")
+    paths = {name: root / f"{name}.pem" for name in ("ca", "other", "cert", "key", "ccert", "ckey")}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    other.cert_pem.write_to_path(str(paths["other"]))
+    server.cert_chain_pems[0].write_to_path(str(paths["cert"]))
+    server.private_key_pem.write_to_path(str(paths["key"]))
+    client.cert_chain_pems[0].write_to_path(str(paths["ccert"]))
+    client.private_key_pem.write_to_path(str(paths["ckey"]))
+    return paths
+
+
+def test_tls_errors_name_the_tls_flags(
+    pki: dict[str, Path], spawn_serve: Callable[..., Served]
+) -> None:
+    peer = spawn_serve(
+        PEER_APP,
+        *("--listen", "127.0.0.1:0", "--node-id", "mtls"),
+        *("--tls-cert", str(pki["cert"]), "--tls-key", str(pki["key"])),
+        *("--tls-client-ca", str(pki["ca"])),
+    )
+    call = ("call", peer.host_port, "--step", "test::echo")
+    no_client_cert = run_cli(*call, "--tls-ca", str(pki["ca"]))
+    assert no_client_cert.returncode == 2
+    assert "--tls-cert FILE --tls-key FILE" in error_line(no_client_cert)
+    client_cert = ("--tls-cert", str(pki["ccert"]), "--tls-key", str(pki["ckey"]))
+    unknown_ca = run_cli(*call, "--tls-ca", str(pki["other"]), *client_cert)
+    assert unknown_ca.returncode == 2
+    assert "--tls-ca" in error_line(unknown_ca)
+    wrong_name = run_cli(
+        "call",
+        f"localhost:{peer.port}",  # the certificate names 127.0.0.1 only
+        *("--step", "test::echo", "--tls-ca", str(pki["ca"]), *client_cert),
+    )
+    assert wrong_name.returncode == 2
+    assert "--tls-domain" in error_line(wrong_name)
+    https_without_ca = run_cli("call", f"https://{peer.host_port}", "--step", "test::echo")
+    assert https_without_ca.returncode == 2
+    assert "give --tls-ca FILE" in https_without_ca.stderr
+    assert not PYTHON_ARGUMENT.search(https_without_ca.stderr), https_without_ca.stderr
+    works = run_cli(*call, "--tls-ca", str(pki["ca"]), *client_cert, "--input", "1")
+    assert works.returncode == 0, works.stderr
+    assert peer.stop() == 0, peer.stderr()
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("127.0.0.1", "`127.0.0.1` names no port"),
+        ("http://127.0.0.1", "`http://127.0.0.1` names no port"),
+        ("tcp://127.0.0.1:1", "`tcp://127.0.0.1:1` has scheme tcp://"),
+        ("grpc://127.0.0.1:1", "`grpc://127.0.0.1:1` has scheme grpc://"),
+    ],
+)
+def test_call_refuses_an_address_without_port_or_with_another_scheme(
+    address: str, message: str
+) -> None:
+    """Never port 80 behind the user's back; a wrong scheme is named as such."""
+    result = run_cli("call", address, "--step", "test::echo")
+    assert result.returncode == 2
+    assert error_line(result).startswith(f"blazen-peer: error (Validation): {message}")
+    assert "HOST:PORT, http://HOST:PORT or https://HOST:PORT" in result.stderr
+
+
+def test_call_without_input_says_the_input_was_null(addr: str) -> None:
+    result = run_cli("call", addr, "--step", "my_app::analyze")
+    assert result.returncode == 1
+    line = error_line(result)
+    assert "the run's input is null; send a JSON object with key 'document'" in line
+    assert "this call gave no --input" in line
+    assert "has keys []" not in line
+    given_null = run_cli("call", addr, "--step", "my_app::analyze", "--input", "null")
+    assert "the run's input is null" in given_null.stderr
+    assert "gave no --input" not in given_null.stderr  # it did give one
+
+
+README_STYLE_PEER = """\
+import asyncio
+from blazen_peer import Context, PeerServer, StartEvent, StopEvent, step
+
+@step("readme::echo")
+async def echo(ctx: Context, ev: StartEvent) -> StopEvent:
+    return StopEvent(result=ev.data)
+
+asyncio.run(PeerServer("node-b").serve("127.0.0.1:50051"))
+"""
+
+BLOCKING_PEER = """\
+from blazen_peer import PeerServer, StartEvent, StopEvent, step
+
+@step("blocking::echo")
+def echo(ctx, ev: StartEvent) -> StopEvent:
+    return StopEvent(result=ev.data)
+
+try:
+    PeerServer("node-b").serve_blocking("127.0.0.1:50051")
+except Exception:  # a broad handler must not hide the refusal
+    pass
+"""
+
+
+@pytest.mark.parametrize(
+    ("source", "line"),
+    [
+        (README_STYLE_PEER, 'line 8: asyncio.run(PeerServer("node-b").serve("127.0.0.1:50051"))'),
+        (BLOCKING_PEER, 'line 8: PeerServer("node-b").serve_blocking("127.0.0.1:50051")'),
+    ],
+)
+def test_serve_refuses_a_file_that_starts_its_own_server(
+    tmp_path: Path, source: str, line: str
+) -> None:
+    """A peer file written like the README (asyncio.run at module level): the
+    message says where and what to do, with no never-awaited warning."""
+    (tmp_path / "my_peer.py").write_text(source)
+    result = subprocess.run(
+        [*CLI, "serve", "my_peer.py", "--listen", "127.0.0.1:0", "--node-id", "n"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(PYTHONWARNINGS="always"),
+        timeout=CLI_TIMEOUT_SECS,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"blazen-peer: error (Validation): my_peer.py starts a server when imported ({line}); "
+        "`blazen-peer serve` imports it for its steps and serves them itself, with its own "
+        'flags. Put the code that starts the server under `if __name__ == "__main__":` '
+        "(then `python my_peer.py` still runs it)"
+    ]
+
+
+def test_serve_runs_async_setup_at_import_like_python_does(
+    tmp_path: Path, spawn_serve: Callable[..., Served]
+) -> None:
+    """Targets are imported before serve's event loop exists, so a module-level
+    asyncio.run(setup()) works as it does under `python FILE`."""
+    (tmp_path / "setup_peer.py").write_text(
+        "import asyncio\n"
+        "from blazen_peer import StartEvent, StopEvent, step\n"
+        "async def load_config():\n"
+        "    await asyncio.sleep(0)\n"
+        "    return {'greeting': 'hello'}\n"
+        "CONFIG = asyncio.run(load_config())\n"
+        "@step('setup::greet')\n"
+        "def greet(ctx, ev: StartEvent) -> StopEvent:\n"
+        "    return StopEvent(result=CONFIG['greeting'])\n"
+    )
+    peer = spawn_serve("setup_peer.py", "--listen", "127.0.0.1:0", "--node-id", "n", cwd=tmp_path)
+    called = run_cli("call", peer.host_port, "--step", "setup::greet")
+    assert (called.returncode, called.stdout) == (0, '"hello"\n'), called.stderr
+    assert peer.stop() == 0, peer.stderr()
+    assert "never awaited" not in peer.stderr()
+
+
+def test_serve_messages_are_grammatical(tmp_path: Path, spawn_serve: Callable[..., Served]) -> None:
+    (tmp_path / "odd_targets.py").write_text(
+        "from blazen_peer import StartEvent, StopEvent, step\n"
+        "LIMIT = 3\n"
+        "SENTINEL = object()\n"
+        "@step('odd::echo')\n"
+        "def echo(ctx, ev: StartEvent) -> StopEvent:\n"
+        "    return StopEvent(result=ev.data)\n"
+    )
+    for attribute, noun in (("LIMIT", "an int"), ("SENTINEL", "an object")):
+        result = subprocess.run(
+            [
+                *CLI,
+                "serve",
+                f"odd_targets.py:{attribute}",
+                *("--listen", "127.0.0.1:0", "--node-id", "n"),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=clean_env(),
+            timeout=CLI_TIMEOUT_SECS,
+            check=False,
+        )
+        assert result.returncode == 2
+        assert f"{attribute} is {noun}; name a function" in result.stderr
+    peer = spawn_serve("odd_targets.py", "--listen", "127.0.0.1:0", "--node-id", "n", cwd=tmp_path)
+    assert peer.ready["count"] == "1"
+    assert run_cli("call", peer.host_port, "--step", "odd::echo").returncode == 0
+    assert peer.stop() == 0, peer.stderr()
+    assert "stopped after 1 run (1 succeeded," in peer.stderr()
+
+
+def test_serve_prints_its_readiness_line_once(served: Served) -> None:
+    """The CLI serves with start(), which never prints: only its own line appears."""
+    assert sum(1 for line in served.lines if READY.match(line.rstrip("\n"))) == 1
+
+
+def test_demo_help_is_plain_text() -> None:
+    result = run_cli("demo", "--help")
+    assert result.returncode == 0
+    assert "``" not in result.stdout, result.stdout
+    assert "Runs the README demo" in result.stdout

@@ -277,7 +277,7 @@ async def test_non_json_stop_event_result_fails_the_run_and_says_why(client: Pee
         await client.run_remote_workflow("wf", ["test::bad_result"])
     err = excinfo.value
     assert err.failure_kind == "ResultNotJson"
-    assert "StopEvent.result holds a object, which is not JSON-serializable" in str(err)
+    assert "StopEvent.result holds an object, which is not JSON-serializable" in str(err)
     assert err.node_id == "node-b"
 
 

@@ -30,7 +30,12 @@ def peer_url(address: str, *, tls: bool) -> str:
         url = f"{scheme}://{rest}"
     else:
         url = f"{'https' if tls else 'http'}://{address}"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "http://[::1": an unclosed IPv6 bracket
+        raise ValidationError(
+            f"`{address}` is not a valid peer address ({exc}); {_FORMS}"
+        ) from None
     try:
         port = parts.port
     except ValueError:

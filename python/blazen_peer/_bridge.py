@@ -14,6 +14,7 @@ from collections.abc import Coroutine, Generator
 from typing import Any
 
 from . import _native, _tracing
+from ._grammar import with_article
 from .context import Context
 from .events import Event, StartEvent, StopEvent
 
@@ -156,8 +157,8 @@ def stop_result_json(event: StopEvent) -> bytes:
         )
     except (TypeError, ValueError) as exc:
         raise TypeError(
-            f"StopEvent.result holds a {type(event.result).__name__}, which is not "
-            f"JSON-serializable ({exc}); results of remote runs travel as JSON"
+            f"StopEvent.result holds {with_article(type(event.result).__name__)}, which is "
+            f"not JSON-serializable ({exc}); results of remote runs travel as JSON"
         ) from exc
     return encoded.encode()
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, final
 
 from . import _native
+from ._grammar import with_article
 from .errors import EncodeError
 from .events import Event, stream_payload
 from .refs import SessionRefs
@@ -161,9 +162,9 @@ class Context:
             encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise EncodeError(
-                f"state key {key!r} holds a {type(value).__name__}, which is not JSON-serializable "
-                f"({exc}); exported state must be JSON, or use a key starting with '_' "
-                "for values that stay in this process"
+                f"state key {key!r} holds {with_article(type(value).__name__)}, which is not "
+                f"JSON-serializable ({exc}); exported state must be JSON, or use a key "
+                "starting with '_' for values that stay in this process"
             ) from exc
         self._ref.set_json(key, encoded.encode())
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, dataclass_transform
 
 from . import _native
+from ._grammar import with_article
 from .errors import EncodeError
 
 __all__ = ["Event", "GenericEvent", "StartEvent", "StopEvent", "event_type_name"]
@@ -106,8 +107,7 @@ class StartEvent(Event, event_type="blazen::StartEvent"):
         data = self.__dict__.get("data")
         if isinstance(data, Mapping) and name in data:
             return data[name]
-        keys = sorted(data) if isinstance(data, Mapping) else []
-        raise AttributeError(f"StartEvent has no field {name!r}; the run's input has keys {keys}")
+        raise AttributeError(f"StartEvent has no field {name!r}; {_describe_input(data, name)}")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, StartEvent) and other.data == self.data
@@ -119,6 +119,28 @@ class StartEvent(Event, event_type="blazen::StartEvent"):
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.data) if isinstance(self.data, Mapping) else {"data": self.data}
+
+
+def _describe_input(data: Any, name: str) -> str:
+    """What a StartEvent's input is, for a step that asked it for field ``name``."""
+    if isinstance(data, Mapping):
+        return f"the run's input has keys {sorted(data)}"
+    if data is None:
+        return f"the run's input is null; send a JSON object with key {name!r}"
+    kind = with_article(_json_type(data))
+    return f"the run's input is {kind}, not an object with keys (ev.data holds it)"
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    return type(value).__name__
 
 
 class StopEvent(Event, event_type="blazen::StopEvent"):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _native
+from ._grammar import with_article
 from .errors import EncodeError, ValidationError
 
 __all__ = [
@@ -127,8 +128,9 @@ def encode_ref_value(value: Any, type_tag: str | None = None) -> tuple[Any, str]
         if value is None or isinstance(value, dict | list | str | int | float | bool):
             return _as_json(value), "json"
         raise EncodeError(
-            f"cannot store a {type(value).__name__} as a session ref: it has no buffer protocol, "
-            "is not JSON, and no codec is registered for its type; register one with "
+            f"cannot store {with_article(type(value).__name__)} as a session ref: it has no "
+            "buffer protocol, is not JSON, and no codec is registered for its type; register one "
+            "with "
             f"register_ref_codec('your.tag', encode, decode, type={type(value).__name__})"
         )
     if type_tag == "bytes":

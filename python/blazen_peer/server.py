@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from . import _native, _signals, _tracing
+from . import _native, _readiness, _signals, _tracing
 from ._auth import resolve_token
 from .errors import ValidationError
 from .refs import SessionRefRegistry
@@ -189,10 +189,21 @@ class PeerServer:
         *,
         grace: float | None = DEFAULT_GRACE_SECS,
         handle_signals: bool = True,
+        announce: bool = True,
     ) -> None:
         """Serves until SIGTERM or Ctrl-C, or until the calling task is cancelled,
         then stops gracefully (see :meth:`stop`) and returns (re-raising
         CancelledError when cancelled).
+
+        Once serving (signal handlers in place), it writes one readiness line to
+        stderr, the same line ``blazen-peer serve`` prints::
+
+            blazen-peer: node NODE serving on HOST:PORT (N steps: a, b, ...)
+
+        serve() is how a process runs a peer as its main job, so it says it is up
+        and on which port; ``announce=False`` keeps it quiet. :meth:`start` never
+        prints: an application embedding the peer logs what it wants with the
+        address start() returns.
 
         Signals (with ``handle_signals``, in the main thread) are borrowed, never
         taken from the application:
@@ -213,17 +224,22 @@ class PeerServer:
           replaced are restored (a handler installed meanwhile by someone else is
           left in place).
         """
-        await self.start(address)
+        bound = await self.start(address)
         stop_requested = asyncio.Event()
         try:
             with _signals.stop_on_signals(handle_signals, stop_requested.set):
+                if announce:
+                    _readiness.announce(self.node_id, bound)
                 await stop_requested.wait()
         finally:
             await asyncio.shield(self.stop(grace=grace))
 
-    def serve_blocking(self, address: str, *, grace: float | None = DEFAULT_GRACE_SECS) -> None:
+    def serve_blocking(
+        self, address: str, *, grace: float | None = DEFAULT_GRACE_SECS, announce: bool = True
+    ) -> None:
         """Serves on a new event loop in this thread until SIGTERM or Ctrl-C, then
-        stops gracefully and returns.
+        stops gracefully and returns. Like :meth:`serve`, it writes the readiness
+        line to stderr once serving (``announce=False``: not).
 
         It runs :meth:`serve` under asyncio.run(), so the same signal rule applies:
         with both signals at their defaults, serve() handles them and restores them
@@ -240,7 +256,7 @@ class PeerServer:
                 "use `await server.serve(address)` there instead"
             )
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(self.serve(address, grace=grace))
+            asyncio.run(self.serve(address, grace=grace, announce=announce))
 
     async def stop(self, grace: float | None = DEFAULT_GRACE_SECS) -> None:
         """Shuts down gracefully, and returns once the server is down:

@@ -61,9 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level or args.default_log_level)
     command: Command = args.run
     try:
+        # Work that must happen before the event loop starts (serve imports its
+        # targets there, as `python FILE` would run them).
+        prepare = getattr(args, "prepare", None)
+        if prepare is not None:
+            prepare(args)
         return asyncio.run(command(args))
     except PeerError as error:
-        return report_error(error, as_json=args.json)
+        return report_error(error, as_json=args.json, command=args.command)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:

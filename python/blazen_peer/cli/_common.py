@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable, Coroutine
@@ -90,6 +91,17 @@ def check_client_tls_options(parser: argparse.ArgumentParser, args: argparse.Nam
         parser.error("--tls-cert and --tls-key go together")
     if args.tls_ca is None and (args.tls_cert or args.tls_domain):
         parser.error("--tls-cert, --tls-key and --tls-domain need --tls-ca")
+    scheme = args.address.partition("://")[0].lower() if "://" in args.address else None
+    if scheme == "https" and args.tls_ca is None:
+        parser.error(
+            f"{args.address} asks for TLS: give --tls-ca FILE, the CA that signed the peer's "
+            "certificate"
+        )
+    if scheme == "http" and args.tls_ca is not None:
+        parser.error(
+            f"{args.address} is plaintext but --tls-ca asks for TLS: use https:// or "
+            "drop the scheme (HOST:PORT with --tls-ca means https://)"
+        )
 
 
 def configure_logging(level: str) -> None:
@@ -125,13 +137,6 @@ def client_token(variable: str | None) -> str | None:
     return tokens[0]
 
 
-def peer_url(address: str, *, tls: bool) -> str:
-    """``HOST:PORT`` as the URL the client connects to; a full URL is kept as given."""
-    if "://" in address:
-        return address
-    return f"{'https' if tls else 'http'}://{address}"
-
-
 async def connect(args: argparse.Namespace) -> PeerClient:
     """Connects to ``args.address`` with the connection options."""
     tls = (
@@ -141,8 +146,10 @@ async def connect(args: argparse.Namespace) -> PeerClient:
         if args.tls_ca is not None
         else None
     )
+    # PeerClient.connect's address rule (README, "Server and client"): HOST:PORT is
+    # https:// with --tls-ca, else http://; the port is required.
     return await PeerClient.connect(
-        peer_url(args.address, tls=tls is not None),
+        args.address,
         node_id=args.node_id,
         token=client_token(args.token_env),
         tls=tls,
@@ -202,11 +209,63 @@ def _error_details(error: PeerError) -> dict[str, Any]:
     return {key: value for key, value in details.items() if value is not None}
 
 
-def report_error(error: PeerError, *, as_json: bool) -> int:
-    """Prints ``error`` (stderr, or a JSON object on stdout) and returns the exit status."""
+# Hints written for Python callers (the library's messages) and the flags a CLI
+# user sets instead, by command. Applied in order; each pattern is a regex.
+_CLIENT_TLS_FLAGS = {
+    "ca": "--tls-ca FILE",
+    "cert": "--tls-cert FILE",
+    "key": "--tls-key FILE",
+    "domain": "--tls-domain NAME",
+}
+_CLIENT_FLAGS: tuple[tuple[str, str | Callable[[re.Match[str]], str]], ...] = (
+    # "(ClientTls.from_pem / --tls-ca)": the flag is already there.
+    (r"\bClientTls\.from_pem(\([^)]*\))?\s*/\s*(?=--tls-ca)", ""),
+    # tls=ClientTls.from_pem(ca=..., cert=...), ClientTls(domain=...), (ClientTls ca=)
+    (r"\b(tls=)?ClientTls(\.from_pem)?\(([^)]*)\)", lambda m: _tls_flags(m[3])),
+    (r"\bClientTls ((?:\w+=\s*)+)", lambda m: _tls_flags(m[1])),
+    (r"\bPeerClient\.connect(_blocking)?\(token=\.\.\.\)", "--token-env VAR"),
+    (r"\btoken=(\.\.\.)?", "--token-env VAR"),
+    (r"\btimeout_secs\b", "--timeout"),
+)
+_SERVE_FLAGS: tuple[tuple[str, str | Callable[[re.Match[str]], str]], ...] = (
+    (r"\b(tls=)?ServerTls(\.from_pem)?\([^)]*\)", "--tls-cert FILE --tls-key FILE"),
+    (r"\btoken=(\.\.\.)?", "--token-env VAR"),
+    (r"\binsecure=True\b", "--insecure"),
+    (r"\bbind 127\.0\.0\.1\b", "listen on 127.0.0.1"),
+    (r"\bmax_concurrent_runs\b", "--max-concurrent-runs"),
+    (r"\bdefault_timeout_secs\b", "--default-timeout"),
+    (r"\bgrace must\b", "--grace must"),
+)
+_FLAGS_BY_COMMAND = {
+    "serve": _SERVE_FLAGS,
+    "call": _CLIENT_FLAGS,
+    "steps": _CLIENT_FLAGS,
+    "health": _CLIENT_FLAGS,
+}
+
+
+def _tls_flags(arguments: str) -> str:
+    """``ca=..., cert=...`` as ``--tls-ca FILE --tls-cert FILE`` (no names: ``--tls-ca``)."""
+    names = re.findall(r"(\w+)\s*=", arguments)
+    flags = [_CLIENT_TLS_FLAGS[name] for name in names if name in _CLIENT_TLS_FLAGS]
+    return " ".join(flags) or _CLIENT_TLS_FLAGS["ca"]
+
+
+def cli_message(message: str, command: str | None) -> str:
+    """``message`` with the Python arguments it suggests (``insecure=True``,
+    ``ClientTls.from_pem(...)``) replaced by the flags of ``command``."""
+    for pattern, flag in _FLAGS_BY_COMMAND.get(command or "", ()):
+        message = re.sub(pattern, flag, message)
+    return message
+
+
+def report_error(error: PeerError, *, as_json: bool, command: str | None = None) -> int:
+    """Prints ``error`` (stderr, or a JSON object on stdout) and returns the exit status;
+    hints name ``command``'s flags, not Python arguments."""
+    message = cli_message(error.message, command)
     if as_json:
-        body = {"kind": error.kind, "message": error.message, **_error_details(error)}
+        body = {"kind": error.kind, "message": message, **_error_details(error)}
         print_json({"error": body})
     else:
-        print(f"{PROG}: error ({error.kind}): {error.message}", file=sys.stderr, flush=True)
+        print(f"{PROG}: error ({error.kind}): {message}", file=sys.stderr, flush=True)
     return exit_status(error)

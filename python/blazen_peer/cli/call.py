@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ..client import PeerClient
-from ..errors import ValidationError
+from ..errors import ValidationError, WorkflowError
 from ..events import Event, GenericEvent, event_type_name
 from ._common import check_client_tls_options, connect, dumps, print_json, response_json
 
@@ -55,7 +55,6 @@ def add_parser(
     )
     parser.add_argument(
         "--input",
-        default="null",
         metavar="JSON|@FILE|@-",
         help="the run's input: JSON text, @FILE to read a file, @- for stdin (default: null)",
     )
@@ -72,13 +71,20 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
 
 async def run(args: argparse.Namespace) -> int:
     # Read before connecting, so a bad input fails fast and runs nothing.
-    payload = read_input(args.input)
+    payload = None if args.input is None else read_input(args.input)
     workflow = args.workflow or DEFAULT_WORKFLOW
-    async with await connect(args) as client:
-        if args.stream:
-            await _stream(client, workflow, args, payload)
-        else:
-            await _invoke(client, workflow, args, payload)
+    try:
+        async with await connect(args) as client:
+            if args.stream:
+                await _stream(client, workflow, args, payload)
+            else:
+                await _invoke(client, workflow, args, payload)
+    except WorkflowError as error:
+        if args.input is None and "input is null" in error.message:
+            # A step wanted fields of an input this command never sent.
+            error.message += "; this call gave no --input (pass --input JSON, @FILE or @-)"
+            error.args = (error.message,)
+        raise
     return 0
 
 

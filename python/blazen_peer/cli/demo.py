@@ -32,6 +32,14 @@ STARTUP_TIMEOUT_SECS = 30.0
 STOP_TIMEOUT_SECS = 15.0
 _READY = re.compile(rf"^{PROG}: node \S+ serving on (\S+) ")
 
+# Plain text for --help (the module docstring is reST, for readers of the source).
+DESCRIPTION = f"""\
+Runs the README demo in one command: starts node-b in another process
+(`{PROG} serve blazen_peer.cli._demo_peer`), delegates the two-step pipeline
+analyze-pipeline to it, then does the same from a step of a local Workflow,
+prints what came back and stops node-b.
+"""
+
 
 def add_parser(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -41,7 +49,7 @@ def add_parser(
         "demo",
         parents=[common],
         help="run the README demo: a second peer in another process",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(run=run, default_log_level="WARNING")

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+from .._grammar import count, with_article
+from .._readiness import readiness_line
 from ..errors import PeerError, ValidationError
 from ..server import DEFAULT_GRACE_SECS, PeerServer
 from ..steps import Step, registered_step_ids, registered_workflows
@@ -39,6 +41,11 @@ TARGET is one of:
                        steps registered by code rather than at import
   my_app:STEPS         checks that my_app.STEPS is a step or a list of steps
                        (they registered when the module was imported)
+
+Targets are imported before serving starts, as `python FILE` would run them. A
+file that starts a server of its own when imported (`asyncio.run(server.serve(...))`
+at module level, as a script does) is refused: put that code under
+`if __name__ == "__main__":`.
 
 Once serving, it prints one line to stderr:
   blazen-peer: node NODE serving on HOST:PORT (N steps: a, b, ...)
@@ -98,7 +105,9 @@ def add_parser(
     tls.add_argument(
         "--tls-client-ca", metavar="FILE", help="CA of client certificates: mutual TLS"
     )
-    parser.set_defaults(run=run, default_log_level="INFO", validate=_check_tls_options)
+    parser.set_defaults(
+        run=run, prepare=prepare, default_log_level="INFO", validate=_check_tls_options
+    )
 
 
 def _grace(text: str) -> float | None:
@@ -120,11 +129,21 @@ def _check_tls_options(parser: argparse.ArgumentParser, args: argparse.Namespace
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
 
 
+def prepare(args: argparse.Namespace) -> None:
+    """Imports every TARGET before the event loop starts, as ``python FILE`` runs a
+    file: code that runs at import (``asyncio.run(setup())`` included) works as it
+    does there. A target that starts a server of its own is refused."""
+    args.loaded = [(target, _import_reporting_errors(target)) for target in args.targets]
+
+
 async def run(args: argparse.Namespace) -> int:
     stop_requested = asyncio.Event()
     with _stop_on_signals(stop_requested):
-        for target in args.targets:
-            await _load_reporting_errors(target)
+        # ATTRs run on the serving loop: an async register function may make
+        # loop-bound things for the steps.
+        for target, (module, attribute) in args.loaded:
+            if attribute is not None:
+                await _apply_reporting_errors(module, attribute, target)
         step_ids = registered_step_ids()
         if not step_ids:
             raise ValidationError(
@@ -132,24 +151,92 @@ async def run(args: argparse.Namespace) -> int:
                 "decorate functions with @step (or name a register function as MODULE:ATTR)"
             )
         if not stop_requested.is_set():
-            await _serve(args, step_ids, stop_requested)
+            await _serve(args, stop_requested)
     return 0
 
 
-async def _load_reporting_errors(target: str) -> None:
+def _import_reporting_errors(target: str) -> tuple[ModuleType, str | None]:
+    location, attribute = split_target(target)
+    with _user_code(target):
+        try:
+            module = _import_file(location) if _is_path(location) else _import_module(location)
+        except _ServerStarted as started:
+            raise ValidationError(_started_at_import(target, started)) from None
+    return module, attribute
+
+
+async def _apply_reporting_errors(module: ModuleType, attribute: str, target: str) -> None:
+    with _user_code(target):
+        try:
+            await _apply_attribute(module, attribute, target)
+        except _ServerStarted:
+            raise ValidationError(
+                f"{target}: {attribute}() starts a server of its own (PeerServer.start); "
+                f"`{PROG} serve` serves the registered steps itself, with its flags: name a "
+                "function that only registers steps"
+            ) from None
+
+
+@contextlib.contextmanager
+def _user_code(target: str) -> Iterator[None]:
+    """Runs a target's own code: its failures become one ValidationError after its
+    traceback (what the user needs to fix it), and PeerServer.start raises
+    _ServerStarted instead of serving."""
+    original = PeerServer.start
+
+    async def refuse_start(self: PeerServer, address: str = "127.0.0.1:0") -> str:
+        raise _ServerStarted(address)
+
+    PeerServer.start = refuse_start  # type: ignore[method-assign]
     try:
-        await load_target(target)
-    except PeerError:
+        yield
+    except (PeerError, _ServerStarted):
         raise
     except Exception as exc:
-        # The user's own code failed: its traceback is what they need to fix it.
         traceback.print_exc()
         raise ValidationError(
             f"loading {target} raised {type(exc).__name__} (traceback above)"
         ) from None
+    finally:
+        PeerServer.start = original  # type: ignore[method-assign]
 
 
-async def _serve(args: argparse.Namespace, step_ids: list[str], stop: asyncio.Event) -> None:
+class _ServerStarted(BaseException):
+    """A target started a PeerServer while being loaded. A BaseException, so that
+    the target's own ``except Exception`` does not swallow it on the way out."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
+        self.address = address
+
+
+def _started_at_import(target: str, started: _ServerStarted) -> str:
+    """The message for a file that starts its server at import, naming the line."""
+    frames = [
+        frame
+        for frame in traceback.extract_tb(started.__traceback__)
+        if frame.name == "<module>" and not frame.filename.startswith("<")
+    ]
+    location, _ = split_target(target)
+    where = ""
+    if frames:
+        line = frames[-1]
+        code = f": {line.line.strip()}" if line.line else ""
+        in_target = _is_path(location) and Path(line.filename) == Path(location).resolve()
+        where = (
+            f" (line {line.lineno}{code})"
+            if in_target
+            else f" ({line.filename}, line {line.lineno}{code})"
+        )
+    script = f"python {location}" if _is_path(location) else f"python -m {location}"
+    return (
+        f"{target} starts a server when imported{where}; `{PROG} serve` imports it for its "
+        "steps and serves them itself, with its own flags. Put the code that starts the "
+        'server under `if __name__ == "__main__":` (then `' + script + "` still runs it)"
+    )
+
+
+async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     server = PeerServer(
         args.node_id,
         default_timeout_secs=args.default_timeout,
@@ -160,7 +247,7 @@ async def _serve(args: argparse.Namespace, step_ids: list[str], stop: asyncio.Ev
     )
     bound = await server.start(args.listen)
     try:
-        _announce(server.node_id, bound, step_ids)
+        _announce(server.node_id, bound)
         await stop.wait()
         _log.info("stopping: runs in progress get %s", _grace_text(args.grace))
     finally:
@@ -168,8 +255,8 @@ async def _serve(args: argparse.Namespace, step_ids: list[str], stop: asyncio.Ev
         await asyncio.shield(server.stop(grace=args.grace))
     stats = server.stats()
     _log.info(
-        "stopped after %d runs (%d succeeded, %d failed, %d cancelled, %d timed out)",
-        stats.runs_started,
+        "stopped after %s (%d succeeded, %d failed, %d cancelled, %d timed out)",
+        count(stats.runs_started, "run"),
         stats.runs_succeeded,
         stats.runs_failed,
         stats.runs_cancelled,
@@ -183,15 +270,10 @@ def _server_tls(args: argparse.Namespace) -> ServerTls | None:
     return ServerTls.from_pem(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
 
 
-def _announce(node_id: str, bound: str, step_ids: list[str]) -> None:
-    """The readiness line: scripts and tests wait for it instead of sleeping."""
-    noun = "step" if len(step_ids) == 1 else "steps"
-    print(
-        f"{PROG}: node {node_id} serving on {bound} "
-        f"({len(step_ids)} {noun}: {', '.join(step_ids)})",
-        file=sys.stderr,
-        flush=True,
-    )
+def _announce(node_id: str, bound: str) -> None:
+    """The readiness line (the one PeerServer.serve() prints): scripts and tests
+    wait for it instead of sleeping."""
+    print(readiness_line(node_id, bound), file=sys.stderr, flush=True)
     for name in registered_workflows():
         _log.info("workflow %s declared", name)
 
@@ -221,14 +303,6 @@ def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
         yield
     finally:
         restore()
-
-
-async def load_target(target: str) -> None:
-    """Imports ``MODULE[:ATTR]`` or ``FILE.py[:ATTR]`` and applies ATTR (see DESCRIPTION)."""
-    location, attribute = split_target(target)
-    module = _import_file(location) if _is_path(location) else _import_module(location)
-    if attribute is not None:
-        await _apply_attribute(module, attribute, target)
 
 
 def split_target(target: str) -> tuple[str, str | None]:
@@ -317,6 +391,6 @@ async def _apply_attribute(module: ModuleType, attribute: str, target: str) -> N
             await outcome
         return
     raise ValidationError(
-        f"{target}: {attribute} is a {type(value).__name__}; name a function to call, "
-        "or a step or list of steps"
+        f"{target}: {attribute} is {with_article(type(value).__name__)}; name a function to "
+        "call, or a step or list of steps"
     )

@@ -831,3 +831,18 @@ def test_demo_help_is_plain_text() -> None:
     assert result.returncode == 0
     assert "``" not in result.stdout, result.stdout
     assert "Runs the README demo" in result.stdout
+
+
+def test_the_plaintext_token_warning_names_the_flag() -> None:
+    """A log line meant for Python callers (tls=ClientTls.from_pem(...)) names --tls-ca."""
+    result = run_cli(
+        "call",
+        f"0.0.0.0:{free_port()}",  # not loopback: the token would cross a network in the clear
+        *("--step", "test::echo", "--token-env", "T"),
+        env=clean_env(T="secret"),
+    )
+    assert result.returncode == 2
+    warning = next(line for line in result.stderr.splitlines() if "over plaintext" in line)
+    assert "use an https:// address with --tls-ca FILE" in warning
+    assert not PYTHON_ARGUMENT.search(warning), warning
+    assert "secret" not in result.stderr

@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     validate = getattr(args, "validate", None)
     if validate is not None:
         validate(args.subparser, args)
-    configure_logging(args.log_level or args.default_log_level)
+    configure_logging(args.log_level or args.default_log_level, args.command)
     command: Command = args.run
     try:
         # Work that must happen before the event loop starts (serve imports its

@@ -104,11 +104,29 @@ def check_client_tls_options(parser: argparse.ArgumentParser, args: argparse.Nam
         )
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, command: str | None = None) -> None:
     """Shows records of the ``blazen_peer`` logger (the Rust core's too) at ``level``
-    and above on stderr, without turning up every other library's logging."""
+    and above on stderr, without turning up every other library's logging. For a
+    client command, hints in them name its flags (as its errors do)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("blazen_peer").setLevel(level)
+    if command in _CLIENT_COMMANDS:
+        # A serving peer's records speak of its callers: their hints stay as written.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_FlagHints(command))
+
+
+class _FlagHints(logging.Filter):
+    """Rewrites the Python arguments a record suggests into ``command``'s flags."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__()
+        self.command = command
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "blazen_peer" or record.name.startswith("blazen_peer."):
+            record.msg, record.args = cli_message(record.getMessage(), self.command), None
+        return True
 
 
 def tokens_from_env(variable: str) -> list[str]:
@@ -236,6 +254,7 @@ _SERVE_FLAGS: tuple[tuple[str, str | Callable[[re.Match[str]], str]], ...] = (
     (r"\bdefault_timeout_secs\b", "--default-timeout"),
     (r"\bgrace must\b", "--grace must"),
 )
+_CLIENT_COMMANDS = ("call", "steps", "health")
 _FLAGS_BY_COMMAND = {
     "serve": _SERVE_FLAGS,
     "call": _CLIENT_FLAGS,

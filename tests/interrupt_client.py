@@ -1,9 +1,12 @@
 """A blocking caller in its own process, for a test to interrupt with Ctrl-C (SIGINT).
 
-    python tests/interrupt_client.py ADDRESS TAG
+    python tests/interrupt_client.py ADDRESS TAG [call|stream|pool-call|pool-stream]
 
-Connects with `PeerClient.connect_blocking`, prints `CALLING`, and runs
-`probe::long_async` (60 s) for TAG with `run_remote_workflow_blocking`. When
+Connects with `PeerClient.connect_blocking` (`PeerPool.connect_blocking` for the
+pool modes), prints `CALLING`, and runs `probe::long_async` (60 s) for TAG with
+`run_remote_workflow_blocking` (default), or reads it with
+`stream_sub_workflow_blocking` (the step writes no event, so the first `next()`
+waits). When
 SIGINT interrupts the call it prints `INTERRUPTED KeyboardInterrupt`, keeps the
 client and its connection open until stdin reaches end-of-file (so a cancel the
 peer sees comes from the interrupt, not from the connection closing), then
@@ -15,17 +18,29 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
-from blazen_peer import PeerClient
+from blazen_peer import PeerClient, PeerPool
 
 
-def main(address: str, tag: str) -> int:
-    client = PeerClient.connect_blocking(address, node_id="node-interrupted")
+def main(address: str, tag: str, mode: str = "call") -> int:
+    client: PeerClient | PeerPool
+    if mode.startswith("pool-"):
+        client = PeerPool.connect_blocking([address], node_id="node-interrupted")
+    else:
+        client = PeerClient.connect_blocking(address, node_id="node-interrupted")
     print("CALLING", flush=True)
+    result: Any
     try:
-        result = client.run_remote_workflow_blocking(
-            "interrupt", ["probe::long_async"], {"tag": tag}
-        )
+        if mode.endswith("stream"):
+            stream = client.stream_sub_workflow_blocking(
+                "interrupt", ["probe::long_async"], {"tag": tag}
+            )
+            result = [str(event) for event in stream]
+        else:
+            result = client.run_remote_workflow_blocking(
+                "interrupt", ["probe::long_async"], {"tag": tag}
+            )
     except KeyboardInterrupt:
         print("INTERRUPTED KeyboardInterrupt", flush=True)
         sys.stdin.buffer.read()
@@ -38,4 +53,4 @@ def main(address: str, tag: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    sys.exit(main(*sys.argv[1:]))

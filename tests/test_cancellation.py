@@ -206,9 +206,12 @@ async def test_killing_the_client_process_cancels_its_run_on_the_peer(
     assert_counted_once(status, before, "runs_cancelled")
 
 
+@pytest.mark.parametrize("mode", ["call", "stream", "pool-call", "pool-stream"])
 async def test_ctrl_c_interrupts_a_blocking_call_promptly_and_cancels_the_run(
-    module_peer: PeerProcess, probe_client: PeerClient, tmp_path: Path
+    module_peer: PeerProcess, probe_client: PeerClient, tmp_path: Path, mode: str
 ) -> None:
+    """`run_remote_workflow_blocking` and `stream_sub_workflow_blocking`, of a client
+    and of a pool made by `PeerPool.connect_blocking` (see interrupt_client.py)."""
     tag = new_tag()
     before = stats(await probe_status(probe_client, tag))
     stderr_path = tmp_path / "client-stderr.txt"
@@ -217,6 +220,7 @@ async def test_ctrl_c_interrupts_a_blocking_call_promptly_and_cancels_the_run(
         str(INTERRUPT_CLIENT),
         module_peer.address,
         tag,
+        mode,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )

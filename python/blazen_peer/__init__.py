@@ -41,7 +41,7 @@ from .steps import (
     step,
     unregister_step,
 )
-from .streaming import SubWorkflowStream
+from .streaming import SubWorkflowBlockingStream, SubWorkflowStream
 from .tls import ClientTls, ServerTls
 from .workflow import Workflow, WorkflowHandler
 
@@ -84,6 +84,7 @@ __all__ = [
     "Step",
     "StepInfo",
     "StopEvent",
+    "SubWorkflowBlockingStream",
     "SubWorkflowResponse",
     "SubWorkflowStream",
     "TlsError",

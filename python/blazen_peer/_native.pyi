@@ -315,23 +315,41 @@ class PeerClient:
         """Blocking form of `invoke`."""
     def stream(self, call: _RunArgs) -> Awaitable[EventStream]:
         """Starts a streaming run; resolves to an `EventStream` to read with `next()`."""
+    def stream_blocking(self, call: _RunArgs) -> EventStream:
+        """Blocking form of `stream`: the `EventStream`, read with `next_blocking()`."""
     def fetch(self, key: str) -> Awaitable[tuple[str, bytes]]:
         """Fetches a session ref of any size; resolves to `(type_tag, bytes)`."""
+    def fetch_blocking(self, key: str) -> tuple[str, bytes]:
+        """Blocking form of `fetch`."""
     def fetch_into(self, key: str, buffer: Buffer) -> Awaitable[tuple[str, int]]:
         """Streams a session ref into a writable buffer; resolves to `(type_tag, size)`."""
+    def fetch_into_blocking(self, key: str, buffer: Buffer) -> tuple[str, int]:
+        """Blocking form of `fetch_into`."""
     def finish_parent(self, parent_run: str) -> Awaitable[int]:
         """Releases the `UNTIL_PARENT_FINISH` refs of a parent run; resolves to how many."""
+    def finish_parent_blocking(self, parent_run: str) -> int:
+        """Blocking form of `finish_parent`."""
     def renew_parent(self, parent_run: str) -> Awaitable[float]:
         """Renews a parent run's lease; resolves to the peer's lease in seconds."""
+    def renew_parent_blocking(self, parent_run: str) -> float:
+        """Blocking form of `renew_parent`."""
     def release(self, key: str) -> Awaitable[bool]:
         """Releases a session ref; resolves to False when it was already gone."""
+    def release_blocking(self, key: str) -> bool:
+        """Blocking form of `release`."""
     def list_steps(
         self,
     ) -> Awaitable[tuple[str, list[tuple[str, list[str]]], list[tuple[str, list[str]]], bool]]:
         """What the peer can run: `(node_id, steps with accepted types, workflows, draining)`."""
+    def list_steps_blocking(
+        self,
+    ) -> tuple[str, list[tuple[str, list[str]]], list[tuple[str, list[str]]], bool]:
+        """Blocking form of `list_steps`."""
     def health(self, service: str = "", timeout_secs: float | None = None) -> Awaitable[str]:
         """Standard gRPC health check; resolves to "SERVING", "NOT_SERVING",
         "SERVICE_UNKNOWN" or "UNKNOWN"."""
+    def health_blocking(self, service: str = "", timeout_secs: float | None = None) -> str:
+        """Blocking form of `health`."""
 
 @final
 class LocalRun:
@@ -391,6 +409,8 @@ class EventStream:
     def next(self) -> Awaitable[tuple[str, bytes] | SubWorkflowResponse | None]:
         """Resolves to `(type_name, data_json)` per event, then the run's
         `SubWorkflowResponse`, then None."""
+    def next_blocking(self) -> tuple[str, bytes] | SubWorkflowResponse | None:
+        """Blocking form of `next`."""
     def close(self) -> None:
         """Cancels the call (and the run on the peer) unless it already ended. Idempotent."""
 

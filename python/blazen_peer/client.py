@@ -7,6 +7,7 @@ import contextlib
 import contextvars
 import json
 import math
+import threading
 import uuid
 from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from .errors import EncodeError, PeerError, RefNotFoundError, ValidationError
 from .listing import HealthStatus, PeerSteps
 from .refs import decode_ref_value
 from .responses import RemoteRefDescriptor, SubWorkflowResponse
-from .streaming import SubWorkflowStream
+from .streaming import SubWorkflowBlockingStream, SubWorkflowStream
 from .tls import ClientTls
 
 if TYPE_CHECKING:
@@ -100,13 +101,20 @@ def _as_uuid(key: uuid.UUID | str) -> uuid.UUID:
     return key if isinstance(key, uuid.UUID) else uuid.UUID(key)
 
 
-def _refuse_inside_loop(method: str, alternative: str) -> None:
+def _in_event_loop() -> bool:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        return False
+    return True
+
+
+def _refuse_inside_loop(method: str, alternative: str, owner: str | None = None) -> None:
+    if not _in_event_loop():
         return
     # connect is a classmethod; the others are called on a client.
-    owner = "PeerClient" if alternative == "connect" else "client"
+    if owner is None:
+        owner = "PeerClient" if alternative == "connect" else "client"
     raise ValidationError(
         f"{method}() blocks the thread and was called from a running event loop; "
         f"use `await {owner}.{alternative}(...)` there instead"
@@ -303,6 +311,33 @@ class PeerClient:
         # The stream's refs belong to the parent the request named, wherever it is read.
         return SubWorkflowStream(open_call, lambda response: self._remember(response, call[4]))
 
+    def stream_sub_workflow_blocking(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input: Any = None,
+        timeout_secs: float | None = None,
+    ) -> SubWorkflowBlockingStream:
+        """Blocking :meth:`stream_sub_workflow`::
+
+            with client.stream_sub_workflow_blocking("train", ["my_app::train"], {}) as stream:
+                for event in stream:
+                    print(event)
+
+        Each ``next()`` waits for the next event; leaving the ``with`` block,
+        ``stream.close()`` or Ctrl-C cancels the run on the peer."""
+        _refuse_inside_loop("stream_sub_workflow_blocking", "stream_sub_workflow")
+        call = self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
+
+        def open_call() -> _native.EventStream:
+            _refuse_inside_loop("stream_sub_workflow_blocking", "stream_sub_workflow")
+            headers = _tracing.current_headers() if _tracing.INSTALLED else (None, None)
+            return self._ref.stream_blocking((*call, *headers))
+
+        return SubWorkflowBlockingStream(
+            open_call, lambda response: self._remember(response, call[4])
+        )
+
     async def list_steps(self) -> PeerSteps:
         """The steps and workflows the peer can run (the ``ListSteps`` method)."""
         return PeerSteps._from_native(await self._ref.list_steps())
@@ -314,6 +349,18 @@ class PeerClient:
         TransportError when it cannot be reached."""
         status = await self._ref.health(service, timeout_secs)
         return cast(HealthStatus, status)
+
+    def list_steps_blocking(self) -> PeerSteps:
+        """Blocking :meth:`list_steps`."""
+        _refuse_inside_loop("list_steps_blocking", "list_steps")
+        return PeerSteps._from_native(self._ref.list_steps_blocking())
+
+    def health_blocking(
+        self, service: str = "", *, timeout_secs: float | None = 5.0
+    ) -> HealthStatus:
+        """Blocking :meth:`health`."""
+        _refuse_inside_loop("health_blocking", "health")
+        return cast(HealthStatus, self._ref.health_blocking(service, timeout_secs))
 
     async def deref_session_ref(self, key: uuid.UUID | str) -> bytes:
         """The bytes of a session ref held by the peer, of any size (streamed in pieces)."""
@@ -345,11 +392,44 @@ class PeerClient:
         self._refs.forget(_as_uuid(key))
         return released
 
+    def deref_session_ref_blocking(self, key: uuid.UUID | str) -> bytes:
+        """Blocking :meth:`deref_session_ref`."""
+        _refuse_inside_loop("deref_session_ref_blocking", "deref_session_ref")
+        with self._forgetting_if_gone(key):
+            _tag, raw = self._ref.fetch_blocking(str(key))
+        return raw
+
+    def deref_session_ref_into_blocking(self, key: uuid.UUID | str, buffer: Buffer) -> int:
+        """Blocking :meth:`deref_session_ref_into`."""
+        _refuse_inside_loop("deref_session_ref_into_blocking", "deref_session_ref_into")
+        with self._forgetting_if_gone(key):
+            _tag, size = self._ref.fetch_into_blocking(str(key), buffer)
+        return size
+
+    def fetch_session_ref_blocking(self, key: uuid.UUID | str) -> Any:
+        """Blocking :meth:`fetch_session_ref`."""
+        _refuse_inside_loop("fetch_session_ref_blocking", "fetch_session_ref")
+        with self._forgetting_if_gone(key):
+            tag, raw = self._ref.fetch_blocking(str(key))
+        if not tag:
+            tag = self._refs.tag(_as_uuid(key)) or "bytes"
+        return decode_ref_value(tag, raw)
+
+    def release_session_ref_blocking(self, key: uuid.UUID | str) -> bool:
+        """Blocking :meth:`release_session_ref`."""
+        _refuse_inside_loop("release_session_ref_blocking", "release_session_ref")
+        released = self._ref.release_blocking(str(key))
+        self._refs.forget(_as_uuid(key))
+        return released
+
     def parent_run(self) -> ParentRun:
         """``async with client.parent_run() as run:`` tags every call inside with
         ``run.id``; refs those runs insert with ``UNTIL_PARENT_FINISH`` are
         released when the block ends, and leased (renewed in the background)
-        while it runs, so a crashed parent cannot leak them."""
+        while it runs, so a crashed parent cannot leak them.
+
+        Without an event loop, ``with client.parent_run() as run:`` does the same
+        for the ``*_blocking`` calls inside (a daemon thread renews the lease)."""
         return ParentRun(self)
 
     async def finish_parent(self, run_id: uuid.UUID | str) -> int:
@@ -358,6 +438,14 @@ class PeerClient:
             return await self._ref.finish_parent(str(run_id))
         finally:
             # Failed or not, the parent is over; its lease frees its refs on the peer.
+            self._refs.forget_parent(str(run_id))
+
+    def finish_parent_blocking(self, run_id: uuid.UUID | str) -> int:
+        """Blocking :meth:`finish_parent`."""
+        _refuse_inside_loop("finish_parent_blocking", "finish_parent")
+        try:
+            return self._ref.finish_parent_blocking(str(run_id))
+        finally:
             self._refs.forget_parent(str(run_id))
 
     @contextlib.contextmanager
@@ -464,6 +552,9 @@ def _result_json_text(native: _native.SubWorkflowResponse) -> str:
     return "null" if raw is None else raw.decode()
 
 
+_RENEWER_JOIN_SECS = 5.0
+"""How long leaving a blocking parent_run() block waits for a lease renewal in flight."""
+
 # The open parent runs of this context, innermost last; each client uses its own.
 _PARENT_RUNS: contextvars.ContextVar[tuple[ParentRun, ...]] = contextvars.ContextVar(
     "blazen_peer_parent_runs", default=()
@@ -478,6 +569,8 @@ class ParentRun:
         self.id = run_id or uuid.uuid4()
         self._token: contextvars.Token[tuple[ParentRun, ...]] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._stop_renewing: threading.Event | None = None
+        self._renewer: threading.Thread | None = None
 
     async def __aenter__(self) -> ParentRun:
         self._token = _PARENT_RUNS.set((*_PARENT_RUNS.get(), self))
@@ -495,6 +588,47 @@ class ParentRun:
         if self._token is not None:
             _PARENT_RUNS.reset(self._token)
         await self.client.finish_parent(self.id)
+
+    def __enter__(self) -> ParentRun:
+        if _in_event_loop():
+            raise ValidationError(
+                "`with client.parent_run()` blocks the thread when it ends and was entered "
+                "in a running event loop; use `async with client.parent_run()` there instead"
+            )
+        self._token = _PARENT_RUNS.set((*_PARENT_RUNS.get(), self))
+        self._stop_renewing = threading.Event()
+        self._renewer = threading.Thread(
+            target=self._renew_lease_blocking,
+            args=(self._stop_renewing,),
+            name=f"blazen_peer lease {self.id}",
+            daemon=True,
+        )
+        self._renewer.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._stop_renewing is not None:
+            self._stop_renewing.set()
+        if self._renewer is not None:
+            # A renewal in flight is bounded by the client's timeouts; one that lands
+            # after the finish below finds no refs left to renew.
+            self._renewer.join(timeout=_RENEWER_JOIN_SECS)
+        if self._token is not None:
+            _PARENT_RUNS.reset(self._token)
+        self.client.finish_parent_blocking(self.id)
+
+    def _renew_lease_blocking(self, stop: threading.Event) -> None:
+        lease_secs = 3.0
+        while not stop.wait(max(lease_secs / 3, 0.05)):
+            try:
+                lease_secs = self.client._ref.renew_parent_blocking(str(self.id))
+            except PeerError:
+                lease_secs = 3.0
 
     async def _renew_lease(self) -> None:
         # Renewing at a third of the peer's lease survives two lost renewals.

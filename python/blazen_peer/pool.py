@@ -14,14 +14,17 @@ raises :class:`TransportError` unless the caller passed ``idempotent=True``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import difflib
 import ipaddress
 import logging
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,7 +32,7 @@ from urllib.parse import urlsplit
 
 from . import _native, _tracing
 from ._address import peer_url
-from .client import PeerClient, _encode_input
+from .client import PeerClient, _encode_input, _refuse_inside_loop
 from .errors import (
     PeerBusyError,
     PeerError,
@@ -40,7 +43,7 @@ from .errors import (
 )
 from .listing import PeerSteps
 from .responses import SubWorkflowResponse
-from .streaming import SubWorkflowStream
+from .streaming import SubWorkflowBlockingStream, SubWorkflowStream
 from .tls import ClientTls
 
 if TYPE_CHECKING:
@@ -109,8 +112,71 @@ class _Member:
         )
 
 
+class _LoopThread:
+    """An event loop of a pool's own, in a daemon thread: where a pool made by
+    :meth:`PeerPool.connect_blocking` probes its members and routes calls."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="blazen_peer pool", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+def _run_on(loop: asyncio.AbstractEventLoop, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Runs ``make()`` as a task of ``loop`` (running in another thread), in the
+    caller's context (its trace span), and blocks for its outcome. Ctrl-C while
+    waiting cancels the task, which cancels the call and the run on the peer."""
+    context = contextvars.copy_context()
+    outcome: concurrent.futures.Future[T] = concurrent.futures.Future()
+    started: list[asyncio.Task[T]] = []
+
+    def settle(task: asyncio.Task[T]) -> None:
+        if task.cancelled():
+            outcome.set_exception(asyncio.CancelledError())
+        elif (failure := task.exception()) is not None:
+            outcome.set_exception(failure)
+        else:
+            outcome.set_result(task.result())
+
+    def start() -> None:
+        if not outcome.set_running_or_notify_cancel():
+            return
+        task = loop.create_task(make(), context=context)
+        started.append(task)
+        task.add_done_callback(settle)
+
+    def cancel() -> None:
+        for task in started:
+            task.cancel()
+
+    if loop.is_closed() or not loop.is_running():
+        raise ValidationError(
+            "this PeerPool's event loop is not running (the pool was connected with "
+            "`await PeerPool.connect(...)` on a loop that has ended); use "
+            "PeerPool.connect_blocking(...) for a pool used without an event loop"
+        )
+    loop.call_soon_threadsafe(start)
+    try:
+        return outcome.result()
+    except BaseException:
+        if not outcome.done() and not outcome.cancel():
+            loop.call_soon_threadsafe(cancel)
+        raise
+
+
 class PeerPool:
-    """Several peers behind one call API; build it with :meth:`connect`."""
+    """Several peers behind one call API; build it with :meth:`connect`, or with
+    :meth:`connect_blocking` for code without an event loop (every call then has a
+    ``*_blocking`` twin, as on :class:`PeerClient`)."""
 
     def __init__(self, sources: Sequence[str], settings: _Settings) -> None:
         self._sources = list(sources)
@@ -120,6 +186,9 @@ class PeerPool:
         self._background: asyncio.Task[None] | None = None
         self._closed = False
         self._next = 0
+        # Where the pool's probes and calls run: the loop it was connected on.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: _LoopThread | None = None
 
     @classmethod
     async def connect(
@@ -171,6 +240,7 @@ class PeerPool:
             resolve_interval_secs=resolve_interval_secs,
         )
         pool = cls(sources, settings)
+        pool._loop = asyncio.get_running_loop()
         await pool._resolve()
         await pool.probe_now()
         pool._background = asyncio.create_task(pool._maintain(), name="blazen_peer pool probes")
@@ -327,6 +397,192 @@ class PeerPool:
 
     def __repr__(self) -> str:
         return f"PeerPool({self._healthy_count()}/{len(self._members)} healthy)"
+
+    # ---- blocking twins ---------------------------------------------------
+
+    @classmethod
+    def connect_blocking(
+        cls,
+        addresses: str | Sequence[str],
+        *,
+        node_id: str,
+        token: str | None = None,
+        tls: ClientTls | None = None,
+        connect_timeout_secs: float = 5.0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        keepalive_interval_secs: float | None = 10.0,
+        keepalive_timeout_secs: float = 10.0,
+        probe_interval_secs: float = 2.0,
+        probe_timeout_secs: float = 1.0,
+        resolve_interval_secs: float = 30.0,
+    ) -> PeerPool:
+        """Blocking :meth:`connect`, for code without an event loop. The pool
+        probes its members on an event loop of its own, in a daemon thread, until
+        :meth:`close_blocking` (or leaving ``with``)."""
+        _refuse_inside_loop("connect_blocking", "connect", "PeerPool")
+        runner = _LoopThread()
+        try:
+            pool = _run_on(
+                runner.loop,
+                lambda: cls.connect(
+                    addresses,
+                    node_id=node_id,
+                    token=token,
+                    tls=tls,
+                    connect_timeout_secs=connect_timeout_secs,
+                    max_message_bytes=max_message_bytes,
+                    keepalive_interval_secs=keepalive_interval_secs,
+                    keepalive_timeout_secs=keepalive_timeout_secs,
+                    probe_interval_secs=probe_interval_secs,
+                    probe_timeout_secs=probe_timeout_secs,
+                    resolve_interval_secs=resolve_interval_secs,
+                ),
+            )
+        except BaseException:
+            runner.stop()
+            raise
+        pool._loop_thread = runner
+        return pool
+
+    def _blocking(self, method: str, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        _refuse_inside_loop(method, method.removesuffix("_blocking"), "pool")
+        if self._loop is None:
+            raise ValidationError("this PeerPool was not connected; use PeerPool.connect_blocking")
+        return _run_on(self._loop, make)
+
+    def wait_for_healthy_blocking(self, count: int = 1, *, timeout_secs: float = 10.0) -> None:
+        """Blocking :meth:`wait_for_healthy`."""
+        self._blocking(
+            "wait_for_healthy_blocking",
+            lambda: self.wait_for_healthy(count, timeout_secs=timeout_secs),
+        )
+
+    def probe_now_blocking(self) -> None:
+        """Blocking :meth:`probe_now`."""
+        self._blocking("probe_now_blocking", self.probe_now)
+
+    def invoke_sub_workflow_blocking(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input: Any = None,
+        timeout_secs: float | None = None,
+        *,
+        idempotent: bool = False,
+    ) -> SubWorkflowResponse:
+        """Blocking :meth:`invoke_sub_workflow`."""
+        return self._blocking(
+            "invoke_sub_workflow_blocking",
+            lambda: self.invoke_sub_workflow(
+                workflow_name, step_ids, input, timeout_secs, idempotent=idempotent
+            ),
+        )
+
+    def run_remote_workflow_blocking(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input: Any = None,
+        timeout_secs: float | None = None,
+        *,
+        idempotent: bool = False,
+    ) -> Any:
+        """Blocking :meth:`run_remote_workflow`."""
+        return self._blocking(
+            "run_remote_workflow_blocking",
+            lambda: self.run_remote_workflow(
+                workflow_name, step_ids, input, timeout_secs, idempotent=idempotent
+            ),
+        )
+
+    def run_remote_workflow_json_blocking(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input_json: str = "null",
+        timeout_secs: float | None = None,
+        *,
+        idempotent: bool = False,
+    ) -> str:
+        """Blocking :meth:`run_remote_workflow_json`."""
+        return self._blocking(
+            "run_remote_workflow_json_blocking",
+            lambda: self.run_remote_workflow_json(
+                workflow_name, step_ids, input_json, timeout_secs, idempotent=idempotent
+            ),
+        )
+
+    def stream_sub_workflow_blocking(
+        self,
+        workflow_name: str,
+        step_ids: Sequence[str] = (),
+        input: Any = None,
+        timeout_secs: float | None = None,
+    ) -> SubWorkflowBlockingStream:
+        """Blocking :meth:`stream_sub_workflow`: opening the stream is routed (and
+        fails over) on the pool's loop; events are then read from the chosen member
+        in the calling thread."""
+        _refuse_inside_loop("stream_sub_workflow_blocking", "stream_sub_workflow", "pool")
+        input_json = _encode_input(input)
+        chosen: list[PeerClient] = []
+
+        async def open_on(client: PeerClient) -> _native.EventStream:
+            call = client._call(workflow_name, step_ids, input_json, timeout_secs)
+            headers = _tracing.current_headers() if _tracing.INSTALLED else (None, None)
+            native = await client._ref.stream((*call, *headers))
+            chosen.append(client)
+            return native
+
+        def open_call() -> _native.EventStream:
+            return self._blocking(
+                "stream_sub_workflow_blocking",
+                lambda: self._route(workflow_name, step_ids, False, open_on),
+            )
+
+        def remember(response: SubWorkflowResponse) -> SubWorkflowResponse:
+            return chosen[-1]._remember(response) if chosen else response
+
+        return SubWorkflowBlockingStream(open_call, remember)
+
+    def deref_session_ref_blocking(self, key: uuid.UUID | str) -> bytes:
+        """Blocking :meth:`deref_session_ref`."""
+        return self._blocking("deref_session_ref_blocking", lambda: self.deref_session_ref(key))
+
+    def deref_session_ref_into_blocking(self, key: uuid.UUID | str, buffer: Buffer) -> int:
+        """Blocking :meth:`deref_session_ref_into`."""
+        return self._blocking(
+            "deref_session_ref_into_blocking", lambda: self.deref_session_ref_into(key, buffer)
+        )
+
+    def fetch_session_ref_blocking(self, key: uuid.UUID | str) -> Any:
+        """Blocking :meth:`fetch_session_ref`."""
+        return self._blocking("fetch_session_ref_blocking", lambda: self.fetch_session_ref(key))
+
+    def release_session_ref_blocking(self, key: uuid.UUID | str) -> bool:
+        """Blocking :meth:`release_session_ref`."""
+        return self._blocking("release_session_ref_blocking", lambda: self.release_session_ref(key))
+
+    def close_blocking(self) -> None:
+        """Blocking :meth:`close`; also stops the loop of a pool made by
+        :meth:`connect_blocking`. Idempotent."""
+        _refuse_inside_loop("close_blocking", "close", "pool")
+        loop = self._loop
+        if loop is not None and loop.is_running() and not self._closed:
+            _run_on(loop, self.close)
+        self._closed = True
+        if self._loop_thread is not None:
+            self._loop_thread.stop()
+
+    def __enter__(self) -> PeerPool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close_blocking()
 
     # ---- routing ----------------------------------------------------------
 

@@ -9,10 +9,45 @@ from . import _native
 from .events import Event, StopEvent, from_stream
 from .responses import SubWorkflowResponse
 
-__all__ = ["SubWorkflowStream"]
+__all__ = ["SubWorkflowBlockingStream", "SubWorkflowStream"]
+
+_Message = tuple[str, bytes] | _native.SubWorkflowResponse | None
 
 
-class SubWorkflowStream:
+class _Reader:
+    """What both stream forms share: turning native messages into events, and the response."""
+
+    def __init__(self, on_response: Callable[[SubWorkflowResponse], SubWorkflowResponse]) -> None:
+        self._on_response = on_response
+        self._native: _native.EventStream | None = None
+        self._finished = False
+        self._response: SubWorkflowResponse | None = None
+
+    @property
+    def response(self) -> SubWorkflowResponse | None:
+        """The run's full response (result, exported state, remote refs) once the
+        terminal event arrived; None before."""
+        return self._response
+
+    def _event(self, item: _Message) -> Event | None:
+        """The event of one native message; None at the end of the stream."""
+        if item is None:
+            self._finished = True
+            return None
+        if isinstance(item, tuple):
+            name, data = item
+            return from_stream(name, data)
+        self._finished = True
+        response = self._on_response(SubWorkflowResponse._from_native(item))
+        response.raise_for_error()
+        self._response = response
+        return StopEvent(result=response.result)
+
+    def _state(self) -> str:
+        return "finished" if self._finished else "open" if self._native else "not started"
+
+
+class SubWorkflowStream(_Reader):
     """The events a remote run writes with ``ctx.write_event_to_stream``, in
     order, then its terminal :class:`StopEvent`; a failed run raises its error
     (``WorkflowError``, ``PeerTimeoutError``) after the events written before it.
@@ -29,17 +64,8 @@ class SubWorkflowStream:
         open_call: Callable[[], Awaitable[_native.EventStream]],
         on_response: Callable[[SubWorkflowResponse], SubWorkflowResponse],
     ) -> None:
+        super().__init__(on_response)
         self._open_call: Callable[[], Awaitable[_native.EventStream]] | None = open_call
-        self._on_response = on_response
-        self._native: _native.EventStream | None = None
-        self._finished = False
-        self._response: SubWorkflowResponse | None = None
-
-    @property
-    def response(self) -> SubWorkflowResponse | None:
-        """The run's full response (result, exported state, remote refs) once the
-        terminal event arrived; None before."""
-        return self._response
 
     def __aiter__(self) -> SubWorkflowStream:
         return self
@@ -53,17 +79,10 @@ class SubWorkflowStream:
         except BaseException:
             self._finished = True
             raise
-        if item is None:
-            self._finished = True
+        event = self._event(item)
+        if event is None:
             raise StopAsyncIteration
-        if isinstance(item, tuple):
-            name, data = item
-            return from_stream(name, data)
-        self._finished = True
-        response = self._on_response(SubWorkflowResponse._from_native(item))
-        response.raise_for_error()
-        self._response = response
-        return StopEvent(result=response.result)
+        return event
 
     async def _open(self) -> _native.EventStream:
         if self._open_call is None:
@@ -97,5 +116,75 @@ class SubWorkflowStream:
         await self.aclose()
 
     def __repr__(self) -> str:
-        state = "finished" if self._finished else "open" if self._native else "not started"
-        return f"SubWorkflowStream({state})"
+        return f"SubWorkflowStream({self._state()})"
+
+
+class SubWorkflowBlockingStream(_Reader):
+    """:class:`SubWorkflowStream` for code without an event loop: ``for event in
+    stream`` blocks for each event, then yields the terminal :class:`StopEvent`
+    (a failed run raises its error after the events written before it).
+
+    The call starts on the first ``next()`` (or ``with``). Leaving a ``with``
+    block, ``stream.close()``, dropping the stream, or Ctrl-C while waiting for
+    an event cancels the call and the run on the peer.
+    """
+
+    def __init__(
+        self,
+        open_call: Callable[[], _native.EventStream],
+        on_response: Callable[[SubWorkflowResponse], SubWorkflowResponse],
+    ) -> None:
+        super().__init__(on_response)
+        self._open_call: Callable[[], _native.EventStream] | None = open_call
+
+    def __iter__(self) -> SubWorkflowBlockingStream:
+        return self
+
+    def __next__(self) -> Event:
+        if self._finished:
+            raise StopIteration
+        native = self._native or self._open()
+        try:
+            item = native.next_blocking()
+        except BaseException:
+            # Ctrl-C (or any failure) ends the stream, and with it the run on the peer.
+            self.close()
+            raise
+        event = self._event(item)
+        if event is None:
+            raise StopIteration
+        return event
+
+    def _open(self) -> _native.EventStream:
+        if self._open_call is None:
+            raise RuntimeError("the stream was closed before it started")
+        open_call, self._open_call = self._open_call, None
+        try:
+            self._native = open_call()
+        except BaseException:
+            self._finished = True
+            raise
+        return self._native
+
+    def close(self) -> None:
+        """Cancels the call and the run on the peer unless it already ended. Idempotent."""
+        self._finished = True
+        self._open_call = None
+        if self._native is not None:
+            self._native.close()
+
+    def __enter__(self) -> SubWorkflowBlockingStream:
+        if self._native is None and self._open_call is not None:
+            self._open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SubWorkflowBlockingStream({self._state()})"

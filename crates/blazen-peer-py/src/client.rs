@@ -17,7 +17,7 @@ use blazen_peer_core::{CallOptions, ClientConfig, Envelope, PeerClient, PeerErro
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::awaitable::{self, Class};
+use crate::awaitable::{self, Class, StepListing, ToPython};
 use crate::errors::{to_py, IntoPyResult};
 use crate::gil;
 use crate::refs::{parse_key, BufferSink, BytesSink, Fetched, FetchedInto};
@@ -78,7 +78,7 @@ const SIGNAL_POLL: Duration = Duration::from_millis(50);
 /// Blocks the calling thread on `fut` with the GIL released. Ctrl-C (any
 /// signal handler that raises) interrupts it: the call is dropped, which
 /// cancels it on the wire and the run on the peer, and the exception propagates.
-fn block_on<T: Send + 'static>(
+pub(crate) fn block_on<T: Send + 'static>(
     py: Python<'_>,
     fut: impl Future<Output = Result<T, PeerError>> + Send + 'static,
 ) -> PyResult<T> {
@@ -110,6 +110,65 @@ fn block_on<T: Send + 'static>(
             }
         }
     }
+}
+
+/// [`block_on`], then the value as Python builds it for the awaitable form.
+fn block_on_py<'py, T: ToPython>(
+    py: Python<'py>,
+    fut: impl Future<Output = Result<T, PeerError>> + Send + 'static,
+) -> PyResult<Bound<'py, PyAny>> {
+    block_on(py, fut)?.to_python(py)
+}
+
+async fn list_steps_of(client: PeerClient) -> Result<StepListing, PeerError> {
+    let listed = client.list_steps().await?;
+    Ok((
+        listed.node_id,
+        listed
+            .steps
+            .into_iter()
+            .map(|step| (step.id, step.accepts))
+            .collect::<Vec<_>>(),
+        listed
+            .workflows
+            .into_iter()
+            .map(|workflow| (workflow.name, workflow.step_ids))
+            .collect::<Vec<_>>(),
+        listed.draining,
+    ))
+}
+
+async fn health_of(
+    client: PeerClient,
+    service: String,
+    timeout: Option<Duration>,
+) -> Result<&'static str, PeerError> {
+    Ok(match client.health(&service, timeout).await? {
+        Health::Serving => "SERVING",
+        Health::NotServing => "NOT_SERVING",
+        Health::ServiceUnknown => "SERVICE_UNKNOWN",
+        Health::Unknown => "UNKNOWN",
+    })
+}
+
+async fn fetch_of(client: PeerClient, key: uuid::Uuid) -> Result<Fetched, PeerError> {
+    let mut sink = BytesSink::default();
+    client.deref_into(key, &mut sink).await?;
+    Ok(Fetched(sink))
+}
+
+async fn fetch_into_of(
+    client: PeerClient,
+    key: uuid::Uuid,
+    mut sink: BufferSink,
+) -> Result<FetchedInto, PeerError> {
+    client.deref_into(key, &mut sink).await?;
+    Ok(FetchedInto(sink))
+}
+
+async fn renew_parent_of(client: PeerClient, parent: uuid::Uuid) -> Result<f64, PeerError> {
+    let (_, lease) = client.renew_parent(parent).await?;
+    Ok(lease.as_secs_f64())
 }
 
 #[pymethods]
@@ -206,27 +265,26 @@ impl PeerClientRef {
         })
     }
 
+    /// Blocking form of `stream`: the `EventStream`, read with `next_blocking()`.
+    fn stream_blocking(&self, py: Python<'_>, call: RunArgs) -> PyResult<EventStreamRef> {
+        let client = self.client()?;
+        let (request, options) = call.into_request()?;
+        let receiver = block_on(
+            py,
+            async move { client.stream_with(&request, &options).await },
+        )?;
+        Ok(EventStreamRef::new(receiver))
+    }
+
     /// What the peer can run; resolves to
     /// `(node_id, [(step_id, [accepted types])], [(workflow, [step_ids])], draining)`.
     fn list_steps<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let client = self.client()?;
-        awaitable::spawn(py, async move {
-            let listed = client.list_steps().await?;
-            Ok((
-                listed.node_id,
-                listed
-                    .steps
-                    .into_iter()
-                    .map(|step| (step.id, step.accepts))
-                    .collect::<Vec<_>>(),
-                listed
-                    .workflows
-                    .into_iter()
-                    .map(|workflow| (workflow.name, workflow.step_ids))
-                    .collect::<Vec<_>>(),
-                listed.draining,
-            ))
-        })
+        awaitable::spawn(py, list_steps_of(self.client()?))
+    }
+
+    /// Blocking form of `list_steps`.
+    fn list_steps_blocking<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        block_on_py(py, list_steps_of(self.client()?))
     }
 
     /// Standard gRPC health check; resolves to "SERVING", "NOT_SERVING",
@@ -243,25 +301,32 @@ impl PeerClientRef {
         let timeout = timeout_secs
             .map(|secs| seconds("timeout_secs", secs))
             .transpose()?;
-        awaitable::spawn(py, async move {
-            Ok(match client.health(&service, timeout).await? {
-                Health::Serving => "SERVING",
-                Health::NotServing => "NOT_SERVING",
-                Health::ServiceUnknown => "SERVICE_UNKNOWN",
-                Health::Unknown => "UNKNOWN",
-            })
-        })
+        awaitable::spawn(py, health_of(client, service, timeout))
+    }
+
+    /// Blocking form of `health`.
+    #[pyo3(signature = (service="", timeout_secs=None))]
+    fn health_blocking<'py>(
+        &self,
+        py: Python<'py>,
+        service: &str,
+        timeout_secs: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client()?;
+        let timeout = timeout_secs
+            .map(|secs| seconds("timeout_secs", secs))
+            .transpose()?;
+        block_on_py(py, health_of(client, service.to_owned(), timeout))
     }
 
     /// Fetches a session ref of any size; resolves to `(type_tag, bytes)`.
     fn fetch<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyAny>> {
-        let client = self.client()?;
-        let key = parse_key(key)?;
-        awaitable::spawn(py, async move {
-            let mut sink = BytesSink::default();
-            client.deref_into(key, &mut sink).await?;
-            Ok(Fetched(sink))
-        })
+        awaitable::spawn(py, fetch_of(self.client()?, parse_key(key)?))
+    }
+
+    /// Blocking form of `fetch`.
+    fn fetch_blocking<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyAny>> {
+        block_on_py(py, fetch_of(self.client()?, parse_key(key)?))
     }
 
     /// Streams a session ref into a caller's writable buffer; resolves to
@@ -274,11 +339,19 @@ impl PeerClientRef {
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
         let key = parse_key(key)?;
-        let mut sink = BufferSink::new(buffer)?;
-        awaitable::spawn(py, async move {
-            client.deref_into(key, &mut sink).await?;
-            Ok(FetchedInto(sink))
-        })
+        awaitable::spawn(py, fetch_into_of(client, key, BufferSink::new(buffer)?))
+    }
+
+    /// Blocking form of `fetch_into`.
+    fn fetch_into_blocking<'py>(
+        &self,
+        py: Python<'py>,
+        key: &str,
+        buffer: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client()?;
+        let key = parse_key(key)?;
+        block_on_py(py, fetch_into_of(client, key, BufferSink::new(buffer)?))
     }
 
     /// Releases a session ref; resolves to False when it was already gone.
@@ -288,6 +361,13 @@ impl PeerClientRef {
         awaitable::spawn(py, async move { client.release(key).await })
     }
 
+    /// Blocking form of `release`.
+    fn release_blocking(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
+        let client = self.client()?;
+        let key = parse_key(key)?;
+        block_on(py, async move { client.release(key).await })
+    }
+
     /// Releases the `UNTIL_PARENT_FINISH` refs of a parent run; resolves to how many.
     fn finish_parent<'py>(&self, py: Python<'py>, parent_run: &str) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
@@ -295,14 +375,21 @@ impl PeerClientRef {
         awaitable::spawn(py, async move { client.finish_parent(parent).await })
     }
 
-    /// Renews a parent run's lease; resolves to the peer's lease in seconds.
-    fn renew_parent<'py>(&self, py: Python<'py>, parent_run: &str) -> PyResult<Bound<'py, PyAny>> {
+    /// Blocking form of `finish_parent`.
+    fn finish_parent_blocking(&self, py: Python<'_>, parent_run: &str) -> PyResult<u64> {
         let client = self.client()?;
         let parent = parse_key(parent_run)?;
-        awaitable::spawn(py, async move {
-            let (_, lease) = client.renew_parent(parent).await?;
-            Ok(lease.as_secs_f64())
-        })
+        block_on(py, async move { client.finish_parent(parent).await })
+    }
+
+    /// Renews a parent run's lease; resolves to the peer's lease in seconds.
+    fn renew_parent<'py>(&self, py: Python<'py>, parent_run: &str) -> PyResult<Bound<'py, PyAny>> {
+        awaitable::spawn(py, renew_parent_of(self.client()?, parse_key(parent_run)?))
+    }
+
+    /// Blocking form of `renew_parent`.
+    fn renew_parent_blocking(&self, py: Python<'_>, parent_run: &str) -> PyResult<f64> {
+        block_on(py, renew_parent_of(self.client()?, parse_key(parent_run)?))
     }
 }
 

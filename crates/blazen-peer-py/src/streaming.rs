@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use blazen_peer_core::{EventReceiver, StreamMessage};
+use blazen_peer_core::{EventReceiver, PeerError, StreamMessage};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 use tokio::sync::Mutex;
 
 use crate::awaitable::{self, ToPython};
-use crate::client::ResponseRef;
+use crate::client::{block_on, ResponseRef};
 use crate::errors::IntoPyResult;
 use crate::runtime::{self, Owner};
 
@@ -60,38 +60,46 @@ impl ToPython for Next {
     }
 }
 
+/// The next message of the stream; ends it on the terminal response or a failure.
+async fn next_of(receiver: Arc<Mutex<Option<EventReceiver>>>) -> Result<Next, PeerError> {
+    let mut guard = receiver.lock().await;
+    let Some(stream) = guard.as_mut() else {
+        return Ok(Next::End);
+    };
+    let next = match stream.next().await {
+        Ok(next) => next,
+        Err(err) => {
+            // A failed stream is over: free the call now, not at garbage collection.
+            guard.take();
+            return Err(err);
+        }
+    };
+    Ok(match next {
+        Some(StreamMessage::Event(event)) => Next::Event {
+            event_type: event.event_type,
+            data_json: event.data_json,
+        },
+        Some(StreamMessage::Done(response)) => {
+            guard.take();
+            Next::Done(ResponseRef::from(response))
+        }
+        None => Next::End,
+    })
+}
+
 #[pymethods]
 impl EventStreamRef {
     /// Resolves to `(type_name, data_json)` per event, then the run's
     /// `SubWorkflowResponse`, then None.
     fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.owner.check("PeerClient stream").py_err()?;
-        let receiver = self.receiver.clone();
-        awaitable::spawn(py, async move {
-            let mut guard = receiver.lock().await;
-            let Some(stream) = guard.as_mut() else {
-                return Ok(Next::End);
-            };
-            let next = match stream.next().await {
-                Ok(next) => next,
-                Err(err) => {
-                    // A failed stream is over: free the call now, not at garbage collection.
-                    guard.take();
-                    return Err(err);
-                }
-            };
-            Ok(match next {
-                Some(StreamMessage::Event(event)) => Next::Event {
-                    event_type: event.event_type,
-                    data_json: event.data_json,
-                },
-                Some(StreamMessage::Done(response)) => {
-                    guard.take();
-                    Next::Done(ResponseRef::from(response))
-                }
-                None => Next::End,
-            })
-        })
+        awaitable::spawn(py, next_of(self.receiver.clone()))
+    }
+
+    /// Blocking form of `next`.
+    fn next_blocking<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.owner.check("PeerClient stream").py_err()?;
+        block_on(py, next_of(self.receiver.clone()))?.to_python(py)
     }
 
     /// Cancels the call (and the run on the peer) unless it already ended. Idempotent.

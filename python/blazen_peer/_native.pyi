@@ -216,6 +216,7 @@ class _TransportOptions(Protocol):
 class PeerServer:
     """A peer server; serves once, from `start` until `stop`."""
 
+    DEFAULT_MAX_MESSAGE_BYTES: ClassVar[int]
     DEFAULT_MAX_CONNECTIONS: ClassVar[int]
     DEFAULT_MAX_CONCURRENT_STREAMS: ClassVar[int]
     DEFAULT_HANDSHAKE_TIMEOUT_SECS: ClassVar[float]

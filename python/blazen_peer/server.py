@@ -19,8 +19,9 @@ __all__ = ["PeerServer", "ServerStats"]
 #: How long ``stop()`` lets runs in progress finish before cancelling them.
 DEFAULT_GRACE_SECS = 10.0
 
-# Transport limits: the defaults live in the Rust core (server/limits.rs).
+# Limits: the defaults live in the Rust core (server.rs, server/limits.rs).
 _NativeServer = _native.PeerServer
+DEFAULT_MAX_MESSAGE_BYTES: int = _NativeServer.DEFAULT_MAX_MESSAGE_BYTES
 DEFAULT_MAX_CONNECTIONS: int = _NativeServer.DEFAULT_MAX_CONNECTIONS
 DEFAULT_MAX_CONCURRENT_STREAMS: int = _NativeServer.DEFAULT_MAX_CONCURRENT_STREAMS
 DEFAULT_HANDSHAKE_TIMEOUT_SECS: float = _NativeServer.DEFAULT_HANDSHAKE_TIMEOUT_SECS
@@ -103,7 +104,7 @@ class PeerServer:
         *,
         default_timeout_secs: float = 300.0,
         session_refs: SessionRefRegistry | None = None,
-        max_message_bytes: int = 64 * 1024 * 1024,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         tls: ServerTls | None = None,
         token: str | Sequence[str] | None = None,
         insecure: bool = False,

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -713,7 +712,7 @@ impl RunningServer {
                  network you trust"
             )));
         }
-        let listener = TcpListener::bind(addr).await.map_err(|err| {
+        let listener = incoming::bind(addr).map_err(|err| {
             let hint = if err.kind() == std::io::ErrorKind::AddrInUse {
                 "; another process is listening there: stop it or pick another port (0 picks a free one)"
             } else {

@@ -193,6 +193,9 @@ impl PeerServerRef {
         })
     }
 
+    /// Largest message accepted or sent.
+    #[classattr]
+    const DEFAULT_MAX_MESSAGE_BYTES: usize = DEFAULT_MAX_MESSAGE_BYTES;
     /// Connections open at once; more are accepted and closed at once.
     #[classattr]
     const DEFAULT_MAX_CONNECTIONS: usize = DEFAULT_MAX_CONNECTIONS;

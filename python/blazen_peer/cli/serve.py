@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+from .. import server as _server
 from .._grammar import count, with_article
 from .._readiness import readiness_line
 from ..errors import PeerError, ValidationError
@@ -99,15 +100,92 @@ def add_parser(
         metavar="SECS",
         help="deadline of runs whose caller sets none (default: 300)",
     )
+    _add_connection_limits(parser)
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM)")
     tls.add_argument("--tls-key", metavar="FILE", help="private key (PEM)")
     tls.add_argument(
         "--tls-client-ca", metavar="FILE", help="CA of client certificates: mutual TLS"
     )
-    parser.set_defaults(
-        run=run, prepare=prepare, default_log_level="INFO", validate=_check_tls_options
+    parser.set_defaults(run=run, prepare=prepare, default_log_level="INFO", validate=_check_options)
+
+
+def _add_connection_limits(parser: argparse.ArgumentParser) -> None:
+    """What one client may hold of the peer (README, "Limits"); defaults from the core."""
+    limits = parser.add_argument_group("connection limits")
+    limits.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=_server.DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="connections open at once; more are closed at once "
+        f"(default: {_server.DEFAULT_MAX_CONNECTIONS}; keep it below ulimit -n)",
     )
+    limits.add_argument(
+        "--max-concurrent-streams",
+        type=_positive_int,
+        default=_server.DEFAULT_MAX_CONCURRENT_STREAMS,
+        metavar="N",
+        help="calls one connection may have open "
+        f"(default: {_server.DEFAULT_MAX_CONCURRENT_STREAMS})",
+    )
+    limits.add_argument(
+        "--handshake-timeout",
+        type=_positive_secs,
+        default=_server.DEFAULT_HANDSHAKE_TIMEOUT_SECS,
+        metavar="SECS",
+        help="a new connection's TLS handshake and HTTP/2 preface must arrive within it "
+        f"(default: {_server.DEFAULT_HANDSHAKE_TIMEOUT_SECS:g})",
+    )
+    limits.add_argument(
+        "--idle-connection-timeout",
+        type=_positive_secs_or_none,
+        default=_server.DEFAULT_IDLE_CONNECTION_TIMEOUT_SECS,
+        metavar="SECS",
+        help="close a connection with no call in progress this long; 'none': never "
+        f"(default: {_server.DEFAULT_IDLE_CONNECTION_TIMEOUT_SECS:g})",
+    )
+    limits.add_argument(
+        "--request-body-timeout",
+        type=_positive_secs,
+        default=_server.DEFAULT_REQUEST_BODY_TIMEOUT_SECS,
+        metavar="SECS",
+        help="fail a call whose request stops arriving this long "
+        f"(default: {_server.DEFAULT_REQUEST_BODY_TIMEOUT_SECS:g})",
+    )
+    limits.add_argument(
+        "--max-buffered-request-bytes",
+        type=_positive_int,
+        default=_server.DEFAULT_MAX_BUFFERED_REQUEST_BYTES,
+        metavar="BYTES",
+        help="request bytes held at once across connections; past it calls are refused as "
+        f"busy (default: {_server.DEFAULT_MAX_BUFFERED_REQUEST_BYTES}; at least the message "
+        "limit)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _positive_secs(text: str) -> float:
+    try:
+        secs = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < secs < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return secs
+
+
+def _positive_secs_or_none(text: str) -> float | None:
+    return None if text.lower() == "none" else _positive_secs(text)
 
 
 def _grace(text: str) -> float | None:
@@ -120,6 +198,17 @@ def _grace(text: str) -> float | None:
     if not secs >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return secs
+
+
+def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    _check_tls_options(parser, args)
+    # A whole message of the largest size, and its 5-byte gRPC header, must fit.
+    smallest = _server.DEFAULT_MAX_MESSAGE_BYTES + 5
+    if args.max_buffered_request_bytes < smallest:
+        parser.error(
+            f"--max-buffered-request-bytes must be at least {smallest} (one whole message "
+            f"of the largest size), got {args.max_buffered_request_bytes}"
+        )
 
 
 def _check_tls_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -244,6 +333,12 @@ async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         token=tokens_from_env(args.token_env) if args.token_env else None,
         insecure=args.insecure,
         max_concurrent_runs=args.max_concurrent_runs,
+        max_connections=args.max_connections,
+        max_concurrent_streams=args.max_concurrent_streams,
+        handshake_timeout_secs=args.handshake_timeout,
+        idle_connection_timeout_secs=args.idle_connection_timeout,
+        request_body_timeout_secs=args.request_body_timeout,
+        max_buffered_request_bytes=args.max_buffered_request_bytes,
     )
     bound = await server.start(args.listen)
     try:

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use hyper::body::{Body as HttpBody, Bytes, Frame, Incoming, SizeHint};
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -29,7 +30,10 @@ use tonic::Status;
 use tower::ServiceExt;
 
 use super::incoming::Handshake;
-use super::limits::{MAX_LOCAL_ERROR_RESET_STREAMS, MAX_PENDING_ACCEPT_RESET_STREAMS};
+use super::limits::{
+    MAX_LOCAL_ERROR_RESET_STREAMS, MAX_PENDING_ACCEPT_RESET_STREAMS, READ_BURST_BYTES,
+    STREAM_TASK_HEADROOM,
+};
 use super::log_throttle::{more, Throttle};
 use super::request_body::{BoundedBody, RequestBudget};
 use super::{ServerConfig, CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES};
@@ -53,11 +57,13 @@ pub(crate) struct Transport {
     routes: Routes,
     http2: http2::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
+    max_stream_tasks: usize,
     handshake_timeout: Duration,
     idle_timeout: Option<Duration>,
     budget: Arc<RequestBudget>,
     handshake_timeouts: Throttle,
     evictions: Throttle,
+    guards: Throttle,
 }
 
 impl Transport {
@@ -87,11 +93,13 @@ impl Transport {
                 .tls
                 .as_ref()
                 .map(|tls| TlsAcceptor::from(tls.rustls())),
+            max_stream_tasks: config.max_concurrent_streams as usize + STREAM_TASK_HEADROOM,
             handshake_timeout: config.handshake_timeout,
             idle_timeout: config.idle_connection_timeout,
             budget,
             handshake_timeouts: Throttle::new(),
             evictions: Throttle::new(),
+            guards: Throttle::new(),
             node_id,
         }
     }
@@ -106,6 +114,35 @@ impl Transport {
                 more(held_back)
             );
         }
+    }
+
+    /// A connection ended with an error: the client going away is routine, our
+    /// HTTP/2 guards closing it (GOAWAY, e.g. ENHANCE_YOUR_CALM) is not.
+    fn connection_failed(&self, remote: SocketAddr, err: &hyper::Error) {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(cause) = source {
+            if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+                if h2.is_go_away() && h2.is_library() {
+                    if let Some(held_back) = self.guards.admit() {
+                        log::warn!(
+                            target: TARGET,
+                            node_id = &*self.node_id, reason = "http2_guard";
+                            "closed the connection from {remote}, failing the calls in flight \
+                             on it: {h2}{}",
+                            more(held_back)
+                        );
+                    }
+                    return;
+                }
+                break;
+            }
+            source = cause.source();
+        }
+        log::debug!(
+            target: TARGET,
+            node_id = &*self.node_id;
+            "connection from {remote} ended: {err}"
+        );
     }
 
     fn handshake_timed_out(&self, remote: SocketAddr, what: &str) {
@@ -176,8 +213,8 @@ async fn drive<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let io = PrefaceWatch::new(io, handshake.clone());
-    let streams = Arc::new(StreamCount::new());
+    let streams = Arc::new(StreamCount::new(transport.max_stream_tasks));
+    let io = ConnIo::new(io, handshake.clone(), streams.clone());
     let service = PeerConnection {
         routes: transport.routes.clone(),
         info,
@@ -200,11 +237,7 @@ async fn drive<IO>(
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(err) = result {
-                    log::debug!(
-                        target: TARGET,
-                        node_id = &*transport.node_id;
-                        "connection from {remote} ended: {err}"
-                    );
+                    transport.connection_failed(remote, &err);
                 }
                 return;
             }
@@ -277,20 +310,27 @@ impl PeerInfo {
     }
 }
 
-/// Open streams of one connection, and since when it has had none.
+/// Streams of one connection whose work is in progress, and since when it
+/// has had none.
 struct StreamCount {
     open: AtomicUsize,
     born: Instant,
     /// Nanoseconds after `born` when the last stream closed.
     last_closed: AtomicU64,
+    /// Past this many, the connection is not read until some end.
+    limit: usize,
+    /// The connection's reader, waiting for streams to end.
+    reader: AtomicWaker,
 }
 
 impl StreamCount {
-    fn new() -> Self {
+    fn new(limit: usize) -> Self {
         Self {
             open: AtomicUsize::new(0),
             born: Instant::now(),
             last_closed: AtomicU64::new(0),
+            limit,
+            reader: AtomicWaker::new(),
         }
     }
 
@@ -307,6 +347,20 @@ impl StreamCount {
         let closed = self.born + Duration::from_nanos(self.last_closed.load(Ordering::Acquire));
         Some(Instant::now().saturating_duration_since(closed))
     }
+
+    /// Ready while the connection may be read; otherwise registers `cx` to be
+    /// woken once enough streams ended.
+    fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.open.load(Ordering::Acquire) < self.limit {
+            return Poll::Ready(());
+        }
+        self.reader.register(cx.waker());
+        // A stream may have ended between the check and the registration.
+        if self.open.load(Ordering::Acquire) < self.limit {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
 }
 
 /// Counts one open stream until the response is done or abandoned.
@@ -317,7 +371,10 @@ impl Drop for StreamGuard {
         let since_born = Instant::now().saturating_duration_since(self.0.born);
         let nanos = u64::try_from(since_born.as_nanos()).unwrap_or(u64::MAX);
         self.0.last_closed.fetch_max(nanos, Ordering::AcqRel);
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        let was = self.0.open.fetch_sub(1, Ordering::AcqRel);
+        if was == self.0.limit {
+            self.0.reader.wake();
+        }
     }
 }
 
@@ -416,33 +473,56 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     })
 }
 
-/// Passes I/O through, noting once the client's HTTP/2 preface has arrived.
-struct PrefaceWatch<IO> {
+/// The connection's I/O as hyper sees it: notes when the client's HTTP/2
+/// preface has arrived, yields after [`READ_BURST_BYTES`] read in a row, and
+/// reads nothing while too many streams are still in progress.
+struct ConnIo<IO> {
     io: IO,
     read: u64,
     handshake: Arc<Handshake>,
+    streams: Arc<StreamCount>,
+    /// Bytes read since the last time a read was pending.
+    burst: usize,
 }
 
-impl<IO> PrefaceWatch<IO> {
-    fn new(io: IO, handshake: Arc<Handshake>) -> Self {
+impl<IO> ConnIo<IO> {
+    fn new(io: IO, handshake: Arc<Handshake>, streams: Arc<StreamCount>) -> Self {
         Self {
             io,
             read: 0,
             handshake,
+            streams,
+            burst: 0,
         }
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for PrefaceWatch<IO> {
+impl<IO: AsyncRead + Unpin> AsyncRead for ConnIo<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.burst >= READ_BURST_BYTES {
+            // Let the streams this burst opened be accepted first.
+            self.burst = 0;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if self.streams.poll_room(cx).is_pending() {
+            self.burst = 0;
+            return Poll::Pending;
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut self.io).poll_read(cx, buf);
+        if result.is_pending() {
+            self.burst = 0;
+            return result;
+        }
+        let n = buf.filled().len() - before;
+        self.burst += n;
         if self.read < PREFACE_BYTES {
-            self.read += (buf.filled().len() - before) as u64;
+            self.read += n as u64;
             if self.read >= PREFACE_BYTES {
                 self.handshake.done.store(true, Ordering::Release);
             }
@@ -451,7 +531,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for PrefaceWatch<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for PrefaceWatch<IO> {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for ConnIo<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -505,9 +585,32 @@ mod tests {
         assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
     }
 
+    #[test]
+    fn reading_waits_while_too_many_streams_are_in_progress() {
+        let streams = Arc::new(StreamCount::new(2));
+        let waker = futures::task::noop_waker_ref();
+        let mut cx = Context::from_waker(waker);
+        let first = streams.opened();
+        assert!(streams.poll_room(&mut cx).is_ready());
+        let second = streams.opened();
+        let third = streams.opened();
+        assert!(
+            streams.poll_room(&mut cx).is_pending(),
+            "3 streams, room for 2"
+        );
+        drop(third);
+        assert!(
+            streams.poll_room(&mut cx).is_pending(),
+            "still at the limit"
+        );
+        drop(second);
+        assert!(streams.poll_room(&mut cx).is_ready());
+        drop(first);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_connection_is_idle_from_the_end_of_its_last_stream() {
-        let streams = Arc::new(StreamCount::new());
+        let streams = Arc::new(StreamCount::new(10));
         let first = streams.opened();
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(streams.idle_for(), None, "a stream is open");

@@ -18,6 +18,15 @@ use std::time::Duration;
 /// only pause accepting (it backs off 5 ms doubling to 1 s, never spinning).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
+/// Connections the kernel may complete and queue before the server accepts
+/// them (`listen(2)`'s backlog; Linux caps it at `net.core.somaxconn`, 4096 by
+/// default). std and tokio use 128: a thousand clients connecting at once
+/// overflowed it, and the connections it dropped waited out one-second SYN
+/// retries (or, under SYN cookies, looked open to the client while the server
+/// never saw them). The accept loop drains the queue in microseconds per
+/// connection, so a deep queue costs nothing until a burst needs it.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 /// HTTP/2 streams (calls in progress, including streams and derefs) one
 /// connection may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`).
 /// Equal to the default `max_concurrent_runs`: one caller on one connection
@@ -34,22 +43,36 @@ pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// so the limit must sit above what an honest client produces.
 ///
 /// h2's default, 20, does not: cancelling calls is the documented way to stop
-/// remote runs, and h2 reads every frame the socket has (up to tokio's
-/// cooperative budget, on the order of a megabyte) before the server accepts
-/// the next stream, so a client cancelling calls at a few thousand a second
-/// lands hundreds of HEADERS+RST_STREAM pairs in one read. 20 failed unrelated
-/// calls on the shared connection (1,564 in 3.5 s); 1,024 held at 9,000
-/// cancellations a second but not at 20,000 (measured on loopback, 64 tasks
-/// cancelling as fast as they can). 8,192 held at every rate measured.
+/// remote runs, and h2 reads every frame the socket has before the server
+/// accepts the next stream, so a client cancelling calls at a few thousand a
+/// second lands hundreds of HEADERS+RST_STREAM pairs in one read. 20 failed
+/// unrelated calls on the shared connection (1,564 in 3.5 s); 1,024 held at
+/// 9,000 cancellations a second but not at 20,000; 8,192 failed once in ten
+/// storms on a CPU-starved peer, when h2 read a large backlog at once.
 ///
-/// It still bounds the attack: the queue is what an attacker can make the
-/// server hold per connection, a stream's state and request head each (about
-/// a kilobyte), so at most ~8 MiB per connection, freed as the server accepts
-/// and drops them; past it the connection is closed as before. The work each
-/// reset stream costs is an accept, a task and at most a run cancelled as soon
-/// as it starts, as for any cancelled call; runs in progress are bounded by
-/// `max_concurrent_runs` whatever the queue.
+/// So the server also reads at most [`READ_BURST_BYTES`] of a connection before
+/// letting the streams it opened be accepted: the queue then holds at most what
+/// that many bytes carry, about 1,700 of our client's cancelled calls (~150
+/// bytes each), a fifth of this limit, whatever the load. An attacker's minimal
+/// frames (~27 bytes a pair) can exceed it, and get the GOAWAY.
 pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 8192;
+
+/// Bytes of one connection the server reads (decrypted) before it yields, so
+/// the streams they opened are accepted (and the queue above drained) before
+/// more is read. Large enough that a request body streams at memory speed (a
+/// yield costs about a microsecond per 256 KiB).
+pub const READ_BURST_BYTES: usize = 256 * 1024;
+
+/// Streams past `max_concurrent_streams` whose work may still be in progress
+/// on one connection (streams the client reset, still winding down), before
+/// the server stops reading the connection until they finish. HTTP/2 does not
+/// count a reset stream against the concurrency limit, so without this a
+/// client sending HEADERS+RST_STREAM pairs faster than the server finishes
+/// them piled up tasks without bound: 400,000 pairs grew the server by 748 MiB.
+/// With it, one connection holds at most `max_concurrent_streams` + 1,024 +
+/// one read burst of streams (a few MiB at ~1.8 KiB each), and an honest
+/// client's cancellation storm only meets TCP back-pressure for microseconds.
+pub const STREAM_TASK_HEADROOM: usize = 1024;
 
 /// Streams the server itself may reset because the client broke the protocol
 /// on them (a frame on a forgotten stream, a window overflow...) over a

@@ -314,6 +314,8 @@ impl PeerInfo {
 /// has had none.
 struct StreamCount {
     open: AtomicUsize,
+    /// Streams accepted so far.
+    accepted: AtomicU64,
     born: Instant,
     /// Nanoseconds after `born` when the last stream closed.
     last_closed: AtomicU64,
@@ -327,6 +329,7 @@ impl StreamCount {
     fn new(limit: usize) -> Self {
         Self {
             open: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
             born: Instant::now(),
             last_closed: AtomicU64::new(0),
             limit,
@@ -335,6 +338,7 @@ impl StreamCount {
     }
 
     fn opened(self: &Arc<Self>) -> StreamGuard {
+        self.accepted.fetch_add(1, Ordering::AcqRel);
         self.open.fetch_add(1, Ordering::AcqRel);
         StreamGuard(self.clone())
     }
@@ -474,8 +478,14 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
 }
 
 /// The connection's I/O as hyper sees it: notes when the client's HTTP/2
-/// preface has arrived, yields after [`READ_BURST_BYTES`] read in a row, and
-/// reads nothing while too many streams are still in progress.
+/// preface has arrived, stops after [`READ_BURST_BYTES`] read in a row until
+/// the streams they opened have all been accepted, and reads nothing while
+/// too many streams are still in progress.
+///
+/// h2 reads all it can before the server accepts a stream, then reads again
+/// before each following accept; so after a burst, reads stay pending for as
+/// long as each attempt finds a stream accepted since the previous one, that
+/// is until h2's queue of streams to accept is empty.
 struct ConnIo<IO> {
     io: IO,
     read: u64,
@@ -483,6 +493,8 @@ struct ConnIo<IO> {
     streams: Arc<StreamCount>,
     /// Bytes read since the last time a read was pending.
     burst: usize,
+    /// After a burst: the count of accepted streams at the last attempt.
+    draining: Option<u64>,
 }
 
 impl<IO> ConnIo<IO> {
@@ -493,6 +505,7 @@ impl<IO> ConnIo<IO> {
             handshake,
             streams,
             burst: 0,
+            draining: None,
         }
     }
 }
@@ -503,14 +516,22 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ConnIo<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.burst >= READ_BURST_BYTES {
-            // Let the streams this burst opened be accepted first.
+        if let Some(seen) = self.draining {
+            let accepted = self.streams.accepted.load(Ordering::Acquire);
+            if accepted != seen {
+                // Still accepting what the burst opened.
+                self.draining = Some(accepted);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.draining = None;
             self.burst = 0;
+        } else if self.burst >= READ_BURST_BYTES {
+            self.draining = Some(self.streams.accepted.load(Ordering::Acquire));
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
         if self.streams.poll_room(cx).is_pending() {
-            self.burst = 0;
             return Poll::Pending;
         }
         let before = buf.filled().len();
@@ -606,6 +627,53 @@ mod tests {
         drop(second);
         assert!(streams.poll_room(&mut cx).is_ready());
         drop(first);
+    }
+
+    /// Endless bytes, 8 KiB per read.
+    struct Endless;
+
+    impl AsyncRead for Endless {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let n = buf.remaining().min(8192);
+            buf.put_slice(&vec![0; n]);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn after_a_burst_reading_waits_until_every_stream_it_opened_was_accepted() {
+        let handshake = Arc::new(Handshake::new_for_tests());
+        let streams = Arc::new(StreamCount::new(1 << 20));
+        let mut io = ConnIo::new(Endless, handshake.clone(), streams.clone());
+        let waker = futures::task::noop_waker_ref();
+        let mut cx = Context::from_waker(waker);
+        let mut buf = vec![0u8; 8192];
+        let mut read = |io: &mut ConnIo<Endless>| {
+            let mut buf = ReadBuf::new(&mut buf);
+            Pin::new(io).poll_read(&mut cx, &mut buf).is_ready()
+        };
+        let mut burst = 0;
+        while read(&mut io) {
+            burst += 8192;
+            assert!(burst <= READ_BURST_BYTES + 8192, "read on past the burst");
+        }
+        assert!(burst >= READ_BURST_BYTES);
+        assert!(
+            handshake.done.load(Ordering::Acquire),
+            "the preface arrived"
+        );
+        // The server accepts what the burst opened, trying to read before each stream.
+        let mut guards = Vec::new();
+        for _ in 0..3 {
+            guards.push(streams.opened());
+            assert!(!read(&mut io), "streams are still being accepted");
+        }
+        // No stream accepted since the last attempt: the queue is empty, read on.
+        assert!(read(&mut io));
     }
 
     #[tokio::test(start_paused = true)]

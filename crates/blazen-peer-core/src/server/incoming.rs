@@ -54,6 +54,17 @@ pub(crate) struct Handshake {
     pub(crate) evict: Notify,
 }
 
+#[cfg(test)]
+impl Handshake {
+    pub(crate) fn new_for_tests() -> Self {
+        Self {
+            accepted: Instant::now(),
+            done: AtomicBool::new(false),
+            evict: Notify::new(),
+        }
+    }
+}
+
 /// Entries the queue of handshakes may grow to before finished ones are pruned.
 const MIN_PRUNE_AT: usize = 1024;
 

@@ -40,28 +40,29 @@ pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// `max_pending_accept_reset_streams`, its guard against the HTTP/2 "rapid
 /// reset" attack, CVE-2023-44487). When the queue holds more, the server
 /// answers GOAWAY (ENHANCE_YOUR_CALM) and every call on the connection fails,
-/// so the limit must sit above what an honest client produces.
+/// so the limit must sit above what an honest client can produce.
 ///
 /// h2's default, 20, does not: cancelling calls is the documented way to stop
-/// remote runs, and h2 reads every frame the socket has before the server
-/// accepts the next stream, so a client cancelling calls at a few thousand a
-/// second lands hundreds of HEADERS+RST_STREAM pairs in one read. 20 failed
-/// unrelated calls on the shared connection (1,564 in 3.5 s); 1,024 held at
-/// 9,000 cancellations a second but not at 20,000; 8,192 failed once in ten
-/// storms on a CPU-starved peer, when h2 read a large backlog at once.
+/// remote runs, and h2 reads all the socket holds before the server accepts
+/// the next stream, so a client cancelling calls quickly lands hundreds of
+/// HEADERS+RST_STREAM pairs in one read: 20 failed 1,564 unrelated calls on
+/// the shared connection in 3.5 s. Raising it alone did not suffice (1,024
+/// held at 9,000 cancellations a second, not at 20,000; 8,192 failed in one of
+/// ten storms on a CPU-starved peer, after h2 read a large backlog at once).
 ///
-/// So the server also reads at most [`READ_BURST_BYTES`] of a connection before
-/// letting the streams it opened be accepted: the queue then holds at most what
-/// that many bytes carry, about 1,700 of our client's cancelled calls (~150
-/// bytes each), a fifth of this limit, whatever the load. An attacker's minimal
-/// frames (~27 bytes a pair) can exceed it, and get the GOAWAY.
+/// So the server reads at most [`READ_BURST_BYTES`] (plus one read) of a
+/// connection, then lets every stream those bytes opened be accepted before
+/// it reads more. The smallest stream opening is 27 bytes (a HEADERS frame of
+/// indexed fields and a RST_STREAM), so the queue can never hold more than
+/// ~2,700 reset streams, whoever the client and whatever the load: this limit
+/// is a backstop three times above it.
 pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 8192;
 
-/// Bytes of one connection the server reads (decrypted) before it yields, so
-/// the streams they opened are accepted (and the queue above drained) before
-/// more is read. Large enough that a request body streams at memory speed (a
-/// yield costs about a microsecond per 256 KiB).
-pub const READ_BURST_BYTES: usize = 256 * 1024;
+/// Bytes of one connection the server reads (decrypted) before letting the
+/// streams they opened be accepted (see above). A request body still streams
+/// at memory speed: the pause costs a task wake-up, about a microsecond, per
+/// 64 KiB.
+pub const READ_BURST_BYTES: usize = 64 * 1024;
 
 /// Streams past `max_concurrent_streams` whose work may still be in progress
 /// on one connection (streams the client reset, still winding down), before

@@ -37,7 +37,10 @@ impl LogLimit {
     /// were held back since the last one; `None` when it must be skipped.
     pub fn admit(&self, key: &str) -> Option<u64> {
         let now = Instant::now();
-        let mut seen = self.seen.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         if let Some(entry) = seen.get_mut(key) {
             if now.duration_since(entry.last) < self.period {
                 entry.held_back += 1;

@@ -352,9 +352,8 @@ impl PeerService {
             .as_ref()
             .and_then(|observer| observer.run_started(&run.ctx));
         let shutdown = self.lifecycle.runs_cancelled();
-        let outcome = tokio::select! {
-            outcome = run_workflow(&run.steps, run.ctx.clone(), run.start, Some(run.deadline)) => outcome,
-            () = shutdown => Err(Box::new(WorkflowFailure {
+        let shut_down = |step_id: Option<String>| {
+            Box::new(WorkflowFailure {
                 kind: FailureKind::Cancelled,
                 message: format!(
                     "peer `{}` shut down before workflow `{}` finished: the run outlived the \
@@ -364,22 +363,24 @@ impl PeerService {
                 ),
                 remote_type: None,
                 remote_traceback: None,
-                step_id: None,
+                step_id,
                 node_id: self.node_id.to_string(),
-            })),
+            })
         };
-        record.end(&outcome);
-        if let Some(observation) = observation {
-            observation.ended(outcome.as_ref().err().map(|failure| failure.as_ref()));
-        }
-        self.respond(&run.ctx, outcome)
-    }
-
-    fn respond(
-        &self,
-        ctx: &RunContext,
-        outcome: Result<Event, Box<WorkflowFailure>>,
-    ) -> Envelope<SubWorkflowResponse> {
+        let outcome = tokio::select! {
+            outcome = run_workflow(&run.steps, run.ctx.clone(), run.start, Some(run.deadline)) => outcome,
+            () = shutdown => Err(shut_down(None)),
+        };
+        // A step cancelled while the peer stops (its host's loop cancelling
+        // tasks on the way out) was cancelled by the shutdown: say so.
+        let outcome = outcome.map_err(|failure| {
+            if failure.kind == FailureKind::Cancelled && self.lifecycle.is_draining() {
+                shut_down(failure.step_id)
+            } else {
+                failure
+            }
+        });
+        // Encoded before the record ends: a result that is not JSON is a failed run.
         let result = outcome.and_then(|stop| {
             stop.data.result_json().map_err(|err| {
                 Box::new(WorkflowFailure {
@@ -392,6 +393,18 @@ impl PeerService {
                 })
             })
         });
+        record.end(&result);
+        if let Some(observation) = observation {
+            observation.ended(result.as_ref().err().map(|failure| failure.as_ref()));
+        }
+        self.respond(&run.ctx, result)
+    }
+
+    fn respond(
+        &self,
+        ctx: &RunContext,
+        result: Result<Vec<u8>, Box<WorkflowFailure>>,
+    ) -> Envelope<SubWorkflowResponse> {
         let mut response = Envelope::new(SubWorkflowResponse {
             envelope_version: ENVELOPE_VERSION,
             ..Default::default()
@@ -802,7 +815,8 @@ impl RunningServer {
         log::info!(
             target: TARGET,
             node_id = node_id, runs_in_flight = in_flight;
-            "peer `{node_id}` draining: {in_flight} runs in progress, grace {}",
+            "peer `{node_id}` draining: {in_flight} {} in progress, grace {}",
+            if in_flight == 1 { "run" } else { "runs" },
             grace.map_or("unlimited".into(), |grace| format!("{:.1} s", grace.as_secs_f64()))
         );
         self.lifecycle.start_draining();
@@ -817,7 +831,8 @@ impl RunningServer {
             log::warn!(
                 target: TARGET,
                 node_id = node_id, runs_in_flight = in_flight;
-                "peer `{node_id}`: grace period over, cancelling {in_flight} runs"
+                "peer `{node_id}`: grace period over, cancelling {in_flight} {}",
+                if in_flight == 1 { "run" } else { "runs" }
             );
             self.lifecycle.cancel_runs();
             // Cancelled runs end at once; their replies still go out below.

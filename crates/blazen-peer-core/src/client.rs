@@ -26,6 +26,9 @@ use crate::tls::{handshake_failure, ClientTls};
 use crate::tls_connector;
 use crate::trace::TraceContext;
 
+/// Locally reset streams whose late frames h2 ignores quietly (see `connect`).
+const CANCELLED_STREAMS_REMEMBERED: usize = 4096;
+
 /// Metadata key carrying the caller's node id, for the peer's logs.
 pub const NODE_ID_HEADER: &str = "x-blazen-node-id";
 
@@ -169,7 +172,18 @@ impl PeerClient {
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .max_frame_size(MAX_FRAME_BYTES)
             .keep_alive_while_idle(false)
-            .keep_alive_timeout(config.keepalive_timeout);
+            .keep_alive_timeout(config.keepalive_timeout)
+            // A call cancelled or timed out here is reset locally; the peer's
+            // reply may still be on its way. h2 ignores frames for the last
+            // few reset streams and resets the rest again as protocol errors,
+            // counted over the connection's life: at hyper's defaults (10
+            // remembered, 1,024 errors) a client that cancels and times out
+            // calls tore down its own connection, and every call on it, every
+            // ~45,000 calls. Remember many (a few dozen bytes each) and set no
+            // lifetime cap: the guard is against a misbehaving server, and the
+            // peer is one this client chose to call.
+            .http2_max_concurrent_reset_streams(CANCELLED_STREAMS_REMEMBERED)
+            .http2_max_local_error_reset_streams(None);
         if let Some(interval) = config.keepalive_interval {
             endpoint = endpoint.http2_keep_alive_interval(interval);
         }

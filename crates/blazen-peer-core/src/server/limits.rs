@@ -77,13 +77,21 @@ pub const READ_BURST_BYTES: usize = 64 * 1024;
 pub const STREAM_TASK_HEADROOM: usize = 1024;
 
 /// Streams the server itself may reset because the client broke the protocol
-/// on them (a frame on a forgotten stream, a window overflow...) over a
-/// connection's lifetime before it answers GOAWAY (ENHANCE_YOUR_CALM): the
-/// guard against the "MadeYouReset" variant of rapid reset (CVE-2025-8671).
-/// Honest clients, ours included, do not make these errors (cancelling a call
-/// is a *remote* reset and never counts here), so hyper's default is kept,
-/// stated here so that it is a decision and not an accident.
-pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// on them (a frame on a forgotten stream, a window overflow...) before it
+/// answers GOAWAY (ENHANCE_YOUR_CALM); h2's guard against the "MadeYouReset"
+/// variant of rapid reset (CVE-2025-8671). None: no such limit, on purpose.
+///
+/// h2 counts these over a connection's whole life and never forgets one, so
+/// any fixed number is eventually reached by an honest peer: late frames of
+/// streams one side already reset and forgot count too. On the client side
+/// that took down the connection (and every call in flight on it) every
+/// ~45,000 calls of a soak with timeouts and cancellations (see the client's
+/// `connect`); the server's count grows the same way, only slower. What the guard protects against, work that goes on after its
+/// stream is reset, is bounded here anyway: a reset stream's handler is
+/// dropped (its run cancelled), and [`STREAM_TASK_HEADROOM`] stops reading a
+/// connection whose streams still winding down pass the concurrency limit,
+/// so an attacker's resets meet the same back-pressure as rapid reset.
+pub const MAX_LOCAL_ERROR_RESET_STREAMS: Option<usize> = None;
 
 /// How long a new connection has to complete its TLS handshake (under TLS)
 /// and send the HTTP/2 connection preface, counted from `accept`. Without it,

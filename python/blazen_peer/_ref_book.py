@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 # Forgotten keys still recognised as this client's; bounded, oldest out first.
+# Kept as plain ints: the collector never has to visit them.
 FORGOTTEN_KEPT = 4096
 
 
@@ -29,7 +30,7 @@ class RefBook:
     def __init__(self) -> None:
         self._tags: dict[uuid.UUID, str] = {}
         self._by_parent: dict[str, set[uuid.UUID]] = {}
-        self._forgotten: OrderedDict[uuid.UUID, None] = OrderedDict()
+        self._forgotten: OrderedDict[int, None] = OrderedDict()
         # Blocking calls may run on other threads than the loop's.
         self._lock = threading.Lock()
 
@@ -45,7 +46,7 @@ class RefBook:
 
     def knows(self, key: uuid.UUID) -> bool:
         """True for a live ref of this client's, or one it forgot recently."""
-        return key in self._tags or key in self._forgotten
+        return key in self._tags or key.int in self._forgotten
 
     def __len__(self) -> int:
         return len(self._tags)
@@ -68,6 +69,6 @@ class RefBook:
     def _drop(self, key: uuid.UUID) -> None:
         if self._tags.pop(key, None) is None:
             return
-        self._forgotten[key] = None
+        self._forgotten[key.int] = None
         if len(self._forgotten) > FORGOTTEN_KEPT:
             self._forgotten.popitem(last=False)

@@ -192,11 +192,17 @@ impl PeerClient {
                 "node_id `{node_id}` must be printable ASCII (it travels as gRPC metadata)"
             ))
         })?;
+        let uri = endpoint.uri().clone();
+        let host = uri.host().unwrap_or_default().to_owned();
         let connected = match &config.tls {
-            None => endpoint.connect().await,
+            None => {
+                let authority = format!("{host}:{}", uri.port_u16().unwrap_or(80));
+                let connector = tower::service_fn(move |_: http::Uri| {
+                    tls_connector::connect_plaintext(authority.clone())
+                });
+                endpoint.connect_with_connector(connector).await
+            }
             Some(tls) => {
-                let uri = endpoint.uri().clone();
-                let host = uri.host().unwrap_or_default().to_owned();
                 let authority = format!("{host}:{}", uri.port_u16().unwrap_or(443));
                 let (tls_config, server_name) = tls.for_host(&host)?;
                 let connector = tower::service_fn(move |_: http::Uri| {
@@ -210,6 +216,9 @@ impl PeerClient {
             }
         };
         let channel = connected.map_err(|err| {
+            if let Some(mismatch) = protocol_mismatch(&err, address) {
+                return mismatch;
+            }
             if let Some(handshake) = handshake_failure(&err) {
                 return PeerError::Tls(format!("cannot connect to peer {address}: {handshake}"));
             }
@@ -572,6 +581,9 @@ impl PeerClient {
     }
 
     fn status_error(&self, status: &tonic::Status) -> PeerError {
+        if let Some(mismatch) = protocol_mismatch(status, &self.address) {
+            return mismatch;
+        }
         if let Some(handshake) = handshake_failure(status) {
             return PeerError::Tls(format!("call to peer {} failed: {handshake}", self.address));
         }
@@ -700,6 +712,25 @@ impl ChunkSink for VecSink {
         self.bytes.extend_from_slice(bytes);
         Ok(())
     }
+}
+
+/// The error for a peer that speaks the other protocol than `address` asks for.
+fn protocol_mismatch(err: &(dyn std::error::Error + 'static), address: &str) -> Option<PeerError> {
+    let mismatch = tls_connector::ProtocolMismatch::find(err)?;
+    let host_port = address
+        .split_once("://")
+        .map_or(address, |(_, rest)| rest)
+        .trim_end_matches('/');
+    Some(PeerError::Tls(match mismatch {
+        tls_connector::ProtocolMismatch::SpeaksTls => format!(
+            "the peer at {address} speaks TLS: use https://{host_port} and a CA \
+             (ClientTls.from_pem / --tls-ca)"
+        ),
+        tls_connector::ProtocolMismatch::NotTls => format!(
+            "the peer at {address} does not speak TLS (it answered in plaintext): use \
+             http://{host_port} and no CA (drop tls= / --tls-ca)"
+        ),
+    }))
 }
 
 /// "outer: inner: root" — tonic's top-level transport errors say only "transport error".

@@ -238,6 +238,8 @@ _CLIENT_TLS_FLAGS = {
 _CLIENT_FLAGS: tuple[tuple[str, str | Callable[[re.Match[str]], str]], ...] = (
     # "(ClientTls.from_pem / --tls-ca)": the flag is already there.
     (r"\bClientTls\.from_pem(\([^)]*\))?\s*/\s*(?=--tls-ca)", ""),
+    # "(drop tls= / --tls-ca)": likewise.
+    (r"\btls=\s*/\s*(?=--tls-ca)", ""),
     # tls=ClientTls.from_pem(ca=..., cert=...), ClientTls(domain=...), (ClientTls ca=)
     (r"\b(tls=)?ClientTls(\.from_pem)?\(([^)]*)\)", lambda m: _tls_flags(m[3])),
     (r"\bClientTls ((?:\w+=\s*)+)", lambda m: _tls_flags(m[1])),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import traceback
 from collections.abc import Coroutine, Generator
 from typing import Any
@@ -169,5 +170,29 @@ def describe_exception(exc: BaseException) -> tuple[str, str, str, bool]:
     name = (
         cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
     )
-    text = "".join(traceback.format_exception(exc))
+    described = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    _cut_own_frames(described, set())
+    text = "".join(described.format())
     return name, str(exc), text, isinstance(exc, asyncio.CancelledError)
+
+
+_OWN_FILES = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _cut_own_frames(described: traceback.TracebackException, seen: set[int]) -> None:
+    """Drops this package's frames (the bridge, the workers, the tracing
+    wrapper, and any of its code the step called) from ``described`` and the
+    exceptions chained to it: the caller's log should show the step's frames."""
+    if id(described) in seen:
+        return
+    seen.add(id(described))
+    described.stack = traceback.StackSummary.from_list(
+        [frame for frame in described.stack if not frame.filename.startswith(_OWN_FILES)]
+    )
+    for chained in (
+        described.__cause__,
+        described.__context__,
+        *(getattr(described, "exceptions", None) or ()),
+    ):
+        if chained is not None:
+            _cut_own_frames(chained, seen)

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 from ..client import PeerClient
 from ..errors import ValidationError, WorkflowError
 from ..events import Event, GenericEvent, event_type_name
-from ._common import check_client_tls_options, connect, dumps, print_json, response_json
+from ._common import PROG, check_client_tls_options, connect, dumps, print_json, response_json
 
 DESCRIPTION = """\
 Runs --step IDs (or, without --step, the steps the peer declares for --workflow)
@@ -22,6 +22,9 @@ prints {"result": ..., "state": ..., "remote_refs": {...}}.
 With --stream, prints each event the steps write to the stream as it arrives
 (`event TYPE {fields}`, or {"event": TYPE, "data": {...}} lines with --json),
 then the result.
+
+When a step fails, the error line names it; -v also prints the step's traceback
+as the peer formatted it (the peer's own frames cut).
 
 Exit status: 0 on success, 1 when the run failed (the error on stderr), 2 for a
 bad command, input or connection, 130 on Ctrl-C (which cancels the run).
@@ -60,6 +63,12 @@ def add_parser(
     )
     parser.add_argument("--timeout", type=float, metavar="SECS", help="deadline of the run")
     parser.add_argument("--stream", action="store_true", help="print events as they happen")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="when a step fails, print the peer's traceback of it (stderr)",
+    )
     parser.set_defaults(run=run, default_log_level="WARNING", validate=_validate)
 
 
@@ -84,8 +93,23 @@ async def run(args: argparse.Namespace) -> int:
             # A step wanted fields of an input this command never sent.
             error.message += "; this call gave no --input (pass --input JSON, @FILE or @-)"
             error.args = (error.message,)
+        if error.remote_traceback is not None and not args.json:
+            if args.verbose:
+                _print_remote_traceback(error)
+            else:
+                error.message += " (-v shows the peer's traceback)"
+                error.args = (error.message,)
         raise
     return 0
+
+
+def _print_remote_traceback(error: WorkflowError) -> None:
+    """The step's traceback as the peer formatted it, before the error line."""
+    where = f"step `{error.step_id}`" if error.step_id else "the step"
+    if error.node_id:
+        where += f" on node `{error.node_id}`"
+    traceback = (error.remote_traceback or "").rstrip("\n")
+    print(f"{PROG}: the peer's traceback of {where}:\n{traceback}", file=sys.stderr, flush=True)
 
 
 async def _invoke(

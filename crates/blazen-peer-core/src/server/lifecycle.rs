@@ -11,7 +11,13 @@ use uuid::Uuid;
 
 use crate::context::RunContext;
 use crate::envelope::{FailureKind, WorkflowFailure};
+use crate::log_limit::LogLimit;
 use crate::log_target::TARGET;
+
+/// A failed run's WARNING carries its step's traceback at most once per step
+/// id per this period: a step failing on every call would otherwise log a
+/// screenful per call. The one-line WARNING itself is logged for every run.
+const TRACEBACK_LOG_PERIOD: Duration = Duration::from_secs(10);
 
 /// Counts of runs since the server started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -48,6 +54,7 @@ pub(crate) struct Lifecycle {
     // Wakes `wait_idle` when the last run ends.
     idle: Notify,
     cancel_runs: watch::Sender<bool>,
+    tracebacks_logged: LogLimit,
 }
 
 impl Default for Lifecycle {
@@ -58,6 +65,7 @@ impl Default for Lifecycle {
             draining: AtomicBool::new(false),
             idle: Notify::new(),
             cancel_runs: watch::channel(false).0,
+            tracebacks_logged: LogLimit::new(TRACEBACK_LOG_PERIOD),
         }
     }
 }
@@ -194,13 +202,38 @@ impl RunRecord {
             FailureKind::Cancelled | FailureKind::Timeout => log::Level::Info,
             _ => log::Level::Warn,
         };
+        let traceback = match failure.remote_traceback.as_deref() {
+            Some(traceback) if level == log::Level::Warn => self.traceback_note(step, traceback),
+            _ => String::new(),
+        };
         log::log!(
             target: TARGET, level,
             node_id = node_id, run_id:% = run_id, workflow = workflow, step = step,
             elapsed_ms = elapsed_ms, outcome = outcome.as_str();
-            "run {run_id} of workflow `{workflow}` ended {outcome} after {elapsed_ms:.1} ms: {}",
+            "run {run_id} of workflow `{workflow}` ended {outcome} after {elapsed_ms:.1} ms: {}{traceback}",
             failure.message
         );
+    }
+
+    /// What follows a failed run's one-line message: the step's traceback on
+    /// following lines, or, when one was logged for this step less than
+    /// [`TRACEBACK_LOG_PERIOD`] ago, a note that it was held back.
+    fn traceback_note(&self, step: &str, traceback: &str) -> String {
+        match self.lifecycle.tracebacks_logged.admit(step) {
+            Some(0) => format!("\n{}", traceback.trim_end()),
+            Some(1) => format!(
+                "\n{}\n(1 more traceback of this step held back)",
+                traceback.trim_end()
+            ),
+            Some(held_back) => format!(
+                "\n{}\n({held_back} more tracebacks of this step held back)",
+                traceback.trim_end()
+            ),
+            None => format!(
+                " (traceback held back: one per step per {} s)",
+                TRACEBACK_LOG_PERIOD.as_secs()
+            ),
+        }
     }
 }
 

@@ -28,6 +28,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 PEER_APP = TESTS_DIR / "peer_app.py"
 CALL_PEER = TESTS_DIR / "call_peer.py"
+FAULT_PEER = TESTS_DIR / "fault_peer.py"
 STARTUP_TIMEOUT_SECS = 30.0
 EXIT_TIMEOUT_SECS = 10.0
 
@@ -122,6 +123,39 @@ def start_peer_process(stderr_path: Path, *args: str) -> PeerProcess:
             f"status: {proc.returncode}); its stderr:\n{stderr_path.read_text(errors='replace')}"
         )
     return PeerProcess(proc, line.split()[1], stderr_path)
+
+
+@dataclass
+class FaultPeer:
+    """A running `tests/fault_peer.py serve` (WARNING and up logged to its stderr)."""
+
+    address: str
+    proc: subprocess.Popen[bytes]
+    stderr_path: Path
+
+    def stop(self) -> str:
+        """Stops the peer (stdin EOF), checks it exited 0, returns its stderr."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.close()
+        status = self.proc.wait(timeout=EXIT_TIMEOUT_SECS)
+        self.proc.stdout.close()
+        stderr = self.stderr_path.read_text(errors="replace")
+        assert status == 0, stderr
+        return stderr
+
+
+def start_fault_peer(stderr_path: Path, *args: str) -> FaultPeer:
+    """Starts `python tests/fault_peer.py serve ARGS...` and waits for its LISTENING line."""
+    with stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, str(FAULT_PEER), "serve", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+    line = read_line(proc, STARTUP_TIMEOUT_SECS)
+    assert line.startswith("LISTENING "), (line, stderr_path.read_text())
+    return FaultPeer(f"http://{line.split()[1]}", proc, stderr_path)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,8 @@ from blazen_peer import (
     WorkflowError,
     step,
 )
-from conftest import EXIT_TIMEOUT_SECS, read_line
+from conftest import FAULT_PEER, read_line, start_fault_peer
 
-FAULT_PEER = Path(__file__).resolve().parent / "fault_peer.py"
 FAILURES = 5_000
 IN_FLIGHT = 32
 # One leaked failure holds at least its 64 KiB local and ~20 objects: 5,000
@@ -40,36 +38,6 @@ MAX_RSS_GROWTH_BYTES = 24 * 1024 * 1024
 MAX_OBJECT_GROWTH = 2_000
 EXITS = 100
 EXITS_AT_ONCE = 8
-
-
-@dataclass
-class FaultPeer:
-    address: str
-    proc: subprocess.Popen[bytes]
-    stderr_path: Path
-
-    def stop(self) -> str:
-        """Stops the peer (stdin EOF), checks it exited 0, returns its stderr."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.close()
-        status = self.proc.wait(timeout=EXIT_TIMEOUT_SECS)
-        self.proc.stdout.close()
-        stderr = self.stderr_path.read_text(errors="replace")
-        assert status == 0, stderr
-        return stderr
-
-
-def start_fault_peer(stderr_path: Path, *args: str) -> FaultPeer:
-    with stderr_path.open("wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, str(FAULT_PEER), "serve", *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-        )
-    line = read_line(proc, 30)
-    assert line.startswith("LISTENING "), (line, stderr_path.read_text())
-    return FaultPeer(f"http://{line.split()[1]}", proc, stderr_path)
 
 
 @pytest.fixture(scope="module")

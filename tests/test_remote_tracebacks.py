@@ -12,54 +12,25 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from blazen_peer import PeerClient, WorkflowError
 from blazen_peer._bridge import describe_exception, normalize_output
-from conftest import EXIT_TIMEOUT_SECS, REPO_ROOT, STARTUP_TIMEOUT_SECS, PeerProcess, read_line
+from conftest import REPO_ROOT, FaultPeer, PeerProcess, start_fault_peer
 
-FAULT_PEER = Path(__file__).resolve().parent / "fault_peer.py"
 # Files of the package whose frames the caller and the log must not see.
 OWN_FRAMES = ("_bridge.py", "_workers.py", "_tracing.py", f"blazen_peer{os.sep}")
 TRACEBACK_HEADER = "Traceback (most recent call last):"
 FAILURES = 40
 
 
-@dataclass
-class FaultPeer:
-    address: str
-    proc: subprocess.Popen[bytes]
-    stderr_path: Path
-
-    def stop(self) -> str:
-        """Stops the peer (stdin EOF) and returns its stderr, all of it flushed."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.close()
-        status = self.proc.wait(timeout=EXIT_TIMEOUT_SECS)
-        self.proc.stdout.close()
-        stderr = self.stderr_path.read_text(errors="replace")
-        assert status == 0, stderr
-        return stderr
-
-
 @pytest.fixture
 def fault_peer(tmp_path: Path) -> Iterator[FaultPeer]:
     """A fresh peer per test: the traceback rate limit starts clean."""
-    stderr_path = tmp_path / "stderr.txt"
-    with stderr_path.open("wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, str(FAULT_PEER), "serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-        )
-    line = read_line(proc, STARTUP_TIMEOUT_SECS)
-    assert line.startswith("LISTENING "), (line, stderr_path.read_text())
-    peer = FaultPeer(f"http://{line.split()[1]}", proc, stderr_path)
+    peer = start_fault_peer(tmp_path / "stderr.txt")
     yield peer
-    if proc.poll() is None:
+    if peer.proc.poll() is None:
         peer.stop()
 
 

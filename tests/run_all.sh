@@ -14,6 +14,7 @@ lint_paths=(python tests examples benches deploy)
 echo "== ruff"; python3 -m ruff check "${lint_paths[@]}" && python3 -m ruff format --check "${lint_paths[@]}"
 echo "== mypy --strict"; python3 -m mypy
 echo "== stubtest"; python3 -m mypy.stubtest blazen_peer._native
+echo "== docs"; docs_site=$(mktemp -d) && python3 -m mkdocs build --strict --site-dir "$docs_site" && rm -rf "$docs_site"
 echo "== pytest"; python3 -m pytest
 # Every benchmark path once with tiny counts: correctness only, no timing asserted.
 # The soak's --quick form does judge: it fails when either process grows with its calls.

@@ -2,7 +2,7 @@
 
 Every failure raised by this package is a :class:`PeerError`; ``.kind`` names it
 the way the other bindings of the protocol do ("Transport", "UnknownStep", ...).
-The native module builds them in one place, through :func:`_from_native`.
+The native module builds them in one place, through ``_from_native()``.
 """
 
 from __future__ import annotations

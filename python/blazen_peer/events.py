@@ -55,9 +55,13 @@ def stable_module_name(module: str) -> str:
 class Event:
     """Base of all events. Subclass it and annotate fields::
 
-    class Analyzed(Event):
-        words: int
-        document: str
+        class Analyzed(Event):
+            words: int
+            document: str
+
+    A subclass without an ``__init__`` of its own becomes a dataclass
+    (``Analyzed(words=4, document="...")``); ``event_type=`` in its class line sets
+    its wire name (default: ``module.QualName``, see :func:`event_type_name`).
     """
 
     __event_type__: ClassVar[str] = "blazen::Event"
@@ -151,7 +155,7 @@ class StopEvent(Event, event_type="blazen::StopEvent"):
 
 def event_type_name(cls: type[Event]) -> str:
     """The wire name of an event class: ``module.QualName`` (a script's file name
-    stands for ``__main__``, see :func:`stable_module_name`) unless set with
+    stands for ``__main__``, see ``stable_module_name()``) unless set with
     ``event_type=``."""
     return cls.__event_type__
 

@@ -25,9 +25,13 @@ class RemoteRefDescriptor:
 class SubWorkflowResponse:
     """What a remote run returned. ``error`` is set when the workflow failed."""
 
+    #: The StopEvent's result, decoded from JSON; None when the run failed.
     result: Any
+    #: The run's exported context state (keys not starting with ``_``); empty when it failed.
     state: dict[str, Any]
+    #: What failed, or None on success (:meth:`raise_for_error` raises it).
     error: str | None
+    #: The session refs the run left on the peer, by key.
     remote_refs: dict[uuid.UUID, RemoteRefDescriptor] = field(default_factory=dict)
     _raw: _native.SubWorkflowResponse | None = field(default=None, repr=False, compare=False)
 

@@ -137,6 +137,8 @@ COVERED = {
     (EMBEDDING, 0): "test_embedding",
     (FLEETS, 0): "test_cli_lines",
     (FLEETS, 1): "test_pool",
+    (FLEETS, 2): "test_metrics",
+    (FLEETS, 3): "test_metrics",
     (REFS, 0): "test_session_refs",
     (REFS, 1): "test_session_refs",
     (SECURITY, 0): "test_security",
@@ -433,7 +435,7 @@ def cli_machine(machine: Callable[..., Machine]) -> Machine:
 
 @pytest.mark.timeout(SCENARIO_SECS)
 def test_cli_lines(machine: Callable[..., Machine]) -> None:
-    block, _pool = blocks_of(FLEETS, 2)
+    block, _pool, _metrics_serve, _metrics_scrape = blocks_of(FLEETS, 4)
     host = cli_machine(machine)
     lines = block.command_lines()
     assert lines[0].startswith("blazen-peer serve "), lines[0]
@@ -459,7 +461,7 @@ def test_cli_lines(machine: Callable[..., Machine]) -> None:
 
 @pytest.mark.timeout(SCENARIO_SECS)
 def test_pool(machine: Callable[..., Machine]) -> None:
-    _cli, pool = blocks_of(FLEETS, 2)
+    _cli, pool, _metrics_serve, _metrics_scrape = blocks_of(FLEETS, 4)
     host = cli_machine(machine)
     # Two peers, as the CLI line starts them, on the pool example's two addresses.
     for index, address in enumerate(("10.0.0.5", "10.0.0.6"), start=1):
@@ -475,6 +477,18 @@ def test_pool(machine: Callable[..., Machine]) -> None:
     host.run_block(pool)
     for name in ("gpu-1", "gpu-2"):
         assert_stopped_cleanly(host, name, signal.SIGTERM)
+
+
+@pytest.mark.timeout(SCENARIO_SECS)
+def test_metrics(machine: Callable[..., Machine]) -> None:
+    _cli, _pool, serve, scrape = blocks_of(FLEETS, 4)
+    host = cli_machine(machine)
+    (line,) = serve.command_lines()
+    host.spawn("serve", shlex.split(line, comments=True))
+    # The metrics port is served before the peer's, so it answers once the peer does.
+    host.wait_serving("http://127.0.0.1:7443", "serve")
+    host.run_block(scrape)
+    assert_stopped_cleanly(host, "serve", signal.SIGTERM)
 
 
 @pytest.mark.timeout(SCENARIO_SECS)

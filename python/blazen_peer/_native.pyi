@@ -18,6 +18,7 @@ __all__ = [
     "PeerClient",
     "PeerServer",
     "RunContext",
+    "ServerMetrics",
     "ServerTls",
     "SessionRefRegistry",
     "SubWorkflowResponse",
@@ -213,6 +214,45 @@ class _TransportOptions(Protocol):
     def max_buffered_request_bytes(self) -> int: ...
 
 @final
+class ServerMetrics:
+    """A server's figures at one moment: run counts by outcome, run durations
+    per histogram bucket, refusals by reason, connections and session refs."""
+
+    @property
+    def runs_started(self) -> int: ...
+    @property
+    def runs_succeeded(self) -> int: ...
+    @property
+    def runs_failed(self) -> int: ...
+    @property
+    def runs_cancelled(self) -> int: ...
+    @property
+    def runs_timed_out(self) -> int: ...
+    @property
+    def runs_in_flight(self) -> int: ...
+    @property
+    def run_duration_bounds(self) -> list[float]:
+        """Upper bounds in seconds of the duration buckets; one more bucket
+        takes longer runs."""
+    @property
+    def run_duration_counts(self) -> dict[str, list[int]]:
+        """Runs per duration bucket, by outcome."""
+    @property
+    def run_duration_seconds(self) -> dict[str, list[float]]:
+        """Their seconds added up, per bucket, by outcome."""
+    @property
+    def refusals(self) -> dict[str, int]:
+        """Calls and connections turned away, by reason."""
+    @property
+    def connections_open(self) -> int: ...
+    @property
+    def connections_accepted(self) -> int: ...
+    @property
+    def session_refs(self) -> int: ...
+    @property
+    def session_ref_bytes(self) -> int: ...
+
+@final
 class PeerServer:
     """A peer server; serves once, from `start` until `stop`."""
 
@@ -256,6 +296,8 @@ class PeerServer:
     def stats(self) -> tuple[int, int, int, int, int, int]:
         """`(runs_started, runs_succeeded, runs_failed, runs_cancelled, runs_timed_out,
         runs_in_flight)`."""
+    def metrics(self) -> ServerMetrics:
+        """Everything metrics report; before `start`, no run and no connection."""
     @property
     def serving(self) -> bool:
         """True between a successful `start` and `stop`."""

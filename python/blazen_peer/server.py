@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from . import _native, _readiness, _signals, _tracing
+from . import _metrics, _native, _readiness, _signals, _tracing
 from ._auth import resolve_token
 from .errors import ValidationError
 from .refs import SessionRefRegistry
@@ -96,6 +96,12 @@ class PeerServer:
     installed with a tracer provider set before the server is made.
     Logs go to the ``blazen_peer`` logger, with ``node_id``, ``run_id``,
     ``workflow`` and ``step`` on each record.
+    Metrics: with OpenTelemetry installed, every started server reports runs by
+    outcome, run durations, runs in progress, session refs (count and bytes),
+    open connections and refusals by reason to the meter ``blazen_peer``
+    (README, "Metrics"); the application chooses where they go by setting a
+    MeterProvider (``opentelemetry.metrics.set_meter_provider``), before or
+    after the server starts. Nothing is read until the provider collects.
     """
 
     def __init__(
@@ -182,6 +188,8 @@ class PeerServer:
         # Logger levels set up since the last server or client started apply now.
         _native.refresh_log_levels()
         self._address = await self._ref.start(address, asyncio.get_running_loop())
+        if _metrics.INSTALLED:
+            _metrics.track(self)
         return self._address
 
     async def serve(
@@ -278,6 +286,10 @@ class PeerServer:
     def stats(self) -> ServerStats:
         """How many runs started and how each ended."""
         return ServerStats(*self._ref.stats())
+
+    def _native_metrics(self) -> _native.ServerMetrics:
+        """What the metrics instruments read (``_metrics``)."""
+        return self._ref.metrics()
 
     @property
     def draining(self) -> bool:

@@ -11,6 +11,7 @@ use tonic::{Request, Status};
 
 use crate::log_limit::{held_back_note, LogLimit};
 use crate::log_target::TARGET;
+use crate::server::{Refusal, ServerCounters};
 
 /// One refusal line per client address per this long: a client with a bad
 /// token opens a stream per call, and each would otherwise log.
@@ -32,6 +33,7 @@ pub fn bearer(token: &str) -> Result<MetadataValue<Ascii>, String> {
 pub struct TokenCheck {
     accepted: Vec<Vec<u8>>,
     refusals_logged: Arc<LogLimit>,
+    counters: Option<Arc<ServerCounters>>,
 }
 
 impl TokenCheck {
@@ -42,6 +44,15 @@ impl TokenCheck {
                 .map(|token| token.as_bytes().to_vec())
                 .collect(),
             refusals_logged: Arc::new(LogLimit::new(REFUSAL_LOG_PERIOD)),
+            counters: None,
+        }
+    }
+
+    /// Counts each refused call in the server's metrics.
+    pub(crate) fn counting_refusals(self, counters: Arc<ServerCounters>) -> Self {
+        Self {
+            counters: Some(counters),
+            ..self
         }
     }
 
@@ -81,6 +92,9 @@ impl Interceptor for TokenCheck {
                  (PeerClient.connect(token=...) or BLAZEN_PEER_TOKEN)",
             ),
         };
+        if let Some(counters) = &self.counters {
+            counters.refused(Refusal::Unauthenticated);
+        }
         let from = request
             .remote_addr()
             .map_or_else(|| "an unknown address".to_owned(), |addr| addr.to_string());

@@ -22,6 +22,7 @@ mod incoming;
 mod lifecycle;
 mod limits;
 mod log_throttle;
+mod metrics;
 mod request_body;
 mod stream_feed;
 
@@ -31,6 +32,7 @@ pub use limits::{
     DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_BODY_TIMEOUT,
     MAX_LOCAL_ERROR_RESET_STREAMS, MAX_PENDING_ACCEPT_RESET_STREAMS,
 };
+pub use metrics::{DurationBuckets, Refusal, RunOutcome, RUN_DURATION_BOUNDS_SECS};
 
 use crate::auth::{bearer, TokenCheck};
 use crate::context::{Caller, RunContext};
@@ -49,10 +51,11 @@ use crate::pb::blazen_peer_server::{BlazenPeer, BlazenPeerServer};
 use crate::pb::{PostcardRequest, PostcardResponse};
 use crate::registry::{Step, StepRegistry};
 use crate::runner::run_workflow;
-use crate::session_refs::{SessionRef, SessionRefRegistry};
+use crate::session_refs::{RefUsage, SessionRef, SessionRefRegistry};
 use crate::tls::ServerTls;
 use crate::trace::TraceContext;
 use lifecycle::Lifecycle;
+pub(crate) use metrics::ServerCounters;
 use stream_feed::StreamFeed;
 
 /// Default bound on one gRPC message, both directions.
@@ -237,6 +240,24 @@ pub struct PeerService {
     config: ServerConfig,
     run_slots: Arc<Semaphore>,
     lifecycle: Arc<Lifecycle>,
+    counters: Arc<ServerCounters>,
+}
+
+/// A snapshot of what a service counts, for metrics: [`PeerService::metrics`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceMetrics {
+    /// Runs by how they ended, and in progress.
+    pub runs: RunStats,
+    /// Run durations by outcome.
+    pub run_durations: Vec<(RunOutcome, DurationBuckets)>,
+    /// Calls and connections turned away, by reason.
+    pub refusals: Vec<(Refusal, u64)>,
+    /// Connections open now.
+    pub connections_open: u64,
+    /// Connections accepted since the server started (refused ones excluded).
+    pub connections_accepted: u64,
+    /// Session refs held, and their bytes.
+    pub session_refs: RefUsage,
 }
 
 /// A request that passed every check, ready to run.
@@ -256,6 +277,20 @@ impl PeerService {
             run_slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
             config,
             lifecycle: Arc::default(),
+            counters: Arc::default(),
+        }
+    }
+
+    /// What metrics report: every figure is read from atomics (the refs'
+    /// two from one brief lock), so a scrape costs the calls nothing.
+    pub fn metrics(&self) -> ServiceMetrics {
+        ServiceMetrics {
+            runs: self.lifecycle.stats(),
+            run_durations: self.lifecycle.durations(),
+            refusals: self.counters.refusals(),
+            connections_open: self.counters.connections_open(),
+            connections_accepted: self.counters.connections_accepted(),
+            session_refs: self.config.session_refs.usage(),
         }
     }
 
@@ -435,6 +470,11 @@ impl PeerService {
 
     /// Logs why a run request was turned away and gives the status to answer.
     fn refusal(&self, err: &PeerError, caller: &Caller) -> Status {
+        self.counters.refused(match err {
+            PeerError::Busy(_) => Refusal::Busy,
+            PeerError::Unavailable(_) => Refusal::Draining,
+            _ => Refusal::InvalidRequest,
+        });
         let level = match err {
             // Expected while draining; the caller retries elsewhere.
             PeerError::Unavailable(_) => log::Level::Debug,
@@ -739,10 +779,14 @@ impl RunningServer {
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let limit = config.max_message_bytes;
         let sweeper = tokio::spawn(sweep_leases(config.session_refs.clone()));
+        let counters = service.counters.clone();
         let grpc = BlazenPeerServer::new(service)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
-        let grpc = InterceptedService::new(grpc, TokenCheck::new(&config.tokens));
+        let grpc = InterceptedService::new(
+            grpc,
+            TokenCheck::new(&config.tokens).counting_refusals(counters.clone()),
+        );
         // Health is outside the token check: probes (Kubernetes, grpc_health_probe)
         // carry no credentials, and the answer reveals nothing but up or draining.
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -751,7 +795,12 @@ impl RunningServer {
         // server/connection.rs), which bounds what tonic's would not: connections,
         // handshake time, idle time, request bytes (see server/limits.rs).
         let routes = Routes::new(health_service).add_service(grpc);
-        let transport = Arc::new(connection::Transport::new(node_id.clone(), &config, routes));
+        let transport = Arc::new(connection::Transport::new(
+            node_id.clone(),
+            &config,
+            routes,
+            counters,
+        ));
         log::info!(
             target: TARGET,
             node_id = &*node_id, address:% = local_addr;

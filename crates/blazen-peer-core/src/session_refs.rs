@@ -109,6 +109,15 @@ pub struct RefInfo {
     pub parent_run: Option<Uuid>,
 }
 
+/// What [`SessionRefRegistry::usage`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefUsage {
+    /// Live refs.
+    pub refs: usize,
+    /// Bytes their values hold.
+    pub bytes: usize,
+}
+
 /// Session refs by key; shared between a server and in-process workflows.
 pub struct SessionRefRegistry {
     refs: Mutex<Refs>,
@@ -124,6 +133,8 @@ struct Refs {
     // Refs with a lease (`UntilParentFinish`): all that the parent calls and
     // the lease sweep look at.
     leased: HashSet<Uuid>,
+    // Kept as refs come and go, so metrics read it without walking every ref.
+    bytes: usize,
 }
 
 impl Refs {
@@ -134,11 +145,13 @@ impl Refs {
         if entry.lease_until.is_some() {
             self.leased.insert(key);
         }
+        self.bytes += entry.payload.bytes().len();
         self.by_key.insert(key, entry);
     }
 
     fn remove(&mut self, key: &Uuid) -> Option<SessionRef> {
         let entry = self.by_key.remove(key)?;
+        self.bytes -= entry.payload.bytes().len();
         self.leased.remove(key);
         if let Some(run) = entry.owner.run {
             if let Some(keys) = self.by_run.get_mut(&run) {
@@ -269,11 +282,17 @@ impl SessionRefRegistry {
     /// Bytes held by live refs.
     pub fn total_bytes(&self) -> usize {
         self.sweep_expired();
-        self.lock()
-            .by_key
-            .values()
-            .map(|entry| entry.payload.bytes().len())
-            .sum()
+        self.lock().bytes
+    }
+
+    /// Refs held and their bytes, without sweeping expired leases first (the
+    /// server's sweeper does that): cheap enough for every metrics scrape.
+    pub fn usage(&self) -> RefUsage {
+        let refs = self.lock();
+        RefUsage {
+            refs: refs.by_key.len(),
+            bytes: refs.bytes,
+        }
     }
 
     /// Every live ref, oldest first.

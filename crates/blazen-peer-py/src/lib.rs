@@ -11,6 +11,7 @@ mod events;
 mod gil;
 mod inbox;
 mod logging;
+mod metrics;
 mod refs;
 mod runtime;
 mod server;
@@ -32,6 +33,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<steps::Completion>()?;
     module.add_class::<sync_steps::SyncStepCall>()?;
     module.add_class::<server::PeerServerRef>()?;
+    module.add_class::<metrics::ServerMetricsRef>()?;
     module.add_class::<client::PeerClientRef>()?;
     module.add_class::<client::ResponseRef>()?;
     module.add_class::<streaming::EventStreamRef>()?;

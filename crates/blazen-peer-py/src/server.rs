@@ -12,12 +12,15 @@ use blazen_peer_core::server::{
     DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_REQUEST_BODY_TIMEOUT,
 };
-use blazen_peer_core::{PeerError, PeerService, RunningServer, ServerConfig};
+use blazen_peer_core::{
+    PeerError, PeerService, RunStats, RunningServer, ServerConfig, ServiceMetrics,
+};
 use pyo3::prelude::*;
 
 use crate::awaitable;
 use crate::errors::IntoPyResult;
 use crate::inbox;
+use crate::metrics::ServerMetricsRef;
 use crate::refs::SessionRefRegistryRef;
 use crate::runtime::Owner;
 use crate::steps::PyHost;
@@ -313,6 +316,23 @@ impl PeerServerRef {
             stats.runs_timed_out,
             stats.runs_in_flight,
         )
+    }
+
+    /// Everything metrics report; before `start`, no run and no connection.
+    fn metrics(&self) -> ServerMetricsRef {
+        let service = lock(&self.service).clone();
+        service
+            .as_ref()
+            .map(PeerService::metrics)
+            .unwrap_or_else(|| ServiceMetrics {
+                runs: RunStats::default(),
+                run_durations: Vec::new(),
+                refusals: Vec::new(),
+                connections_open: 0,
+                connections_accepted: 0,
+                session_refs: self.config.session_refs.usage(),
+            })
+            .into()
     }
 
     /// The registry this server's runs keep session refs in.

@@ -26,6 +26,7 @@ from ..server import DEFAULT_GRACE_SECS, PeerServer
 from ..steps import Step, registered_step_ids, registered_workflows
 from ..tls import ServerTls
 from ._common import PROG, tokens_from_env
+from ._prometheus import MetricsEndpoint, serve_metrics
 
 DESCRIPTION = """\
 Imports each TARGET, which registers its @step functions, then serves every
@@ -100,6 +101,13 @@ def add_parser(
         metavar="SECS",
         help="deadline of runs whose caller sets none (default: 300)",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve metrics as Prometheus text on http://HOST:PORT/metrics, HOST being "
+        "--listen's (needs the metrics extra: opentelemetry-exporter-prometheus)",
+    )
     _add_connection_limits(parser)
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM)")
@@ -172,6 +180,16 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {text}")
+    return port
 
 
 def _positive_secs(text: str) -> float:
@@ -326,6 +344,24 @@ def _started_at_import(target: str, started: _ServerStarted) -> str:
 
 
 async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    # Before the peer binds: a metrics port in use stops it before it serves.
+    endpoint = None if args.metrics_port is None else _serve_metrics(args)
+    try:
+        await _serve_peer(args, stop)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+
+
+def _serve_metrics(args: argparse.Namespace) -> MetricsEndpoint:
+    host = args.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
+    endpoint = serve_metrics(host, args.metrics_port, args.node_id)
+    shown = f"[{host}]" if ":" in host else host
+    _log.info("metrics on http://%s:%d/metrics", shown, endpoint.port)
+    return endpoint
+
+
+async def _serve_peer(args: argparse.Namespace, stop: asyncio.Event) -> None:
     server = PeerServer(
         args.node_id,
         default_timeout_secs=args.default_timeout,

@@ -35,6 +35,7 @@ use super::limits::{
     STREAM_TASK_HEADROOM,
 };
 use super::log_throttle::{more, Throttle};
+use super::metrics::ServerCounters;
 use super::request_body::{BoundedBody, RequestBudget};
 use super::{ServerConfig, CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES};
 use crate::log_target::TARGET;
@@ -54,6 +55,7 @@ const NEVER: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 pub(crate) struct Transport {
     pub(crate) node_id: Arc<str>,
     pub(crate) max_connections: usize,
+    pub(crate) counters: Arc<ServerCounters>,
     routes: Routes,
     http2: http2::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
@@ -67,7 +69,12 @@ pub(crate) struct Transport {
 }
 
 impl Transport {
-    pub(crate) fn new(node_id: Arc<str>, config: &ServerConfig, routes: Routes) -> Self {
+    pub(crate) fn new(
+        node_id: Arc<str>,
+        config: &ServerConfig,
+        routes: Routes,
+        counters: Arc<ServerCounters>,
+    ) -> Self {
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
@@ -79,14 +86,18 @@ impl Transport {
             .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
             .keep_alive_interval(config.keepalive_interval)
             .keep_alive_timeout(config.keepalive_timeout);
-        let budget = Arc::new(RequestBudget::new(
-            node_id.clone(),
-            config.max_buffered_request_bytes,
-            config.request_body_timeout,
-            config.max_message_bytes,
-        ));
+        let budget = Arc::new(
+            RequestBudget::new(
+                node_id.clone(),
+                config.max_buffered_request_bytes,
+                config.request_body_timeout,
+                config.max_message_bytes,
+            )
+            .counting_refusals(counters.clone()),
+        );
         Self {
             max_connections: config.max_connections,
+            counters,
             routes: routes.prepare(),
             http2,
             tls: config
@@ -169,6 +180,7 @@ pub(crate) async fn serve_connection(
     handshake: Arc<Handshake>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let _open = transport.counters.connection_opened();
     let deadline = Instant::now() + transport.handshake_timeout;
     let Some(acceptor) = transport.tls.clone() else {
         let info = PeerInfo::Plain(tcp.connect_info());

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use super::connection::{serve_connection, Transport};
 use super::log_throttle::{more, Throttle};
+use super::metrics::Refusal;
 use crate::log_target::TARGET;
 
 /// First pause after `accept` fails for want of resources, doubled on each
@@ -190,6 +191,7 @@ pub(crate) async fn serve(
                     };
                     let Some(slot) = slot else {
                         drop(tcp);
+                        transport.counters.refused(Refusal::ConnectionLimit);
                         if let Some(held_back) = refused.admit() {
                             log::warn!(
                                 target: TARGET,

@@ -14,6 +14,8 @@ use crate::envelope::{FailureKind, WorkflowFailure};
 use crate::log_limit::LogLimit;
 use crate::log_target::TARGET;
 
+use super::metrics::{DurationBuckets, RunDurations, RunOutcome};
+
 /// A failed run's WARNING carries its step's traceback at most once per step
 /// id per this period: a step failing on every call would otherwise log a
 /// screenful per call. The one-line WARNING itself is logged for every run.
@@ -49,6 +51,7 @@ struct Counters {
 /// Shared by every clone of a service.
 pub(crate) struct Lifecycle {
     counters: Counters,
+    durations: RunDurations,
     in_flight: AtomicU64,
     draining: AtomicBool,
     // Wakes `wait_idle` when the last run ends.
@@ -61,6 +64,7 @@ impl Default for Lifecycle {
     fn default() -> Self {
         Self {
             counters: Counters::default(),
+            durations: RunDurations::default(),
             in_flight: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             idle: Notify::new(),
@@ -81,6 +85,11 @@ impl Lifecycle {
             runs_timed_out: load(&self.counters.timed_out),
             runs_in_flight: load(&self.in_flight),
         }
+    }
+
+    /// Run durations so far, by outcome.
+    pub(crate) fn durations(&self) -> Vec<(RunOutcome, DurationBuckets)> {
+        self.durations.snapshot()
     }
 
     pub(crate) fn is_draining(&self) -> bool {
@@ -161,15 +170,16 @@ pub(crate) struct RunRecord {
 impl RunRecord {
     pub(crate) fn end<T>(mut self, outcome: &Result<T, Box<WorkflowFailure>>) {
         let counters = &self.lifecycle.counters;
-        let counter = match outcome {
-            Ok(_) => &counters.succeeded,
+        let (counter, ended) = match outcome {
+            Ok(_) => (&counters.succeeded, RunOutcome::Succeeded),
             Err(failure) => match failure.kind {
-                FailureKind::Cancelled => &counters.cancelled,
-                FailureKind::Timeout => &counters.timed_out,
-                _ => &counters.failed,
+                FailureKind::Cancelled => (&counters.cancelled, RunOutcome::Cancelled),
+                FailureKind::Timeout => (&counters.timed_out, RunOutcome::TimedOut),
+                _ => (&counters.failed, RunOutcome::Failed),
             },
         };
         counter.fetch_add(1, Ordering::AcqRel);
+        self.lifecycle.durations.record(ended, self.began.elapsed());
         self.ended = true;
         self.log_end(outcome.as_ref().err().map(|failure| failure.as_ref()));
     }
@@ -244,6 +254,9 @@ impl Drop for RunRecord {
                 .counters
                 .cancelled
                 .fetch_add(1, Ordering::AcqRel);
+            self.lifecycle
+                .durations
+                .record(RunOutcome::Cancelled, self.began.elapsed());
             let (node_id, run_id, workflow) = self.labels();
             log::info!(
                 target: TARGET,

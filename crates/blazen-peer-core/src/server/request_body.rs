@@ -26,6 +26,7 @@ use tokio::time::{Instant, Sleep};
 use tonic::Status;
 
 use super::log_throttle::{more, Throttle};
+use super::metrics::{Refusal, ServerCounters};
 use crate::error::PeerError;
 use crate::log_target::TARGET;
 
@@ -43,6 +44,7 @@ pub(crate) struct RequestBudget {
     max_message_bytes: usize,
     refusals: Throttle,
     stalls: Throttle,
+    counters: Option<Arc<ServerCounters>>,
 }
 
 impl RequestBudget {
@@ -60,6 +62,15 @@ impl RequestBudget {
             max_message_bytes,
             refusals: Throttle::new(),
             stalls: Throttle::new(),
+            counters: None,
+        }
+    }
+
+    /// Counts each refused call in the server's metrics.
+    pub(crate) fn counting_refusals(self, counters: Arc<ServerCounters>) -> Self {
+        Self {
+            counters: Some(counters),
+            ..self
         }
     }
 
@@ -82,6 +93,9 @@ impl RequestBudget {
     }
 
     fn refusal(&self, chunk: usize, remote: Option<SocketAddr>) -> Status {
+        if let Some(counters) = &self.counters {
+            counters.refused(Refusal::Busy);
+        }
         if let Some(held_back) = self.refusals.admit() {
             let used = self.used.load(Ordering::Relaxed);
             log::warn!(

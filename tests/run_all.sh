@@ -15,6 +15,9 @@ echo "== ruff"; python3 -m ruff check "${lint_paths[@]}" && python3 -m ruff form
 echo "== mypy --strict"; python3 -m mypy
 echo "== stubtest"; python3 -m mypy.stubtest blazen_peer._native
 echo "== docs"; docs_site=$(mktemp -d) && python3 -m mkdocs build --strict --site-dir "$docs_site" && rm -rf "$docs_site"
+# tests/test_interop.py runs the published Rust crate (interop/); its build script needs protoc.
+command -v protoc >/dev/null || { s=$([ "$(id -u)" = 0 ] || echo sudo); $s apt-get update -qq && $s apt-get install -y -qq protobuf-compiler; }
+echo "== interop harness"; cargo build --release --locked --manifest-path interop/Cargo.toml
 echo "== pytest"; python3 -m pytest
 # Every benchmark path once with tiny counts: correctness only, no timing asserted.
 # The soak's --quick form does judge: it fails when either process grows with its calls.

@@ -1,0 +1,40 @@
+//! `blazen-interop`: the published Rust implementation of blazen.peer.v1
+//! (crate `blazen-peer` 0.7.0), as a server and as a client, so the Python
+//! tests can run it against this project in both directions.
+//!
+//!     blazen-interop serve [PORT]        # prints `LISTENING 127.0.0.1:PORT`, serves until stdin closes
+//!     blazen-interop client ADDRESS      # runs every case against ADDRESS, one JSON line each
+//!
+//! The client exits 0 when every case passed, 1 when one failed, 2 on bad usage.
+
+mod cases;
+mod serve;
+mod steps;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: blazen-interop serve [PORT] | blazen-interop client http://HOST:PORT";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["serve"] => serve::run(0).await,
+        ["serve", port] => match port.parse() {
+            Ok(port) => serve::run(port).await,
+            Err(_) => usage(&format!("`{port}` is not a port number")),
+        },
+        ["client", address] => cases::run(address).await,
+        _ => usage("expected a command"),
+    }
+}
+
+fn usage(why: &str) -> ExitCode {
+    eprintln!("blazen-interop: {why}\n{USAGE}");
+    ExitCode::from(2)
+}

@@ -18,7 +18,9 @@ echo "== docs"; docs_site=$(mktemp -d) && python3 -m mkdocs build --strict --sit
 # tests/test_interop.py runs the published Rust crate (interop/); its build script needs protoc.
 command -v protoc >/dev/null || { s=$([ "$(id -u)" = 0 ] || echo sudo); $s apt-get update -qq && $s apt-get install -y -qq protobuf-compiler; }
 echo "== interop harness"; cargo build --release --locked --manifest-path interop/Cargo.toml
-echo "== pytest"; python3 -m pytest
+# The suite runs with the wheel users would install (manylinux2014, abi3, tag checked by
+# auditwheel), in a fresh venv per CPython it claims: 3.11, 3.12 and 3.13.
+echo "== wheel, then pytest on each CPython"; python3 tests/wheel_matrix.py
 # Every benchmark path once with tiny counts: correctness only, no timing asserted.
 # The soak's --quick form does judge: it fails when either process grows with its calls.
 echo "== benches (quick)"; python3 benches/run_all.py --quick && python3 benches/pool_throughput.py --quick \

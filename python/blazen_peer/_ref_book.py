@@ -37,9 +37,11 @@ class RefBook:
     def remember(self, refs: Iterable[tuple[uuid.UUID, str]], parent: str | None) -> None:
         with self._lock:
             for key, tag in refs:
-                self._tags[key] = tag
-                if parent is not None:
+                # A key seen before came from an earlier run: it is not this
+                # parent's. (A v1 peer lists every ref it holds in every reply.)
+                if parent is not None and key not in self._tags:
                     self._by_parent.setdefault(parent, set()).add(key)
+                self._tags[key] = tag
 
     def tag(self, key: uuid.UUID) -> str | None:
         return self._tags.get(key)
@@ -56,6 +58,11 @@ class RefBook:
         # there costs more than the few bytes it holds until then.
         with self._lock:
             self._drop(key)
+
+    def live_of(self, parent: str) -> list[uuid.UUID]:
+        """The refs made under ``parent`` that are not forgotten yet."""
+        with self._lock:
+            return [key for key in self._by_parent.get(parent, ()) if key in self._tags]
 
     def forget_parent(self, parent: str) -> None:
         """The parent finished: its ``UNTIL_PARENT_FINISH`` refs are gone. Refs

@@ -18,7 +18,14 @@ from . import _native, _tracing
 from ._address import peer_url
 from ._auth import resolve_token, warn_if_token_in_clear
 from ._ref_book import RefBook
-from .errors import EncodeError, PeerError, RefNotFoundError, ValidationError
+from ._v1_peer import note_v1_only, release_parent_refs, release_parent_refs_blocking
+from .errors import (
+    EncodeError,
+    PeerError,
+    PeerUnsupportedError,
+    RefNotFoundError,
+    ValidationError,
+)
 from .listing import HealthStatus, PeerSteps
 from .refs import decode_ref_value
 from .responses import RemoteRefDescriptor, SubWorkflowResponse
@@ -127,6 +134,8 @@ class PeerClient:
     def __init__(self, ref: _native.PeerClient) -> None:
         self._ref = ref
         self._refs = RefBook()
+        # Set once this client logged that its peer speaks v1 only (_v1_peer.py).
+        self._v1_only_noted = False
 
     @classmethod
     async def connect(
@@ -433,9 +442,14 @@ class PeerClient:
         return ParentRun(self)
 
     async def finish_parent(self, run_id: uuid.UUID | str) -> int:
-        """Releases every ``UNTIL_PARENT_FINISH`` ref of a parent run; returns how many."""
+        """Releases every ``UNTIL_PARENT_FINISH`` ref of a parent run; returns how many.
+        A v1-only peer (no FinishParentRun) gets one ReleaseSessionRef per ref
+        listed under the run instead."""
         try:
             return await self._ref.finish_parent(str(run_id))
+        except PeerUnsupportedError as v1_only:
+            note_v1_only(self, v1_only.method)
+            return await release_parent_refs(self, str(run_id))
         finally:
             # Failed or not, the parent is over; its lease frees its refs on the peer.
             self._refs.forget_parent(str(run_id))
@@ -445,6 +459,9 @@ class PeerClient:
         _refuse_inside_loop("finish_parent_blocking", "finish_parent")
         try:
             return self._ref.finish_parent_blocking(str(run_id))
+        except PeerUnsupportedError as v1_only:
+            note_v1_only(self, v1_only.method)
+            return release_parent_refs_blocking(self, str(run_id))
         finally:
             self._refs.forget_parent(str(run_id))
 
@@ -627,6 +644,10 @@ class ParentRun:
         while not stop.wait(max(lease_secs / 3, 0.05)):
             try:
                 lease_secs = self.client._ref.renew_parent_blocking(str(self.id))
+            except PeerUnsupportedError as v1_only:
+                # No lease to keep: a v1 peer's refs live until released.
+                note_v1_only(self.client, v1_only.method)
+                return
             except PeerError:
                 lease_secs = 3.0
 
@@ -635,6 +656,9 @@ class ParentRun:
         while True:
             try:
                 lease_secs = await self.client._ref.renew_parent(str(self.id))
+            except PeerUnsupportedError as v1_only:
+                note_v1_only(self.client, v1_only.method)
+                return
             except PeerError:
                 lease_secs = 3.0
             await asyncio.sleep(max(lease_secs / 3, 0.05))

@@ -17,6 +17,7 @@ __all__ = [
     "PeerBusyError",
     "PeerError",
     "PeerTimeoutError",
+    "PeerUnsupportedError",
     "RefNotFoundError",
     "TlsError",
     "TransportError",
@@ -53,6 +54,22 @@ class TransportError(PeerError):
     ) -> None:
         super().__init__(message, grpc_status=grpc_status)
         self.started = started
+
+
+class PeerUnsupportedError(TransportError):
+    """The peer speaks plain ``blazen.peer.v1`` (the published Rust crate, for one)
+    and lacks ``method``, a method this project added (ListSteps, Health,
+    StreamSubWorkflowEvents, FinishParentRun, RenewParentLease). Nothing ran;
+    the message says what to use instead.
+
+    A :class:`TransportError` (``started`` False), so code written before this
+    class still handles it."""
+
+    kind = "Unsupported"
+
+    def __init__(self, message: str, *, method: str = "", grpc_status: int | None = None) -> None:
+        super().__init__(message, grpc_status=grpc_status, started=False)
+        self.method = method
 
 
 class UnknownStepError(PeerError):
@@ -191,6 +208,7 @@ _BY_KIND: dict[str, type[PeerError]] = {
         WorkflowError,
         PeerTimeoutError,
         PeerBusyError,
+        PeerUnsupportedError,
         ValidationError,
     )
 }

@@ -5,6 +5,12 @@ Each call goes to a healthy member that registers every requested step (as
 probed with the standard gRPC health check; one that fails a probe or a call
 is taken out of rotation and probed until it serves again.
 
+A member that speaks plain ``blazen.peer.v1`` (no health service, no
+``ListSteps``, as the published Rust crate) is probed with a release of a
+random key instead, and gets calls by trying: a step it answers UnknownStep
+for is remembered as missing there, and the call goes to another member
+(nothing ran). It forgets what it learned when it comes back from down.
+
 A call that certainly never started on a member (the connection could not be
 made, the member was draining or busy) is sent to another member. A call that
 may have started is not re-sent, because steps need not be idempotent: it
@@ -36,6 +42,7 @@ from .client import PeerClient, _encode_input, _refuse_inside_loop
 from .errors import (
     PeerBusyError,
     PeerError,
+    PeerUnsupportedError,
     TransportError,
     UnknownStepError,
     UnknownWorkflowError,
@@ -67,6 +74,8 @@ class PeerStatus:
     calls: int
     last_error: str | None
     step_ids: frozenset[str]
+    # True for a member speaking plain blazen.peer.v1: its step_ids are unknown.
+    v1_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,10 @@ class _Member:
         self.calls = 0
         self.last_error: str | None = None
         self.removed = False
+        # A plain v1 peer: no health service, no ListSteps; `missing` holds the
+        # step ids it answered UnknownStep for (it lists none).
+        self.v1_only = False
+        self.missing: set[str] = set()
         # The probe in progress, so a slow one (a reconnect waiting out its
         # connect timeout) neither delays the other members' nor doubles up.
         self.probing: asyncio.Task[None] | None = None
@@ -109,7 +122,16 @@ class _Member:
             calls=self.calls,
             last_error=self.last_error,
             step_ids=self.steps.step_ids if self.steps else frozenset(),
+            v1_only=self.v1_only,
         )
+
+    def may_run(self, workflow_name: str, step_ids: Sequence[str]) -> bool:
+        """True when the member's listing has the steps, or, for a v1 member,
+        when it did not yet answer UnknownStep for any of them. A v1 peer runs
+        only the steps a request names, never a workflow by name."""
+        if self.v1_only:
+            return bool(step_ids) and self.missing.isdisjoint(step_ids)
+        return self.steps is not None and self.steps.can_run(workflow_name, step_ids)
 
 
 class _LoopThread:
@@ -607,6 +629,19 @@ class PeerPool:
                 return await call(client)
             except PeerBusyError as busy:
                 last_refusal = busy
+            except UnknownStepError as unknown:
+                if not member.v1_only:
+                    raise
+                # Routed by trying; the peer checks the ids before running anything.
+                missing = unknown.step_id
+                if missing is not None and missing in step_ids:
+                    member.missing.add(missing)
+                else:
+                    member.missing.update(step_ids)
+                last_refusal = unknown
+            except PeerUnsupportedError as unsupported:
+                # A v1 member lacks the method (streaming): nothing ran, it stays up.
+                last_refusal = unsupported
             except TransportError as failure:
                 self._mark_down(member, failure)
                 if failure.started and not idempotent:
@@ -626,9 +661,7 @@ class PeerPool:
         able = [
             member
             for member in self._members.values()
-            if member.steps is not None
-            and not member.removed
-            and member.steps.can_run(workflow_name, step_ids)
+            if not member.removed and member.may_run(workflow_name, step_ids)
         ]
         ready = [
             member
@@ -650,10 +683,16 @@ class PeerPool:
         able: list[_Member],
         last_refusal: PeerError | None,
     ) -> PeerError:
-        if last_refusal is not None and not isinstance(last_refusal, TransportError):
+        if last_refusal is not None and not isinstance(
+            last_refusal, (TransportError, UnknownStepError)
+        ):
             return last_refusal
         wanted = f"steps {list(step_ids)}" if step_ids else f"workflow `{workflow_name}`"
-        known = [member for member in self._members.values() if member.steps is not None]
+        known = [
+            member
+            for member in self._members.values()
+            if member.steps is not None or member.v1_only
+        ]
         if not able and known:
             # No member whose steps are known has them: most likely a misspelled id.
             # Members never reached might, so the message names them too.
@@ -707,16 +746,30 @@ class PeerPool:
 
     async def _probe(self, member: _Member) -> None:
         was_healthy = member.healthy
+        timeout = self._settings.probe_timeout_secs
         try:
             if member.client is None:
                 member.client = await self._connect(member)
-            status = await member.client.health(timeout_secs=self._settings.probe_timeout_secs)
+            if not was_healthy:
+                # A peer that comes back may be a new process, of another kind.
+                member.v1_only = False
+                member.missing.clear()
+            status = "SERVING"
+            if not member.v1_only:
+                try:
+                    status = await member.client.health(timeout_secs=timeout)
+                except PeerUnsupportedError:
+                    self._found_v1(member)
+            if member.v1_only:
+                # Any answer to a v1 call proves it serves; a random key touches nothing.
+                await asyncio.wait_for(member.client.release_session_ref(uuid.uuid4()), timeout)
             healthy = status == "SERVING"
-            if healthy and (not was_healthy or member.steps is None):
+            if healthy and not member.v1_only and (not was_healthy or member.steps is None):
                 # A peer that comes back may be a new process with other steps.
-                member.steps = await asyncio.wait_for(
-                    member.client.list_steps(), self._settings.probe_timeout_secs
-                )
+                try:
+                    member.steps = await asyncio.wait_for(member.client.list_steps(), timeout)
+                except PeerUnsupportedError:
+                    self._found_v1(member)
             member.last_error = None if healthy else f"health check answered {status}"
         except (PeerError, TimeoutError) as failure:
             healthy = False
@@ -736,6 +789,17 @@ class PeerPool:
         member.healthy = healthy
         async with self._changed:
             self._changed.notify_all()
+
+    def _found_v1(self, member: _Member) -> None:
+        if not member.v1_only:
+            _log.info(
+                "pool: peer %s speaks v1 only (no health service or ListSteps): probed "
+                "with a v1 call, and given calls by trying",
+                member.address,
+                extra={"peer": member.address},
+            )
+        member.v1_only = True
+        member.steps = None
 
     async def _connect(self, member: _Member) -> PeerClient:
         settings = self._settings
@@ -817,6 +881,12 @@ class PeerPool:
         parts = []
         for address in sorted(self._members):
             member = self._members[address]
+            if member.v1_only:
+                lacks = ", ".join(sorted(member.missing)) or "none yet"
+                parts.append(
+                    f"{address} speaks v1 only (lists no steps; answered unknown: {lacks})"
+                )
+                continue
             if member.steps is None:
                 reason = member.last_error or "not probed yet"
                 parts.append(f"{address} has not been reached ({reason}), its steps are unknown")

@@ -271,7 +271,7 @@ impl PeerClient {
         let reply = grpc
             .invoke_sub_workflow(self.run_request(payload, deadline, options))
             .await
-            .map_err(|status| self.status_error(&status))?;
+            .map_err(|status| self.status_error(None, &status))?;
         self.decode(&reply.into_inner().postcard_payload)
     }
 
@@ -295,7 +295,7 @@ impl PeerClient {
         let reply = grpc
             .stream_sub_workflow_events(self.run_request(payload, deadline, options))
             .await
-            .map_err(|status| self.status_error(&status))?;
+            .map_err(|status| self.status_error(Some("StreamSubWorkflowEvents"), &status))?;
         Ok(EventReceiver {
             items: reply.into_inner(),
             client: self.clone(),
@@ -381,8 +381,8 @@ impl PeerClient {
         }
     }
 
-    /// The steps and workflows the peer can run. Peers that predate
-    /// `ListSteps` answer with a Transport error naming UNIMPLEMENTED.
+    /// The steps and workflows the peer can run. A v1-only peer (no
+    /// `ListSteps`) gives [`PeerError::Unsupported`].
     pub async fn list_steps(&self) -> Result<StepsResponse, PeerError> {
         let payload = Envelope::new(StepsRequest {
             envelope_version: ENVELOPE_VERSION,
@@ -392,7 +392,7 @@ impl PeerClient {
         let reply = grpc
             .list_steps(self.request(payload, None))
             .await
-            .map_err(|status| self.status_error(&status))?;
+            .map_err(|status| self.status_error(Some("ListSteps"), &status))?;
         Ok(self
             .decode::<StepsResponse>(&reply.into_inner().postcard_payload)?
             .body)
@@ -433,7 +433,7 @@ impl PeerClient {
             Err(status) if status.code() == tonic::Code::NotFound => {
                 return Ok(Health::ServiceUnknown)
             }
-            Err(status) => return Err(self.status_error(&status)),
+            Err(status) => return Err(self.status_error(Some("Health"), &status)),
         };
         Ok(match reply.into_inner().status() {
             ServingStatus::Serving => Health::Serving,
@@ -448,7 +448,7 @@ impl PeerClient {
         let reply = grpc
             .finish_parent_run(self.request(Self::parent_payload(parent)?, None))
             .await
-            .map_err(|status| self.status_error(&status))?;
+            .map_err(|status| self.status_error(Some("FinishParentRun"), &status))?;
         Ok(self
             .decode::<ParentRunResponse>(&reply.into_inner().postcard_payload)?
             .body
@@ -461,7 +461,7 @@ impl PeerClient {
         let reply = grpc
             .renew_parent_lease(self.request(Self::parent_payload(parent)?, None))
             .await
-            .map_err(|status| self.status_error(&status))?;
+            .map_err(|status| self.status_error(Some("RenewParentLease"), &status))?;
         let body = self
             .decode::<ParentRunResponse>(&reply.into_inner().postcard_payload)?
             .body;
@@ -510,7 +510,7 @@ impl PeerClient {
                 self.address,
                 status.message()
             )),
-            _ => self.status_error(status),
+            _ => self.status_error(None, status),
         }
     }
 
@@ -525,7 +525,7 @@ impl PeerClient {
         let reply = grpc
             .release_session_ref(self.request(payload, None))
             .await
-            .map_err(|status| self.status_error(&status))?;
+            .map_err(|status| self.status_error(None, &status))?;
         Ok(self
             .decode::<ReleaseResponse>(&reply.into_inner().postcard_payload)?
             .body
@@ -580,7 +580,8 @@ impl PeerClient {
         })
     }
 
-    fn status_error(&self, status: &tonic::Status) -> PeerError {
+    /// `method`: the gRPC method called when it is one a v1-only peer lacks.
+    fn status_error(&self, method: Option<&str>, status: &tonic::Status) -> PeerError {
         if let Some(mismatch) = protocol_mismatch(status, &self.address) {
             return mismatch;
         }
@@ -611,7 +612,7 @@ impl PeerClient {
                 };
             }
         }
-        PeerError::from_status(status, &self.address)
+        PeerError::from_method_status(status, &self.address, method)
     }
 }
 
@@ -643,7 +644,10 @@ impl EventReceiver {
                 .items
                 .message()
                 .await
-                .map_err(|status| self.client.status_error(&status))?
+                .map_err(|status| {
+                    self.client
+                        .status_error(Some("StreamSubWorkflowEvents"), &status)
+                })?
                 .ok_or_else(|| {
                     PeerError::transport(format!(
                         "peer {} ended the event stream before the run's response",

@@ -2,7 +2,7 @@
 
 use tonic::{Code, Status};
 
-use crate::envelope::{NotFoundDetail, WorkflowFailure};
+use crate::envelope::{FailureKind, NotFoundDetail, WorkflowFailure};
 
 /// Every failure the core reports.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -78,6 +78,18 @@ pub enum PeerError {
     /// see it as a transport failure, which is safe to retry elsewhere.
     #[error("{0}")]
     Unavailable(String),
+    /// The peer answered UNIMPLEMENTED for a method beyond the four of v1: it
+    /// speaks plain blazen.peer.v1 (the published Rust crate, for one). Nothing ran.
+    #[error(
+        "peer {node} does not implement {method}: it speaks v1 only; {}",
+        unsupported_hint(method)
+    )]
+    Unsupported {
+        /// The gRPC method the peer lacks ("ListSteps", "Health", ...).
+        method: String,
+        /// The peer's address.
+        node: String,
+    },
 }
 
 impl PeerError {
@@ -98,6 +110,7 @@ impl PeerError {
             PeerError::Validation(_) => "Validation",
             PeerError::Busy(_) => "Busy",
             PeerError::Unavailable(_) => "Transport",
+            PeerError::Unsupported { .. } => "Unsupported",
         }
     }
 
@@ -117,7 +130,7 @@ impl PeerError {
     pub fn is_not_started(&self) -> bool {
         match self {
             PeerError::Transport { started, .. } => !started,
-            PeerError::Busy(_) | PeerError::Unavailable(_) => true,
+            PeerError::Busy(_) | PeerError::Unavailable(_) | PeerError::Unsupported { .. } => true,
             _ => false,
         }
     }
@@ -158,6 +171,7 @@ impl PeerError {
             PeerError::Unavailable(_) => {
                 refused_before_running(Code::Unavailable, message, "draining")
             }
+            PeerError::Unsupported { .. } => Status::unimplemented(message),
             PeerError::Transport { .. } | PeerError::Tls(_) | PeerError::Workflow(_) => {
                 Status::internal(message)
             }
@@ -166,6 +180,20 @@ impl PeerError {
 
     /// Interprets a status a peer answered with; `address` names the peer in messages.
     pub fn from_status(status: &Status, address: &str) -> Self {
+        Self::from_method_status(status, address, None)
+    }
+
+    /// [`PeerError::from_status`] for a call of `method` (its gRPC name, or
+    /// "Health"), so UNIMPLEMENTED can say which method the peer lacks.
+    pub fn from_method_status(status: &Status, address: &str, method: Option<&str>) -> Self {
+        // Every peer of the protocol serves the four v1 methods; one that
+        // lacks a newer method speaks v1 only (tonic answers unknown paths so).
+        if let (Code::Unimplemented, Some(method)) = (status.code(), method) {
+            return PeerError::Unsupported {
+                method: method.to_owned(),
+                node: address.to_owned(),
+            };
+        }
         let message = status.message();
         match status.code() {
             Code::NotFound => match postcard::from_bytes::<NotFoundDetail>(status.details()) {
@@ -179,9 +207,10 @@ impl PeerError {
                     registered: detail.registered,
                     node: address.to_owned(),
                 },
-                // A peer in another language names the step only in its message.
+                // A peer in another language (the published Rust crate: "unknown
+                // step id `X`") names the step only in its message.
                 Err(_) => PeerError::UnknownStep {
-                    step_id: String::new(),
+                    step_id: quoted_step_id(message).unwrap_or_default(),
                     registered: Vec::new(),
                     node: format!("{address} ({message})"),
                 },
@@ -269,6 +298,49 @@ fn not_found(message: String, missing: &str, is_workflow: bool, registered: &[St
     Status::with_details(Code::NotFound, message, details.into())
 }
 
+/// What to do instead, per method a v1-only peer lacks.
+fn unsupported_hint(method: &str) -> &'static str {
+    match method {
+        "ListSteps" => "call its steps by id (a PeerPool routes to it by trying), or upgrade the peer",
+        "Health" => "probe it with a call instead (a PeerPool does), or upgrade the peer",
+        "StreamSubWorkflowEvents" => {
+            "run the workflow with invoke_sub_workflow / run_remote_workflow (no events), or upgrade the peer"
+        }
+        "FinishParentRun" | "RenewParentLease" => {
+            "release its refs one by one with release_session_ref (parent_run() does), or upgrade the peer"
+        }
+        _ => "use the v1 methods only, or upgrade the peer",
+    }
+}
+
+/// The step id in a NOT_FOUND message without details: the first `quoted`
+/// word, as in the published Rust crate's "unknown step id `X`".
+fn quoted_step_id(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once('`')?;
+    let (id, _) = rest.split_once('`')?;
+    (!id.is_empty()).then(|| id.to_owned())
+}
+
+/// A failed run's error text, as the failure it describes, for a response
+/// without our failure extension (a v1 peer's): that crate writes "workflow
+/// timed out after Ns" for a run past its `timeout_secs`, and nothing else
+/// machine-readable.
+pub fn failure_from_text(message: &str, node: &str) -> WorkflowFailure {
+    let kind = if message.starts_with("workflow timed out after ") {
+        FailureKind::Timeout
+    } else {
+        FailureKind::StepFailed
+    };
+    WorkflowFailure {
+        kind,
+        message: message.to_owned(),
+        remote_type: None,
+        remote_traceback: None,
+        step_id: None,
+        node_id: node.to_owned(),
+    }
+}
+
 /// Reads `envelope version X is newer than supported Y`, the text WIRE.md fixes.
 fn parse_version_message(message: &str) -> Option<(u32, u32)> {
     let rest = message.strip_prefix("envelope version ")?;
@@ -337,5 +409,41 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// The published Rust crate (v1 only) sends NOT_FOUND without details.
+    #[test]
+    fn a_v1_unknown_step_names_the_step_from_its_message() {
+        let status = Status::not_found("unknown step id `interop::missing`");
+        match PeerError::from_status(&status, "http://rust") {
+            PeerError::UnknownStep { step_id, .. } => assert_eq!(step_id, "interop::missing"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let unquoted = PeerError::from_status(&Status::not_found("no such step"), "http://rust");
+        assert!(matches!(unquoted, PeerError::UnknownStep { step_id, .. } if step_id.is_empty()));
+    }
+
+    #[test]
+    fn unimplemented_newer_methods_say_the_peer_speaks_v1_only() {
+        let status = Status::unimplemented("");
+        let err = PeerError::from_method_status(&status, "http://rust", Some("ListSteps"));
+        assert_eq!(err.kind(), "Unsupported");
+        assert!(err.is_not_started());
+        let text = err.to_string();
+        assert!(
+            text.starts_with("peer http://rust does not implement ListSteps: it speaks v1 only"),
+            "{text}"
+        );
+        // Without a method (a v1 call), UNIMPLEMENTED stays a transport failure.
+        let plain = PeerError::from_status(&status, "http://rust");
+        assert_eq!(plain.kind(), "Transport");
+    }
+
+    #[test]
+    fn a_v1_timeout_text_is_a_timeout() {
+        let failure = failure_from_text("workflow timed out after 1s", "");
+        assert_eq!(failure.kind, FailureKind::Timeout);
+        let failure = failure_from_text("workflow error: step 'x' failed: boom", "");
+        assert_eq!(failure.kind, FailureKind::StepFailed);
     }
 }

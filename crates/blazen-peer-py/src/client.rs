@@ -13,6 +13,7 @@ use blazen_peer_core::client::Health;
 use blazen_peer_core::envelope::{
     self, FailureKind, ParentRun, SubWorkflowRequest, SubWorkflowResponse, WorkflowFailure,
 };
+use blazen_peer_core::error::failure_from_text;
 use blazen_peer_core::{CallOptions, ClientConfig, Envelope, PeerClient, PeerError, TraceContext};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -450,7 +451,14 @@ pub struct ResponseRef {
 
 impl From<Envelope<SubWorkflowResponse>> for ResponseRef {
     fn from(envelope: Envelope<SubWorkflowResponse>) -> Self {
-        let failure = envelope.extensions.get::<WorkflowFailure>();
+        // A v1 peer sends only the error text; the failure is read from it.
+        let failure = envelope.extensions.get::<WorkflowFailure>().or_else(|| {
+            envelope
+                .body
+                .error
+                .as_deref()
+                .map(|message| failure_from_text(message, ""))
+        });
         Self {
             body: envelope.body,
             failure,
@@ -521,15 +529,10 @@ impl ResponseRef {
         let Some(message) = &self.body.error else {
             return Ok(());
         };
-        // A peer in another language sends only the error text.
-        let failure = self.failure.clone().unwrap_or_else(|| WorkflowFailure {
-            kind: FailureKind::StepFailed,
-            message: message.clone(),
-            remote_type: None,
-            remote_traceback: None,
-            step_id: None,
-            node_id: String::new(),
-        });
+        let failure = self
+            .failure
+            .clone()
+            .unwrap_or_else(|| failure_from_text(message, ""));
         Err(to_py(PeerError::Workflow(Box::new(failure))))
     }
 }

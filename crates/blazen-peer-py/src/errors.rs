@@ -10,6 +10,8 @@ use pyo3::types::PyDict;
 
 /// gRPC's UNAVAILABLE, the status a draining peer answers with.
 const GRPC_UNAVAILABLE: i32 = 14;
+/// gRPC's UNIMPLEMENTED, a v1-only peer's answer to a newer method.
+const GRPC_UNIMPLEMENTED: i32 = 12;
 
 static FROM_NATIVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
@@ -87,6 +89,10 @@ fn build<'py>(py: Python<'py>, err: &PeerError) -> PyResult<Bound<'py, PyAny>> {
         PeerError::Unavailable(_) => {
             details.set_item("grpc_status", GRPC_UNAVAILABLE)?;
             details.set_item("started", false)?;
+        }
+        PeerError::Unsupported { method, .. } => {
+            details.set_item("grpc_status", GRPC_UNIMPLEMENTED)?;
+            details.set_item("method", method)?;
         }
     }
     factory.bind(py).call1((kind, err.to_string(), details))

@@ -215,6 +215,11 @@ def test_blocking_client(rust_peer: RustPeer) -> None:
         assert caught.value.step_id == "interop::missing"
         with pytest.raises(PeerUnsupportedError):
             client.list_steps_blocking()
+        with (
+            pytest.raises(PeerUnsupportedError),
+            client.stream_sub_workflow_blocking("wf", [ECHO], 1, timeout_secs=30) as stream,
+        ):
+            next(iter(stream))
         with client.parent_run():
             response = client.invoke_sub_workflow_blocking(
                 "wf", [MAKE_REF], {"text": "blocking"}, timeout_secs=30
@@ -272,3 +277,9 @@ def test_blocking_pool_of_only_a_v1_peer(rust_peer: RustPeer) -> None:
         # Known missing now: refused without another call.
         with pytest.raises(UnknownStepError):
             pool.run_remote_workflow_blocking("wf", ["interop::missing"], timeout_secs=30)
+        # It cannot stream; that is no failure of the member, which stays in rotation.
+        streaming = pool.stream_sub_workflow_blocking("wf", [ECHO], 1, timeout_secs=30)
+        with pytest.raises(PeerUnsupportedError, match="does not implement StreamSubWorkflow"):
+            next(iter(streaming))
+        streaming.close()
+        assert all(status.healthy for status in pool.peers)

@@ -683,9 +683,11 @@ class PeerPool:
         able: list[_Member],
         last_refusal: PeerError | None,
     ) -> PeerError:
-        if last_refusal is not None and not isinstance(
-            last_refusal, (TransportError, UnknownStepError)
+        if isinstance(last_refusal, PeerUnsupportedError) or (
+            last_refusal is not None
+            and not isinstance(last_refusal, (TransportError, UnknownStepError))
         ):
+            # PeerUnsupportedError: the members able to take it lack the method.
             return last_refusal
         wanted = f"steps {list(step_ids)}" if step_ids else f"workflow `{workflow_name}`"
         known = [

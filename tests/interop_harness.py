@@ -8,6 +8,7 @@ binary fails and says how to build it (never skips: CI must run it).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,13 +82,21 @@ def start_rust_peer(stderr_path: Path) -> RustPeer:
     return RustPeer(proc, f"http://{line.split()[1]}", stderr_path)
 
 
-def run_rust_client(address: str) -> dict[str, dict[str, Any]]:
-    """Runs every case of the crate's client against `address`; by case name."""
+def run_rust_client(
+    address: str, *, http: bool = False, token: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Runs every case of the crate's client against `address`; by case name.
+    With `http`, its HTTP/JSON client (`HttpPeerClient`) against the peer's
+    HTTP/JSON routes, sending `token` as a bearer token when given."""
+    env = {k: v for k, v in os.environ.items() if k != "BLAZEN_PEER_TOKEN"}
+    if token is not None:
+        env["BLAZEN_PEER_TOKEN"] = token
     done = subprocess.run(
-        [str(binary()), "client", address],
+        [str(binary()), "http-client" if http else "client", address],
         capture_output=True,
         timeout=CLIENT_TIMEOUT_SECS,
         check=False,
+        env=env,
     )
     results: dict[str, dict[str, Any]] = {}
     for line in done.stdout.decode(errors="replace").splitlines():

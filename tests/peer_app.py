@@ -8,6 +8,7 @@ step registry) and runnable as a server::
         [--max-message-bytes N]              # PeerServer(max_message_bytes=...)
         [--tls-cert F --tls-key F [--tls-client-ca F]]   # PeerServer(tls=ServerTls.from_pem(...))
         [--token T] [--insecure]             # PeerServer(token=..., insecure=...)
+        [--http-json]                        # PeerServer(http_json=True): the HTTP/JSON routes too
         [--max-concurrent-runs N] [--max-json-depth N] [--keepalive-interval SECS]
         [--default-timeout SECS]             # PeerServer(default_timeout_secs=...)
         [--grace SECS|none]                  # server.stop(grace=...) when told to stop
@@ -722,6 +723,7 @@ async def main(args: argparse.Namespace) -> None:
         max_json_depth=args.max_json_depth,
         keepalive_interval_secs=args.keepalive_interval,
         default_timeout_secs=args.default_timeout,
+        http_json=args.http_json,
     )
     bound = await server.start(args.address)
     print(f"LISTENING {bound}", flush=True)
@@ -747,6 +749,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tls-client-ca")
     parser.add_argument("--token")
     parser.add_argument("--insecure", action="store_true")
+    parser.add_argument("--http-json", action="store_true")
     parser.add_argument("--max-concurrent-runs", type=int, default=1024)
     parser.add_argument("--max-json-depth", type=int, default=100)
     parser.add_argument("--keepalive-interval", type=float, default=30.0)

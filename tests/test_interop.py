@@ -4,6 +4,8 @@ each side in its own process, over loopback.
 
 - The crate's client against our peer (`tests/peer_app.py`): the harness runs
   each case and reports it; one test per case below.
+- The crate's HTTP/JSON client (`HttpPeerClient`) against our peer's HTTP/JSON
+  routes (`PeerServer(http_json=True)`), with a token: the same cases, one test each.
 - Our client (async, blocking, pool) against the crate's server, which speaks
   v1 only: what it has works, what it lacks fails with PeerUnsupportedError or
   degrades (parent_run releases refs one by one; the pool probes and routes
@@ -71,6 +73,49 @@ def rust_client_results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
 def test_rust_client_against_our_server(rust_client_results: dict[str, Any], case: str) -> None:
     outcome = rust_client_results.get(case)
     assert outcome is not None, f"the harness did not run `{case}`: {rust_client_results}"
+    assert outcome["ok"], f"{case}: {outcome['detail']}"
+
+
+# ---- the crate's HTTP/JSON client -> our server's HTTP/JSON routes ---------
+
+RUST_HTTP_CLIENT_CASES = [
+    "http_pipeline",
+    "http_unknown_step",
+    "http_workflow_error",
+    "http_newer_envelope",
+    "http_remote_refs",
+    "http_deref",
+    "http_release",
+    "http_token_required",
+]
+
+
+@pytest.fixture(scope="module")
+def rust_http_client_results(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, Any]]:
+    """Every case of the crate's `HttpPeerClient`, run once against a peer of ours
+    serving the HTTP/JSON routes behind a token."""
+    token = "interop-" + uuid.uuid4().hex
+    peer = start_peer_process(
+        tmp_path_factory.mktemp("interop-http-peer") / "stderr.txt",
+        "--http-json",
+        "--token",
+        token,
+    )
+    try:
+        yield run_rust_client(peer.address, http=True, token=token)
+    finally:
+        status = peer.stop()
+    assert status == 0, f"our peer ended with status {status}; stderr:\n{peer.stderr()}"
+
+
+@pytest.mark.parametrize("case", RUST_HTTP_CLIENT_CASES)
+def test_rust_http_client_against_our_server(
+    rust_http_client_results: dict[str, Any], case: str
+) -> None:
+    outcome = rust_http_client_results.get(case)
+    assert outcome is not None, f"the harness did not run `{case}`: {rust_http_client_results}"
     assert outcome["ok"], f"{case}: {outcome['detail']}"
 
 

@@ -4,16 +4,20 @@
 //!
 //!     blazen-interop serve [PORT]        # prints `LISTENING 127.0.0.1:PORT`, serves until stdin closes
 //!     blazen-interop client ADDRESS      # runs every case against ADDRESS, one JSON line each
+//!     blazen-interop http-client URL     # the same through the crate's HttpPeerClient (HTTP/JSON);
+//!                                        # sends $BLAZEN_PEER_TOKEN when set
 //!
 //! The client exits 0 when every case passed, 1 when one failed, 2 on bad usage.
 
 mod cases;
+mod http_cases;
 mod serve;
 mod steps;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: blazen-interop serve [PORT] | blazen-interop client http://HOST:PORT";
+const USAGE: &str = "usage: blazen-interop serve [PORT] | blazen-interop client http://HOST:PORT \
+                     | blazen-interop http-client http://HOST:PORT";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -30,6 +34,12 @@ async fn main() -> ExitCode {
             Err(_) => usage(&format!("`{port}` is not a port number")),
         },
         ["client", address] => cases::run(address).await,
+        ["http-client", url] => {
+            let token = std::env::var("BLAZEN_PEER_TOKEN")
+                .ok()
+                .filter(|token| !token.is_empty());
+            http_cases::run(url, token).await
+        }
         _ => usage("expected a command"),
     }
 }

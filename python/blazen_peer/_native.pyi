@@ -283,6 +283,7 @@ class PeerServer:
         ]
         | None = None,
         transport: _TransportOptions | None = None,
+        http_json: bool = False,
     ) -> PeerServer: ...
     @property
     def session_refs(self) -> SessionRefRegistry:

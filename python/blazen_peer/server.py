@@ -102,6 +102,11 @@ class PeerServer:
     (README, "Metrics"); the application chooses where they go by setting a
     MeterProvider (``opentelemetry.metrics.set_meter_provider``), before or
     after the server starts. Nothing is read until the provider collects.
+    HTTP/JSON: with ``http_json=True`` the same port also answers the published
+    Rust crate's ``HttpPeerClient`` (``POST /v1/peer/invoke_sub_workflow``,
+    ``/v1/peer/deref_session_ref``, ``/v1/peer/release_session_ref``; HTTP/1.1
+    or HTTP/2) behind the same token, TLS and limits (README, "HTTP/JSON").
+    Off by default: it opens the peer to plain HTTP clients.
     """
 
     def __init__(
@@ -125,6 +130,7 @@ class PeerServer:
         idle_connection_timeout_secs: float | None = DEFAULT_IDLE_CONNECTION_TIMEOUT_SECS,
         request_body_timeout_secs: float = DEFAULT_REQUEST_BODY_TIMEOUT_SECS,
         max_buffered_request_bytes: int = DEFAULT_MAX_BUFFERED_REQUEST_BYTES,
+        http_json: bool = False,
     ) -> None:
         if tracing and not _tracing.INSTALLED:
             raise ValidationError(
@@ -159,6 +165,7 @@ class PeerServer:
                 request_body_timeout_secs=request_body_timeout_secs,
                 max_buffered_request_bytes=max_buffered_request_bytes,
             ),
+            http_json=http_json,
         )
         self._tls = tls
         self._session_refs = (

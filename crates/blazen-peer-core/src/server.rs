@@ -18,6 +18,7 @@ use tonic_health::ServingStatus;
 use uuid::Uuid;
 
 mod connection;
+mod http_json;
 mod incoming;
 mod lifecycle;
 mod limits;
@@ -130,6 +131,10 @@ pub struct ServerConfig {
     /// Request bytes held at once across all connections for messages still
     /// arriving or being decoded; calls past it are refused as busy.
     pub max_buffered_request_bytes: usize,
+    /// Also answers the HTTP/JSON routes of the published crate's
+    /// `HttpPeerClient` (`POST /v1/peer/...`) on the same port, over HTTP/1.1
+    /// and HTTP/2, behind the same token, TLS and limits; off by default.
+    pub http_json: bool,
 }
 
 impl Default for ServerConfig {
@@ -155,6 +160,7 @@ impl Default for ServerConfig {
             idle_connection_timeout: Some(DEFAULT_IDLE_CONNECTION_TIMEOUT),
             request_body_timeout: DEFAULT_REQUEST_BODY_TIMEOUT,
             max_buffered_request_bytes: DEFAULT_MAX_BUFFERED_REQUEST_BYTES,
+            http_json: false,
         }
     }
 }
@@ -780,6 +786,12 @@ impl RunningServer {
         let limit = config.max_message_bytes;
         let sweeper = tokio::spawn(sweep_leases(config.session_refs.clone()));
         let counters = service.counters.clone();
+        let json_api = config.http_json.then(|| {
+            http_json::JsonApi::new(
+                service.clone(),
+                TokenCheck::new(&config.tokens).counting_refusals(counters.clone()),
+            )
+        });
         let grpc = BlazenPeerServer::new(service)
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
@@ -799,17 +811,19 @@ impl RunningServer {
             node_id.clone(),
             &config,
             routes,
+            json_api,
             counters,
         ));
         log::info!(
             target: TARGET,
             node_id = &*node_id, address:% = local_addr;
-            "peer `{node_id}` serving on {local_addr} ({}, {})",
+            "peer `{node_id}` serving on {local_addr} ({}, {}{})",
             if config.tls.is_some() { "TLS" } else { "plaintext" },
             match config.tokens.len() {
                 0 => "no token",
                 _ => "token required",
-            }
+            },
+            if config.http_json { ", HTTP/JSON routes on" } else { "" }
         );
         let task = tokio::spawn(async move {
             let (stop_tx, stop_rx) = watch::channel(false);

@@ -134,6 +134,7 @@ impl PeerServerRef {
         keepalive_timeout_secs=DEFAULT_KEEPALIVE_TIMEOUT.as_secs_f64(),
         run_started=None,
         transport=None,
+        http_json=false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -150,6 +151,7 @@ impl PeerServerRef {
         keepalive_timeout_secs: f64,
         run_started: Option<Py<PyAny>>,
         transport: Option<TransportOptions>,
+        http_json: bool,
     ) -> PyResult<Self> {
         if node_id.is_empty() {
             return Err(PeerError::Validation("node_id cannot be empty".into())).py_err();
@@ -180,6 +182,7 @@ impl PeerServerRef {
             keepalive_timeout: seconds("keepalive_timeout_secs", keepalive_timeout_secs)?,
             observer: run_started
                 .map(|run_started| Arc::new(PyRunObserver { run_started }) as Arc<dyn RunObserver>),
+            http_json,
             ..ServerConfig::default()
         };
         let config = match transport {

@@ -84,6 +84,12 @@ def add_parser(
         help="allow a non-loopback address without TLS or token",
     )
     parser.add_argument(
+        "--http-json",
+        action="store_true",
+        help="also answer the HTTP/JSON routes (POST /v1/peer/...) of the Rust crate's "
+        "HttpPeerClient on the same port, behind the same token and TLS (default: off)",
+    )
+    parser.add_argument(
         "--grace",
         type=_grace,
         default=DEFAULT_GRACE_SECS,
@@ -375,6 +381,7 @@ async def _serve_peer(args: argparse.Namespace, stop: asyncio.Event) -> None:
         idle_connection_timeout_secs=args.idle_connection_timeout,
         request_body_timeout_secs=args.request_body_timeout,
         max_buffered_request_bytes=args.max_buffered_request_bytes,
+        http_json=args.http_json,
     )
     bound = await server.start(args.listen)
     try:

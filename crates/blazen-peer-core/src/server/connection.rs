@@ -18,6 +18,7 @@ use futures::task::AtomicWaker;
 use hyper::body::{Body as HttpBody, Bytes, Frame, Incoming, SizeHint};
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
@@ -29,6 +30,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 use tower::ServiceExt;
 
+use super::http_json::{is_grpc, JsonApi};
 use super::incoming::Handshake;
 use super::limits::{
     MAX_LOCAL_ERROR_RESET_STREAMS, MAX_PENDING_ACCEPT_RESET_STREAMS, READ_BURST_BYTES,
@@ -58,6 +60,9 @@ pub(crate) struct Transport {
     pub(crate) counters: Arc<ServerCounters>,
     routes: Routes,
     http2: http2::Builder<TokioExecutor>,
+    /// With the HTTP/JSON routes on: HTTP/1.1 too, told from HTTP/2 by the preface.
+    auto: Option<auto::Builder<TokioExecutor>>,
+    json: Option<Arc<JsonApi>>,
     tls: Option<TlsAcceptor>,
     max_stream_tasks: usize,
     handshake_timeout: Duration,
@@ -73,6 +78,7 @@ impl Transport {
         node_id: Arc<str>,
         config: &ServerConfig,
         routes: Routes,
+        json: Option<JsonApi>,
         counters: Arc<ServerCounters>,
     ) -> Self {
         let mut http2 = http2::Builder::new(TokioExecutor::new());
@@ -86,6 +92,25 @@ impl Transport {
             .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
             .keep_alive_interval(config.keepalive_interval)
             .keep_alive_timeout(config.keepalive_timeout);
+        let auto = json.is_some().then(|| {
+            let mut auto = auto::Builder::new(TokioExecutor::new());
+            auto.http2()
+                .timer(TokioTimer::new())
+                .initial_stream_window_size(STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+                .max_frame_size(MAX_FRAME_BYTES)
+                .max_concurrent_streams(config.max_concurrent_streams)
+                .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+                .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
+                .keep_alive_interval(config.keepalive_interval)
+                .keep_alive_timeout(config.keepalive_timeout);
+            // A request's head must arrive within the handshake timeout;
+            // its body then has the body timeout, as over HTTP/2.
+            auto.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(config.handshake_timeout);
+            auto
+        });
         let budget = Arc::new(
             RequestBudget::new(
                 node_id.clone(),
@@ -100,6 +125,8 @@ impl Transport {
             counters,
             routes: routes.prepare(),
             http2,
+            auto,
+            json: json.map(Arc::new),
             tls: config
                 .tls
                 .as_ref()
@@ -129,7 +156,7 @@ impl Transport {
 
     /// A connection ended with an error: the client going away is routine, our
     /// HTTP/2 guards closing it (GOAWAY, e.g. ENHANCE_YOUR_CALM) is not.
-    fn connection_failed(&self, remote: SocketAddr, err: &hyper::Error) {
+    fn connection_failed(&self, remote: SocketAddr, err: &(dyn std::error::Error + 'static)) {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
         while let Some(cause) = source {
             if let Some(h2) = cause.downcast_ref::<h2::Error>() {
@@ -213,7 +240,8 @@ pub(crate) async fn serve_connection(
     drive(&transport, tls, info, remote, deadline, handshake, shutdown).await
 }
 
-/// Serves HTTP/2 on an established (and, under TLS, handshaken) stream.
+/// Serves HTTP/2 (and, with the JSON routes on, HTTP/1.1) on an established
+/// (and, under TLS, handshaken) stream.
 async fn drive<IO>(
     transport: &Arc<Transport>,
     io: IO,
@@ -221,7 +249,7 @@ async fn drive<IO>(
     remote: SocketAddr,
     deadline: Instant,
     handshake: Arc<Handshake>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -229,71 +257,125 @@ async fn drive<IO>(
     let io = ConnIo::new(io, handshake.clone(), streams.clone());
     let service = PeerConnection {
         routes: transport.routes.clone(),
+        json: transport.json.clone(),
         info,
         remote,
         streams: streams.clone(),
         budget: transport.budget.clone(),
     };
-    let conn = transport.http2.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    let preface_timer = tokio::time::sleep_until(deadline);
-    tokio::pin!(preface_timer);
-    let mut awaiting_preface = true;
-    let idle_timer = tokio::time::sleep(transport.idle_timeout.unwrap_or(NEVER));
-    tokio::pin!(idle_timer);
-    let mut closing = false;
-    let close_grace = tokio::time::sleep(NEVER);
-    tokio::pin!(close_grace);
-    let mut idle_closing = false;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(err) = result {
-                    transport.connection_failed(remote, &err);
-                }
-                return;
-            }
-            () = &mut preface_timer, if awaiting_preface => {
-                if !handshake.done.load(Ordering::Acquire) {
-                    transport.handshake_timed_out(remote, "no HTTP/2 preface arrived");
-                    return;
-                }
-                awaiting_preface = false;
-            }
-            () = handshake.evict.notified(), if awaiting_preface => {
-                if !handshake.done.load(Ordering::Acquire) {
-                    transport.evicted(remote);
-                    return;
-                }
-            }
-            () = &mut idle_timer, if transport.idle_timeout.is_some() && !closing => {
-                let timeout = transport.idle_timeout.unwrap_or(NEVER);
-                match streams.idle_for() {
-                    Some(idle) if idle >= timeout => {
-                        log::debug!(
-                            target: TARGET,
-                            node_id = &*transport.node_id;
-                            "closing the connection from {remote}: no call for {} s \
-                             (idle_connection_timeout_secs)",
-                            timeout.as_secs_f64()
-                        );
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                        close_grace.as_mut().reset(Instant::now() + IDLE_CLOSE_GRACE);
-                        idle_closing = true;
+    let watch = Watch {
+        transport,
+        remote,
+        deadline,
+        handshake,
+        streams,
+    };
+    match &transport.auto {
+        Some(auto) => {
+            let conn = auto.serve_connection(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            watch
+                .run(conn, |conn| conn.graceful_shutdown(), shutdown)
+                .await;
+        }
+        None => {
+            let conn = transport.http2.serve_connection(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            watch
+                .run(conn, |conn| conn.graceful_shutdown(), shutdown)
+                .await;
+        }
+    }
+}
+
+/// What watches a connection while hyper serves it.
+struct Watch<'a> {
+    transport: &'a Arc<Transport>,
+    remote: SocketAddr,
+    deadline: Instant,
+    handshake: Arc<Handshake>,
+    streams: Arc<StreamCount>,
+}
+
+impl Watch<'_> {
+    /// Drives `conn` to its end, closing it when the preface is late, when it
+    /// was evicted before its handshake, when idle, and on shutdown.
+    async fn run<C, E>(
+        self,
+        mut conn: Pin<&mut C>,
+        graceful_shutdown: impl Fn(Pin<&mut C>),
+        mut shutdown: watch::Receiver<bool>,
+    ) where
+        C: Future<Output = Result<(), E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Watch {
+            transport,
+            remote,
+            deadline,
+            handshake,
+            streams,
+        } = self;
+        let preface_timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(preface_timer);
+        let mut awaiting_preface = true;
+        let idle_timer = tokio::time::sleep(transport.idle_timeout.unwrap_or(NEVER));
+        tokio::pin!(idle_timer);
+        let mut closing = false;
+        let close_grace = tokio::time::sleep(NEVER);
+        tokio::pin!(close_grace);
+        let mut idle_closing = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(err) = result {
+                        let err: Box<dyn std::error::Error + Send + Sync> = err.into();
+                        transport.connection_failed(remote, &*err);
                     }
-                    Some(idle) => idle_timer.as_mut().reset(Instant::now() + (timeout - idle)),
-                    None => idle_timer.as_mut().reset(Instant::now() + timeout),
+                    return;
                 }
-            }
-            () = &mut close_grace, if idle_closing => {
-                // It had no stream open: nothing is lost by closing it now.
-                return;
-            }
-            changed = shutdown.changed(), if !closing => {
-                if changed.is_err() || *shutdown.borrow() {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
+                () = &mut preface_timer, if awaiting_preface => {
+                    if !handshake.done.load(Ordering::Acquire) {
+                        transport.handshake_timed_out(remote, "no HTTP/2 preface arrived");
+                        return;
+                    }
+                    awaiting_preface = false;
+                }
+                () = handshake.evict.notified(), if awaiting_preface => {
+                    if !handshake.done.load(Ordering::Acquire) {
+                        transport.evicted(remote);
+                        return;
+                    }
+                }
+                () = &mut idle_timer, if transport.idle_timeout.is_some() && !closing => {
+                    let timeout = transport.idle_timeout.unwrap_or(NEVER);
+                    match streams.idle_for() {
+                        Some(idle) if idle >= timeout => {
+                            log::debug!(
+                                target: TARGET,
+                                node_id = &*transport.node_id;
+                                "closing the connection from {remote}: no call for {} s \
+                                 (idle_connection_timeout_secs)",
+                                timeout.as_secs_f64()
+                            );
+                            graceful_shutdown(conn.as_mut());
+                            closing = true;
+                            close_grace.as_mut().reset(Instant::now() + IDLE_CLOSE_GRACE);
+                            idle_closing = true;
+                        }
+                        Some(idle) => idle_timer.as_mut().reset(Instant::now() + (timeout - idle)),
+                        None => idle_timer.as_mut().reset(Instant::now() + timeout),
+                    }
+                }
+                () = &mut close_grace, if idle_closing => {
+                    // It had no stream open: nothing is lost by closing it now.
+                    return;
+                }
+                changed = shutdown.changed(), if !closing => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        graceful_shutdown(conn.as_mut());
+                        closing = true;
+                    }
                 }
             }
         }
@@ -398,6 +480,7 @@ impl Drop for StreamGuard {
 #[derive(Clone)]
 struct PeerConnection {
     routes: Routes,
+    json: Option<Arc<JsonApi>>,
     info: PeerInfo,
     remote: SocketAddr,
     streams: Arc<StreamCount>,
@@ -416,6 +499,17 @@ impl hyper::service::Service<http::Request<Incoming>> for PeerConnection {
         let guard = self.streams.opened();
         let (mut parts, body) = request.into_parts();
         self.info.insert_into(&mut parts.extensions);
+        if let Some(json) = self.json.clone().filter(|_| !is_grpc(&parts.headers)) {
+            let budget = self.budget.clone();
+            let remote = self.remote;
+            return Box::pin(async move {
+                let reply = json.handle(parts, body, budget, remote).await;
+                Ok(reply.into_response().map(|body| TrackedBody {
+                    body,
+                    _guard: guard,
+                }))
+            });
+        }
         let timeout = grpc_timeout(&parts.headers);
         let body = BoundedBody::new(body, self.budget.clone(), Some(self.remote));
         let call = self

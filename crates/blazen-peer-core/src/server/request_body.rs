@@ -361,5 +361,71 @@ where
     }
 }
 
+/// Why a body could not be read whole.
+pub(crate) enum WholeBodyError {
+    /// It is longer than the limit.
+    TooLarge,
+    /// The budget is spent: busy, nothing ran.
+    Refused(Status),
+    /// It paused longer than the body timeout.
+    Stalled(Status),
+    /// The connection failed while it arrived.
+    Read(String),
+}
+
+/// A body read whole, charged against the budget until dropped.
+pub(crate) struct WholeBody {
+    bytes: Vec<u8>,
+    _charge: Charge,
+}
+
+impl WholeBody {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Reads a (non-gRPC) body whole, up to `limit` bytes, each chunk counted
+/// against the budget as it arrives and under the same body timeout as
+/// [`BoundedBody`].
+pub(crate) async fn collect_whole<B>(
+    mut body: B,
+    budget: &Arc<RequestBudget>,
+    remote: Option<SocketAddr>,
+    limit: usize,
+) -> Result<WholeBody, WholeBodyError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut whole = WholeBody {
+        bytes: Vec::new(),
+        _charge: Charge {
+            budget: budget.clone(),
+            bytes: 0,
+        },
+    };
+    loop {
+        let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
+        let frame = match tokio::time::timeout(budget.timeout, next).await {
+            Err(_) => return Err(WholeBodyError::Stalled(budget.stalled(remote))),
+            Ok(None) => return Ok(whole),
+            Ok(Some(Err(err))) => return Err(WholeBodyError::Read(err.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        if whole.bytes.len() + chunk.len() > limit {
+            return Err(WholeBodyError::TooLarge);
+        }
+        if !budget.try_take(chunk.len()) {
+            return Err(WholeBodyError::Refused(budget.refusal(chunk.len(), remote)));
+        }
+        whole._charge.bytes += chunk.len();
+        whole.bytes.extend_from_slice(&chunk);
+    }
+}
+
 #[cfg(test)]
 mod tests;

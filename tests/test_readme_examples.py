@@ -9,7 +9,8 @@ How each kind of block runs:
   Jupyter): ``tests/readme_run.py block`` runs it as ``__main__`` with top-level
   ``await``, nothing predefined, the scenario's directory first on ``sys.path``, and
   checks its claims (``resp.error    # None``: the value must equal the literal).
-* Command lines run as separate processes, split as a shell splits them.
+* Command lines run as separate processes, split as a shell splits them; ``curl``
+  lines (the HTTP/JSON routes) run in bash, which expands their ``$BLAZEN_PEER_TOKEN``.
 
 Each scenario runs in a network namespace of its own ("a machine": loopback with
 127.0.0.1, 10.0.0.5 and 10.0.0.6; an /etc/hosts naming ``peer-b`` and the
@@ -67,6 +68,7 @@ FLEETS = "Fleets: the CLI, pools, health, logs and traces"
 REFS = "Session refs: values that stay on the peer"
 SECURITY = "Security: running peers in production"
 PERFORMANCE = "Performance"
+WIRE = "Wire compatibility"  # its HTTP/JSON subsection
 TOP = "blazen-peer"
 
 # --- the README's blocks ---
@@ -144,6 +146,7 @@ COVERED = {
     (SECURITY, 0): "test_security",
     (SECURITY, 1): "test_security",
     (PERFORMANCE, 0): "test_benchmark_command",
+    (WIRE, 0): "test_http_json_curl",
 }
 
 
@@ -525,6 +528,36 @@ def test_security(machine: Callable[..., Machine]) -> None:
     host.wait_serving("https://peer-b:50051", "secure_peer", *tls)
     host.run_block(caller)
     assert_stopped_cleanly(host, "secure_peer", signal.SIGINT)
+
+
+@pytest.mark.timeout(SCENARIO_SECS)
+def test_http_json_curl(machine: Callable[..., Machine]) -> None:
+    """`serve --http-json`, then each `curl` line as a shell runs it (it expands
+    `$BLAZEN_PEER_TOKEN`, which the machine sets), checking what it prints."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    (block,) = blocks_of(WIRE, 1)
+    host = cli_machine(machine)
+    serve, *curls = block.command_lines()
+    assert serve.startswith("blazen-peer serve ") and "--http-json" in serve, serve
+    assert curls and all(line.startswith("curl ") for line in curls), curls
+    host.spawn("serve", shlex.split(serve, comments=True))
+    host.wait_serving("http://127.0.0.1:7443", "serve")
+    for line in curls:
+        result = host.run(["bash", "-c", line], timeout=60)
+        assert result.returncode == 0, (
+            f"`{line}` exited with {result.returncode}\n--- stdout:\n{result.stdout}"
+            f"--- stderr:\n{result.stderr}\n{host.outputs()}"
+        )
+        answer = json.loads(result.stdout)
+        if "/invoke_sub_workflow" in line:
+            assert answer["error"] is None, answer
+            result_json = json.loads(bytes(answer["result_json"]))
+            assert result_json == {"words": 1, "summary": "hi"}, answer
+        else:
+            # The line's comment says what it prints.
+            assert answer == json.loads(line.rpartition("#")[2]), (line, answer)
+    assert_stopped_cleanly(host, "serve", signal.SIGTERM)
 
 
 # --- the command lines that install or measure ---

@@ -407,6 +407,10 @@ mod tests {
             request.ref_uuid.to_string(),
             "67e55044-10b1-426f-9247-bb680e5fe0c8"
         );
+        // A bytes field may also be given as a string (curl users): its UTF-8 bytes.
+        let typed = br#"{"envelope_version":1,"workflow_name":"w","step_ids":[],"input_json":"{\"a\": 1}","timeout_secs":5}"#;
+        let request: SubWorkflowRequest = serde_json::from_slice(typed).unwrap();
+        assert_eq!(request.input_json, br#"{"a": 1}"#);
         let response = DerefResponse {
             envelope_version: 1,
             payload: vec![1, 2],

@@ -268,3 +268,54 @@ async fn each_arriving_chunk_restarts_the_stall_timeout() {
     }
     assert_eq!(seen, [header(3), b"aaa".to_vec()].concat());
 }
+
+// --- whole (HTTP/JSON) bodies ---
+
+#[tokio::test]
+async fn a_whole_body_is_read_and_charged_until_dropped() {
+    let budget = budget(MIB);
+    let steps = vec![Step::Data(b"{\"a\":"), Step::Data(b"1}")];
+    let whole = super::collect_whole(Script(steps.into()), &budget, None, 100)
+        .await
+        .ok()
+        .expect("read whole");
+    assert_eq!(whole.bytes(), b"{\"a\":1}");
+    assert_eq!(budget.used(), 7);
+    drop(whole);
+    assert_eq!(budget.used(), 0);
+}
+
+#[tokio::test]
+async fn a_whole_body_over_its_limit_is_too_large_and_gives_its_bytes_back() {
+    let budget = budget(MIB);
+    let steps = vec![Step::Data(b"0123456789"), Step::Data(b"0123456789")];
+    let result = super::collect_whole(Script(steps.into()), &budget, None, 15).await;
+    assert!(matches!(result, Err(super::WholeBodyError::TooLarge)));
+    assert_eq!(budget.used(), 0);
+}
+
+#[tokio::test]
+async fn a_whole_body_past_the_budget_is_refused_as_busy() {
+    let budget = budget(8);
+    let steps = vec![Step::Data(b"0123456789")];
+    match super::collect_whole(Script(steps.into()), &budget, None, 100).await {
+        Err(super::WholeBodyError::Refused(status)) => {
+            assert_eq!(status.code(), Code::ResourceExhausted);
+        }
+        _ => panic!("expected a busy refusal"),
+    }
+    assert_eq!(budget.used(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_whole_body_that_stalls_fails_after_the_body_timeout() {
+    let budget = budget(MIB);
+    let steps = vec![Step::Data(b"{"), Step::Pending, Step::Pending, Step::Pending];
+    match super::collect_whole(Script(steps.into()), &budget, None, 100).await {
+        Err(super::WholeBodyError::Stalled(status)) => {
+            assert_eq!(status.code(), Code::DeadlineExceeded);
+        }
+        _ => panic!("expected a stall"),
+    }
+    assert_eq!(budget.used(), 0);
+}

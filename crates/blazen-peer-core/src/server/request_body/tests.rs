@@ -310,7 +310,12 @@ async fn a_whole_body_past_the_budget_is_refused_as_busy() {
 #[tokio::test(start_paused = true)]
 async fn a_whole_body_that_stalls_fails_after_the_body_timeout() {
     let budget = budget(MIB);
-    let steps = vec![Step::Data(b"{"), Step::Pending, Step::Pending, Step::Pending];
+    let steps = vec![
+        Step::Data(b"{"),
+        Step::Pending,
+        Step::Pending,
+        Step::Pending,
+    ];
     match super::collect_whole(Script(steps.into()), &budget, None, 100).await {
         Err(super::WholeBodyError::Stalled(status)) => {
             assert_eq!(status.code(), Code::DeadlineExceeded);

@@ -9,6 +9,7 @@
 //!
 //! The client exits 0 when every case passed, 1 when one failed, 2 on bad usage.
 
+mod calls;
 mod cases;
 mod http_cases;
 mod serve;

@@ -27,6 +27,47 @@ pub(crate) trait PeerCalls {
     fn says(&self, error: &str, refusal: Refusal) -> bool;
 }
 
+/// The three calls of a client of the crate, which both clients name alike;
+/// `$says` is how that client words a refusal.
+macro_rules! impl_peer_calls {
+    ($client:ty, $says:expr) => {
+        impl $crate::calls::PeerCalls for $client {
+            async fn invoke(
+                &mut self,
+                request: blazen_peer::protocol::SubWorkflowRequest,
+            ) -> Result<blazen_peer::protocol::SubWorkflowResponse, String> {
+                self.invoke_sub_workflow(request)
+                    .await
+                    .map_err(|err| err.to_string())
+            }
+
+            async fn deref(
+                &mut self,
+                key: blazen_core::session_ref::RegistryKey,
+            ) -> Result<Vec<u8>, String> {
+                self.deref_session_ref(key)
+                    .await
+                    .map_err(|err| err.to_string())
+            }
+
+            async fn release(
+                &mut self,
+                key: blazen_core::session_ref::RegistryKey,
+            ) -> Result<bool, String> {
+                self.release_session_ref(key)
+                    .await
+                    .map_err(|err| err.to_string())
+            }
+
+            fn says(&self, error: &str, refusal: $crate::calls::Refusal) -> bool {
+                let says: fn(&str, $crate::calls::Refusal) -> bool = $says;
+                says(error, refusal)
+            }
+        }
+    };
+}
+pub(crate) use impl_peer_calls;
+
 /// Prints one JSON line per case and remembers whether all passed.
 pub(crate) struct Report {
     prefix: &'static str,

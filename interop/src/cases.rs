@@ -5,13 +5,11 @@
 
 use std::process::ExitCode;
 
-use blazen_core::session_ref::RegistryKey;
 use blazen_peer::client::BlazenPeerClient;
-use blazen_peer::protocol::{SubWorkflowRequest, SubWorkflowResponse};
 use serde_json::json;
 use tonic::Code;
 
-use crate::calls::{invoke, run_common, succeeded, Outcome, PeerCalls, Refusal, Report};
+use crate::calls::{impl_peer_calls, invoke, run_common, succeeded, Outcome, Refusal, Report};
 
 /// Every case, in order.
 pub async fn run(address: &str) -> ExitCode {
@@ -36,34 +34,16 @@ pub async fn run(address: &str) -> ExitCode {
     }
 }
 
-impl PeerCalls for BlazenPeerClient {
-    async fn invoke(&mut self, request: SubWorkflowRequest) -> Result<SubWorkflowResponse, String> {
-        self.invoke_sub_workflow(request)
-            .await
-            .map_err(|err| err.to_string())
-    }
+impl_peer_calls!(BlazenPeerClient, says);
 
-    async fn deref(&mut self, key: RegistryKey) -> Result<Vec<u8>, String> {
-        self.deref_session_ref(key)
-            .await
-            .map_err(|err| err.to_string())
-    }
-
-    async fn release(&mut self, key: RegistryKey) -> Result<bool, String> {
-        self.release_session_ref(key)
-            .await
-            .map_err(|err| err.to_string())
-    }
-
-    /// The crate's client reports a status as text only: its code's
-    /// description (tonic's `Display`) and its message.
-    fn says(&self, error: &str, refusal: Refusal) -> bool {
-        let code = match refusal {
-            Refusal::NotFound => Code::NotFound,
-            Refusal::FailedPrecondition => Code::FailedPrecondition,
-        };
-        error.contains(code.description())
-    }
+/// The crate's client reports a status as text only: its code's
+/// description (tonic's `Display`) and its message.
+fn says(error: &str, refusal: Refusal) -> bool {
+    let code = match refusal {
+        Refusal::NotFound => Code::NotFound,
+        Refusal::FailedPrecondition => Code::FailedPrecondition,
+    };
+    error.contains(code.description())
 }
 
 /// Public state keys are exported; `_` keys are not.

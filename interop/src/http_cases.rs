@@ -11,16 +11,14 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use blazen_core::session_ref::RegistryKey;
 use blazen_llm::error::BlazenError;
 use blazen_llm::http::{ByteStream, HttpClient, HttpMethod, HttpRequest, HttpResponse};
 use blazen_peer::http_client::HttpPeerClient;
-use blazen_peer::protocol::{SubWorkflowRequest, SubWorkflowResponse};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::calls::{invoke, run_common, Outcome, PeerCalls, Refusal, Report};
+use crate::calls::{impl_peer_calls, invoke, run_common, Outcome, Refusal, Report};
 
 /// Every case, in order; with a token, also the call that lacks it.
 pub async fn run(base_url: &str, token: Option<String>) -> ExitCode {
@@ -45,33 +43,15 @@ pub async fn run(base_url: &str, token: Option<String>) -> ExitCode {
     }
 }
 
-impl PeerCalls for HttpPeerClient {
-    async fn invoke(&mut self, request: SubWorkflowRequest) -> Result<SubWorkflowResponse, String> {
-        self.invoke_sub_workflow(request)
-            .await
-            .map_err(|err| err.to_string())
-    }
+impl_peer_calls!(HttpPeerClient, says);
 
-    async fn deref(&mut self, key: RegistryKey) -> Result<Vec<u8>, String> {
-        self.deref_session_ref(key)
-            .await
-            .map_err(|err| err.to_string())
-    }
-
-    async fn release(&mut self, key: RegistryKey) -> Result<bool, String> {
-        self.release_session_ref(key)
-            .await
-            .map_err(|err| err.to_string())
-    }
-
-    /// Our peer answers a refused call with gRPC's status as its HTTP kin.
-    fn says(&self, error: &str, refusal: Refusal) -> bool {
-        let status = match refusal {
-            Refusal::NotFound => "HTTP 404",
-            Refusal::FailedPrecondition => "HTTP 400",
-        };
-        error.contains(status)
-    }
+/// Our peer answers a refused call with gRPC's status as its HTTP kin.
+fn says(error: &str, refusal: Refusal) -> bool {
+    let status = match refusal {
+        Refusal::NotFound => "HTTP 404",
+        Refusal::FailedPrecondition => "HTTP 400",
+    };
+    error.contains(status)
 }
 
 /// Without the peer's token: 401, and nothing ran.

@@ -18,19 +18,18 @@ use crate::error::PeerError;
 use crate::event_stream::StreamedEvent;
 use crate::pb::blazen_peer_client::BlazenPeerClient;
 use crate::pb::{PostcardRequest, PostcardResponse};
-use crate::server::{
-    CONNECTION_WINDOW_BYTES, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
-    DEFAULT_MAX_MESSAGE_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES,
-};
 use crate::tls::{handshake_failure, ClientTls};
 use crate::tls_connector;
 use crate::trace::TraceContext;
+use crate::transport::{
+    CONNECTION_WINDOW_BYTES, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES,
+};
 
 /// Locally reset streams whose late frames h2 ignores quietly (see `connect`).
 const CANCELLED_STREAMS_REMEMBERED: usize = 4096;
 
-/// Metadata key carrying the caller's node id, for the peer's logs.
-pub const NODE_ID_HEADER: &str = "x-blazen-node-id";
+pub use crate::transport::NODE_ID_HEADER;
 
 /// Longest run deadline the client mirrors as a gRPC deadline (ten years).
 const MAX_CLIENT_DEADLINE_SECS: u64 = 10 * 365 * 24 * 3600;

@@ -17,6 +17,7 @@ use serde_bytes::ByteBuf;
 use uuid::Uuid;
 
 use crate::error::PeerError;
+pub use crate::failure::{FailureKind, NotFoundDetail, WorkflowFailure};
 
 /// The newest payload version this build speaks; older ones are accepted.
 pub const ENVELOPE_VERSION: u32 = 1;
@@ -240,83 +241,8 @@ pub struct ReleaseResponse {
     pub released: bool,
 }
 
-/// Why a workflow failed, in machine-readable form (response extension tag 1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkflowFailure {
-    /// What went wrong; see [`FailureKind`].
-    pub kind: FailureKind,
-    /// Human-readable summary, the same text as `SubWorkflowResponse.error`.
-    pub message: String,
-    /// Class name of the exception a step raised.
-    pub remote_type: Option<String>,
-    /// Formatted traceback of that exception, on the peer.
-    pub remote_traceback: Option<String>,
-    /// The step that failed, if one did.
-    pub step_id: Option<String>,
-    /// The node the run executed on.
-    pub node_id: String,
-}
-
 impl Extension for WorkflowFailure {
     const TAG: u32 = 1;
-}
-
-/// Category of a workflow failure; travels as its name (a string), so peers in
-/// other languages can read it and a newer peer can add kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(into = "String", from = "String")]
-pub enum FailureKind {
-    /// A step raised.
-    StepFailed,
-    /// Every step finished and none emitted a StopEvent.
-    NoStopEvent,
-    /// An event was emitted that no step of the workflow accepts.
-    NoAcceptingStep,
-    /// The run passed its deadline and was stopped.
-    Timeout,
-    /// The run was cancelled before it finished.
-    Cancelled,
-    /// The StopEvent's result could not be encoded as JSON.
-    ResultNotJson,
-    /// A kind this build does not know (sent by a newer peer).
-    Other,
-}
-
-impl FailureKind {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureKind::StepFailed => "StepFailed",
-            FailureKind::NoStopEvent => "NoStopEvent",
-            FailureKind::NoAcceptingStep => "NoAcceptingStep",
-            FailureKind::Timeout => "Timeout",
-            FailureKind::Cancelled => "Cancelled",
-            FailureKind::ResultNotJson => "ResultNotJson",
-            FailureKind::Other => "Other",
-        }
-    }
-}
-
-impl From<FailureKind> for String {
-    fn from(kind: FailureKind) -> Self {
-        kind.as_str().to_owned()
-    }
-}
-
-impl From<String> for FailureKind {
-    fn from(name: String) -> Self {
-        [
-            FailureKind::StepFailed,
-            FailureKind::NoStopEvent,
-            FailureKind::NoAcceptingStep,
-            FailureKind::Timeout,
-            FailureKind::Cancelled,
-            FailureKind::ResultNotJson,
-        ]
-        .into_iter()
-        .find(|kind| kind.as_str() == name)
-        .unwrap_or(FailureKind::Other)
-    }
 }
 
 /// The caller's parent run (request extension tag 1): session refs created with
@@ -472,17 +398,6 @@ pub struct WorkflowInfo {
     pub name: String,
     /// Its steps, in order.
     pub step_ids: Vec<String>,
-}
-
-/// Status details of NOT_FOUND for unknown steps or workflows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NotFoundDetail {
-    /// The missing step id, or workflow name when `is_workflow`.
-    pub missing: String,
-    /// True when a workflow name (not a step id) was unknown.
-    pub is_workflow: bool,
-    /// What the peer has registered of that kind.
-    pub registered: Vec<String>,
 }
 
 /// One item of a `StreamSubWorkflowEvents` stream: an event a step wrote with

@@ -2,7 +2,7 @@
 
 use tonic::{Code, Status};
 
-use crate::envelope::{FailureKind, NotFoundDetail, WorkflowFailure};
+use crate::failure::{FailureKind, NotFoundDetail, WorkflowFailure};
 
 /// Every failure the core reports.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod event_stream;
+mod failure;
 pub mod limits;
 pub mod log_limit;
 pub mod log_target;
@@ -23,6 +24,7 @@ pub mod session_refs;
 pub mod tls;
 mod tls_connector;
 pub mod trace;
+mod transport;
 
 /// Code generated from `proto/blazen_peer.proto`.
 pub mod pb {

@@ -55,30 +55,23 @@ use crate::runner::run_workflow;
 use crate::session_refs::{RefUsage, SessionRef, SessionRefRegistry};
 use crate::tls::ServerTls;
 use crate::trace::TraceContext;
+use crate::transport::NODE_ID_HEADER;
 use lifecycle::Lifecycle;
 pub(crate) use metrics::ServerCounters;
 use stream_feed::StreamFeed;
 
-/// Default bound on one gRPC message, both directions.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+pub use crate::transport::{
+    CONNECTION_WINDOW_BYTES, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES,
+};
+
 /// Size of the pieces `DerefSessionRefChunks` sends.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// Pieces a deref stream may have queued ahead of the network.
 const CHUNKS_IN_FLIGHT: usize = 4;
-/// HTTP/2 flow-control windows: large enough that big values stream at memory speed.
-pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
-/// Connection-wide HTTP/2 window.
-pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
-/// Largest HTTP/2 frame we accept: at the 16 KiB default a 1 GiB value takes
-/// ~130,000 reads; at 1 MiB, ~1,000.
-pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
 
 /// Default bound on runs in progress at once; beyond it calls get RESOURCE_EXHAUSTED.
 pub const DEFAULT_MAX_CONCURRENT_RUNS: usize = 1024;
-/// Default HTTP/2 keepalive: a ping after this much silence on a connection...
-pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-/// ...which must be answered within this long, or the connection is dropped.
-pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Once the grace period is over and runs are cancelled, how long their
 /// replies (and streams such as a deref in progress) get to go out before the
 /// connections are closed.
@@ -559,7 +552,7 @@ fn caller_of<T>(request: &Request<T>) -> Caller {
     let mut caller = Caller::new(
         request
             .metadata()
-            .get(crate::client::NODE_ID_HEADER)
+            .get(NODE_ID_HEADER)
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned),
         request.peer_certs(),

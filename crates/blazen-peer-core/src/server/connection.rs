@@ -39,8 +39,9 @@ use super::limits::{
 use super::log_throttle::{more, Throttle};
 use super::metrics::ServerCounters;
 use super::request_body::{BoundedBody, RequestBudget};
-use super::{ServerConfig, CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES};
+use super::ServerConfig;
 use crate::log_target::TARGET;
+use crate::transport::{CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES};
 
 /// The client's HTTP/2 connection preface, `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`:
 /// a connection that sent this much (after TLS) completed its handshake.

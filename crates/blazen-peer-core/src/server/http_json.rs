@@ -186,7 +186,7 @@ impl JsonApi {
         let mut metadata = MetadataMap::from_headers(parts.headers.clone());
         if let Some(node) = parts.headers.get(HTTP_NODE_ID_HEADER) {
             if let Ok(value) = MetadataValue::try_from(node.as_bytes()) {
-                metadata.insert(crate::client::NODE_ID_HEADER, value);
+                metadata.insert(crate::transport::NODE_ID_HEADER, value);
             }
         }
         let mut call = Request::new(());

@@ -1,6 +1,5 @@
 //! A real server and client over loopback: protocol, status codes and mapping.
 
-use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,20 +32,10 @@ use uuid::Uuid;
 
 type StepResult = Result<StepOutput, StepFailure>;
 
-struct FnStep<F>(F);
-
-impl<F> StepHandler for FnStep<F>
-where
-    F: Fn(RunContext, Event) -> BoxFuture<'static, StepResult> + Send + Sync + 'static,
-{
-    fn invoke(&self, ctx: RunContext, event: Event) -> BoxFuture<'static, StepResult> {
-        (self.0)(ctx, event)
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
+// The closure-backed step handler (one copy, shared with the other Rust tests).
+#[path = "support/fn_step.rs"]
+mod fn_step;
+use fn_step::FnStep;
 
 fn register<F>(registry: &StepRegistry, id: &str, accepts: &[&str], f: F)
 where

@@ -464,6 +464,7 @@ fn every_failure_kind_round_trips() {
         FailureKind::Timeout,
         FailureKind::Cancelled,
         FailureKind::ResultNotJson,
+        FailureKind::Other,
     ] {
         let failure = WorkflowFailure {
             kind,
@@ -659,91 +660,10 @@ fn unknown_step_details_are_the_ones_the_proto_documents() {
 // Property tests
 // ---------------------------------------------------------------------------
 
-fn arb_request() -> impl Strategy<Value = SubWorkflowRequest> {
-    (
-        0u32..=ENVELOPE_VERSION,
-        any::<String>(),
-        proptest::collection::vec(any::<String>(), 0..4),
-        proptest::collection::vec(any::<u8>(), 0..64),
-        any::<Option<u64>>(),
-    )
-        .prop_map(
-            |(envelope_version, workflow_name, step_ids, input_json, timeout_secs)| {
-                SubWorkflowRequest {
-                    envelope_version,
-                    workflow_name,
-                    step_ids,
-                    input_json,
-                    timeout_secs,
-                }
-            },
-        )
-}
-
-fn arb_bytebuf() -> impl Strategy<Value = ByteBuf> {
-    proptest::collection::vec(any::<u8>(), 0..32).prop_map(ByteBuf::from)
-}
-
-fn arb_descriptor() -> impl Strategy<Value = RemoteRefDescriptor> {
-    (any::<String>(), any::<String>(), any::<u64>()).prop_map(
-        |(origin_node_id, type_tag, created_at_epoch_ms)| RemoteRefDescriptor {
-            origin_node_id,
-            type_tag,
-            created_at_epoch_ms,
-        },
-    )
-}
-
-fn arb_response() -> impl Strategy<Value = SubWorkflowResponse> {
-    (
-        0u32..=ENVELOPE_VERSION,
-        proptest::collection::btree_map(any::<String>(), arb_bytebuf(), 0..4),
-        proptest::option::of(arb_bytebuf()),
-        proptest::collection::btree_map(
-            any::<[u8; 16]>().prop_map(Uuid::from_bytes),
-            arb_descriptor(),
-            0..3,
-        ),
-        any::<Option<String>>(),
-    )
-        .prop_map(
-            |(envelope_version, state_json, result_json, remote_refs, error)| SubWorkflowResponse {
-                envelope_version,
-                state_json,
-                result_json,
-                remote_refs,
-                error,
-            },
-        )
-}
-
-fn arb_failure() -> impl Strategy<Value = WorkflowFailure> {
-    (
-        prop_oneof![
-            Just(FailureKind::StepFailed),
-            Just(FailureKind::NoStopEvent),
-            Just(FailureKind::NoAcceptingStep),
-            Just(FailureKind::Timeout),
-            Just(FailureKind::Cancelled),
-            Just(FailureKind::ResultNotJson),
-        ],
-        any::<String>(),
-        any::<Option<String>>(),
-        any::<Option<String>>(),
-        any::<Option<String>>(),
-        any::<String>(),
-    )
-        .prop_map(
-            |(kind, message, remote_type, remote_traceback, step_id, node_id)| WorkflowFailure {
-                kind,
-                message,
-                remote_type,
-                remote_traceback,
-                step_id,
-                node_id,
-            },
-        )
-}
+// The payload strategies (one copy, shared with tests/fuzz_decoders.rs).
+#[path = "../../tests/support/strategies.rs"]
+mod strategies;
+use strategies::{arb_failure, arb_request, arb_response};
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]

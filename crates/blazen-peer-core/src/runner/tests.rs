@@ -1,6 +1,5 @@
 use super::*;
 
-use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -17,21 +16,10 @@ use crate::registry::StepHandler;
 
 type StepResult = Result<StepOutput, StepFailure>;
 
-/// A step handler backed by a closure returning a boxed future.
-struct FnStep<F>(F);
-
-impl<F> StepHandler for FnStep<F>
-where
-    F: Fn(RunContext, Event) -> BoxFuture<'static, StepResult> + Send + Sync + 'static,
-{
-    fn invoke(&self, ctx: RunContext, event: Event) -> BoxFuture<'static, StepResult> {
-        (self.0)(ctx, event)
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
+// The closure-backed step handler (one copy, shared with the other Rust tests).
+#[path = "../../tests/support/fn_step.rs"]
+mod fn_step;
+use fn_step::FnStep;
 
 fn step<F>(id: &str, accepts: &[&str], f: F) -> Step
 where

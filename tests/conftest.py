@@ -271,13 +271,13 @@ async def run_call_peer(*args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-# --- probes: what a run did, as peer_app's `probe::status` step reports it ---
+# --- probes: what a run did, as the `probe::status` step (steps_probes.py) reports it ---
 
 PROBE_DEADLINE_SECS = 5.0
 
 
 def new_tag() -> str:
-    """A fresh probe tag (peer_app keys its probe records by tag)."""
+    """A fresh probe tag (steps_probes keys its probe records by tag)."""
     return uuid.uuid4().hex
 
 

@@ -1,4 +1,5 @@
-"""Events that peer_app's streaming steps write and the tests receive.
+"""Events that the peer's streaming steps write (steps_streaming.py, steps_probes.py)
+and the tests receive.
 
 Both sides import this module (like ref_support.py), so each process defines each
 wire name once and the tests' process knows these types: they arrive as these

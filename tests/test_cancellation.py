@@ -1,6 +1,6 @@
 """Cancelling remote runs: the caller's task, a deadline, a killed client process,
 Ctrl-C in a blocking call. Each test watches the run from inside the peer through
-peer_app's probe steps (`probe::long_async` / `probe::long_sync` record when they
+the probe steps of tests/steps_probes.py (`probe::long_async` / `probe::long_sync` record when they
 start and how they end; `probe::status` reports that, whether the ref the run
 inserted is still held, and the server's stats). The module has a peer of its
 own, so the stats move only with these tests' runs.
@@ -112,10 +112,13 @@ async def test_a_run_past_timeout_secs_is_cancelled_on_the_peer(
             module_client.run_remote_workflow("deadline", [step_id], {"tag": tag}, timeout_secs=1),
             timeout=10,
         )
-    elapsed = time.monotonic() - started
-    assert 0.9 < elapsed < 4, elapsed
+    # Not before the 1 s deadline (a lower bound, which a loaded machine only makes
+    # longer). What ended the call is the peer's deadline, not the 10 s guard: a
+    # PeerTimeoutError naming 1s, and runs_timed_out counts it (below).
+    assert time.monotonic() - started > 0.9
     assert excinfo.value.kind == "Timeout"
     assert isinstance(excinfo.value, TimeoutError)
+    assert "1s" in str(excinfo.value), excinfo.value
     status = await wait_for_probe(
         probe_client,
         tag,
@@ -137,8 +140,9 @@ async def test_the_servers_default_deadline_ends_a_call_without_timeout_secs(
                 client.run_remote_workflow("deadline", ["probe::long_async"], {"tag": tag}),
                 timeout=10,
             )
-        elapsed = time.monotonic() - started
-        assert 0.9 < elapsed < 4, elapsed
+        # Not before the 1 s default deadline; the peer's deadline, not the 10 s guard,
+        # ended it: a PeerTimeoutError, and runs_timed_out counts it (below).
+        assert time.monotonic() - started > 0.9
         status = await wait_for_probe(
             client,
             tag,

@@ -134,25 +134,33 @@ async def test_public_state_is_exported_and_private_keys_stay_on_the_peer(
 
 
 async def test_100_concurrent_calls_on_one_client_overlap(client: PeerClient) -> None:
-    # Each call spends 0.5 s in `test::slow`; serialized, 100 calls take >= 50 s.
-    started = time.monotonic()
+    # `test::meet` returns only once all 100 runs are in the step at the same time;
+    # calls that did not overlap would never meet (the step fails after 20 s).
+    name = f"overlap-{uuid.uuid4()}"
     results = await asyncio.gather(
-        *(client.run_remote_workflow("slow", ["test::slow"], {"i": i}) for i in range(100))
+        *(
+            client.run_remote_workflow(
+                "meet", ["test::meet"], {"name": name, "parties": 100, "i": i}
+            )
+            for i in range(100)
+        )
     )
-    elapsed = time.monotonic() - started
-    assert results == [{"i": i} for i in range(100)]
-    assert elapsed < 10, f"100 calls of a 0.5 s step took {elapsed:.1f}s; they did not overlap"
+    assert results == list(range(100))
 
 
 async def test_sync_steps_of_concurrent_calls_overlap(client: PeerClient) -> None:
-    # `test::sync_slow` blocks a worker thread for 0.5 s; serialized, 10 calls take >= 5 s.
-    started = time.monotonic()
+    # `test::sync_meet` blocks its worker thread on a barrier of 10: the 10 sync steps
+    # must block their threads at the same time, or the barrier breaks after 20 s.
+    name = f"sync-overlap-{uuid.uuid4()}"
     results = await asyncio.gather(
-        *(client.run_remote_workflow("sync-slow", ["test::sync_slow"], i) for i in range(10))
+        *(
+            client.run_remote_workflow(
+                "sync-meet", ["test::sync_meet"], {"name": name, "parties": 10, "i": i}
+            )
+            for i in range(10)
+        )
     )
-    elapsed = time.monotonic() - started
     assert results == list(range(10))
-    assert elapsed < 4, f"10 calls of a blocking 0.5 s step took {elapsed:.1f}s"
 
 
 # --- lifecycle and properties ---
@@ -325,7 +333,9 @@ async def test_a_peer_that_stops_answering_cannot_hang_the_caller(
         elapsed = time.monotonic() - started
     finally:
         peer.proc.send_signal(signal.SIGCONT)
-    assert 5.5 < elapsed < 15, elapsed
+    # The deadline has its 5 s grace (a lower bound only grows on a loaded machine); the
+    # client's deadline, not the 30 s guard, ended the call: "Timeout expired" above.
+    assert elapsed > 5.5, elapsed
     await client.close()
 
 

@@ -299,7 +299,7 @@ async def test_a_raising_step_comes_back_as_workflow_error_with_remote_details(
     assert err.remote_traceback is not None
     assert "boom" in err.remote_traceback
     assert 'raise ValueError("boom")' in err.remote_traceback
-    assert "peer_app.py" in err.remote_traceback
+    assert "steps_core.py" in err.remote_traceback
     assert "test::boom" in str(err) and "ValueError: boom" in str(err)
 
 
@@ -389,7 +389,10 @@ async def test_timeout_raises_peer_timeout_error_and_the_peer_keeps_serving(
     assert err.failure_kind == "Timeout"
     assert err.node_id == "node-b"
     assert "sleepy" in str(err) and "1s" in str(err)
-    assert 0.9 < elapsed < 5
+    # Not before the deadline (a lower bound only grows on a loaded machine); that the
+    # deadline ended it, not the step (which sleeps 30 s and then returns), is the
+    # PeerTimeoutError itself.
+    assert elapsed > 0.9, elapsed
     # Same client, same peer: still serving.
     assert (await client.run_remote_workflow("wf", ["test::echo"], "after"))["data"] == "after"
 

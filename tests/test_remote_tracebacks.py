@@ -82,7 +82,7 @@ async def test_the_callers_traceback_has_no_frames_of_the_package(
     (boom,) = await _boom(peer_process.address)
     assert boom.remote_traceback is not None
     assert boom.remote_traceback.startswith(TRACEBACK_HEADER), boom.remote_traceback
-    assert 'peer_app.py", line' in boom.remote_traceback
+    assert 'steps_core.py", line' in boom.remote_traceback
     assert "in boom" in boom.remote_traceback
     _assert_no_own_frames(boom.remote_traceback)
     for step_id, function in (
@@ -146,7 +146,7 @@ async def test_call_prints_the_peers_traceback_with_verbose(peer_process: PeerPr
     assert verbose.returncode == 1, verbose.stderr
     assert "blazen-peer: the peer's traceback of step `test::boom`" in verbose.stderr
     assert TRACEBACK_HEADER in verbose.stderr, verbose.stderr
-    assert 'peer_app.py", line' in verbose.stderr, verbose.stderr
+    assert 'steps_core.py", line' in verbose.stderr, verbose.stderr
     assert 'raise ValueError("boom")' in verbose.stderr, verbose.stderr
     assert "ValueError: boom" in verbose.stderr
     assert "-v shows" not in verbose.stderr

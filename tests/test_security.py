@@ -143,8 +143,13 @@ async def test_mtls_call_reaches_the_step_with_the_callers_verified_identity(
 async def test_mtls_by_dns_name_and_with_an_explicit_domain(
     mtls_peer: PeerProcess, pki: Pki
 ) -> None:
-    await connect_and_mark(https(mtls_peer, "localhost"), "by-dns", tls=client_tls(pki))
-    await connect_and_mark(https(mtls_peer), "by-domain", tls=client_tls(pki, domain="peer-b.test"))
+    by_dns = await connect_and_mark(https(mtls_peer, "localhost"), "by-dns", tls=client_tls(pki))
+    by_domain = await connect_and_mark(
+        https(mtls_peer), "by-domain", tls=client_tls(pki, domain="peer-b.test")
+    )
+    for result in (by_dns, by_domain):
+        assert result["caller_node_id"] == "node-a", result
+        assert result["peer_identity"]["common_name"] == "node-a", result
 
 
 @pytest.mark.parametrize(
@@ -176,7 +181,7 @@ async def test_refused_tls_clients_get_tls_error_and_never_reach_the_step(
         https(mtls_peer), node_id="node-a", tls=client_tls(pki)
     ) as good:
         assert case not in await marks(good)
-        await mark(good, "still-serving")
+        assert (await mark(good, "still-serving"))["caller_node_id"] == "node-a"
     mtls_peer.check_alive()
 
 
@@ -308,9 +313,14 @@ async def test_the_right_token_is_accepted_from_the_argument_or_the_environment(
 ) -> None:
     address, options = guarded
     monkeypatch.delenv("BLAZEN_PEER_TOKEN", raising=False)
-    await connect_and_mark(address, "token-arg", token=TOKEN, **options)
+    by_arg = await connect_and_mark(address, "token-arg", token=TOKEN, **options)
+    assert by_arg["caller_node_id"] == "node-a", by_arg
     monkeypatch.setenv("BLAZEN_PEER_TOKEN", TOKEN)
-    await connect_and_mark(address, "token-env", **options)
+    by_env = await connect_and_mark(address, "token-env", **options)
+    assert by_env["caller_node_id"] == "node-a", by_env
+    async with await PeerClient.connect(address, node_id="node-a", **options) as client:
+        counted = await marks(client)
+    assert (counted["token-arg"], counted["token-env"]) == (1, 1), counted
 
 
 async def test_a_server_accepts_each_of_several_tokens_while_rotating(
@@ -338,7 +348,8 @@ async def test_a_server_accepts_each_of_several_tokens_while_rotating(
 
 
 async def test_a_token_sent_to_a_peer_without_one_is_ignored(peer_address: str) -> None:
-    await connect_and_mark(peer_address, "unneeded-token", token=TOKEN)
+    result = await connect_and_mark(peer_address, "unneeded-token", token=TOKEN)
+    assert result["caller_node_id"] == "node-a", result
 
 
 async def test_the_server_reads_its_token_from_the_environment(
@@ -349,7 +360,10 @@ async def test_the_server_reads_its_token_from_the_environment(
     monkeypatch.delenv("BLAZEN_PEER_TOKEN")
     with pytest.raises(AuthenticationError):
         await connect_and_mark(peer.address, "env-server")
-    await connect_and_mark(peer.address, "env-server", token=TOKEN)
+    result = await connect_and_mark(peer.address, "env-server", token=TOKEN)
+    assert result["caller_node_id"] == "node-a", result
+    async with await PeerClient.connect(peer.address, node_id="node-a", token=TOKEN) as client:
+        assert (await marks(client))["env-server"] == 1  # the refused call never ran
 
 
 async def test_a_token_over_plaintext_to_another_host_logs_one_warning(

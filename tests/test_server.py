@@ -25,17 +25,46 @@ PEER_LIFECYCLES = 24
 CALLS_PER_LIFECYCLE = 100
 
 
+TICKS = 5
+"""How many ticks of the app's other task a step waits to see while it runs."""
+TICK_WAIT_SECS = 20.0
+"""Only against a hang: a step that never sees them fails after this."""
+
+
 class Ticker:
     """Another task of the app: counts while the event loop is free to run it."""
 
     def __init__(self) -> None:
         self.ticks = 0
+        self._ticked = threading.Condition()  # for a step blocking a worker thread
+        self._tick = asyncio.Event()  # for a step on the loop; replaced at each tick
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         while True:
-            self.ticks += 1
+            with self._ticked:
+                self.ticks += 1
+                self._ticked.notify_all()
+            tick, self._tick = self._tick, asyncio.Event()
+            tick.set()
             await asyncio.sleep(0.01)
+
+    async def ticked(self, count: int) -> None:
+        """Returns (in a task on the ticker's loop) once it ticked ``count`` more times."""
+        target = self.ticks + count
+
+        async def reached() -> None:
+            while self.ticks < target:
+                await self._tick.wait()
+
+        await asyncio.wait_for(reached(), TICK_WAIT_SECS)
+
+    def ticked_blocking(self, count: int) -> bool:
+        """Blocks this thread (not the loop's) until the ticker ticked ``count`` more
+        times; False if it did not within TICK_WAIT_SECS."""
+        with self._ticked:
+            target = self.ticks + count
+            return self._ticked.wait_for(lambda: self.ticks >= target, TICK_WAIT_SECS)
 
     async def __aenter__(self) -> "Ticker":
         self._task = asyncio.create_task(self._run())
@@ -65,7 +94,7 @@ async def test_embedded_server_serves_while_the_apps_other_tasks_keep_running(
         @step(step_id)
         async def observe(ctx: Context, ev: StartEvent) -> StopEvent:
             before = ticker.ticks
-            await asyncio.sleep(0.3)
+            await ticker.ticked(TICKS)  # the app's other task runs while the step does
             return StopEvent(
                 result={
                     "before": before,
@@ -88,7 +117,7 @@ async def test_embedded_server_serves_while_the_apps_other_tasks_keep_running(
             assert result["same_loop"] is True
             assert result["node_id"] == "node-embedded"
             assert result["data"] == "same-loop"
-            assert result["after"] - result["before"] >= 5, result
+            assert result["after"] - result["before"] >= TICKS, result
 
             # A client in another process.
             code, out, err = await call_from_subprocess(
@@ -97,7 +126,7 @@ async def test_embedded_server_serves_while_the_apps_other_tasks_keep_running(
             assert code == 0, f"stdout: {out}\nstderr: {err}"
             remote = json.loads(out)
             assert remote["data"] == "other-process"
-            assert remote["after"] - remote["before"] >= 5, remote
+            assert remote["after"] - remote["before"] >= TICKS, remote
 
 
 async def test_sync_steps_of_an_embedded_server_do_not_block_its_loop(
@@ -109,9 +138,12 @@ async def test_sync_steps_of_an_embedded_server_do_not_block_its_loop(
         @step(step_id)
         def blocking(ctx: Context, ev: StartEvent) -> StopEvent:
             before = ticker.ticks
-            time.sleep(0.3)  # blocks a worker thread, not the event loop
+            # Blocks a worker thread until the loop's other task ticked: were the loop
+            # blocked by this step, it never would.
+            saw_ticks = ticker.ticked_blocking(TICKS)
             return StopEvent(
                 result={
+                    "saw_ticks": saw_ticks,
                     "ticks_during": ticker.ticks - before,
                     "on_main_thread": threading.current_thread() is threading.main_thread(),
                 }
@@ -122,7 +154,8 @@ async def test_sync_steps_of_an_embedded_server_do_not_block_its_loop(
             async with await PeerClient.connect(f"http://{bound}", node_id="node-a") as client:
                 result = await client.run_remote_workflow("wf", [step_id])
     assert result["on_main_thread"] is False
-    assert result["ticks_during"] >= 5, result
+    assert result["saw_ticks"] is True, result
+    assert result["ticks_during"] >= TICKS, result
 
 
 async def test_start_returns_the_bound_address_and_stop_is_idempotent() -> None:

@@ -44,7 +44,7 @@ from blazen_peer import (
 )
 from conftest import TESTS_DIR, PeerProcess, start_peer_process
 
-# The codec the peer registers too (tests/peer_app.py, at import).
+# The codec the peer registers too (tests/steps_refs.py, at import).
 register_ref_codec(
     ref_support.POINT_TAG,
     ref_support.encode_point,

@@ -1,7 +1,8 @@
 """Streaming runs: `client.stream_sub_workflow(...)` yields the events a step writes
 with `ctx.write_event_to_stream`, in order, then the terminal StopEvent. Steps are
-peer_app's `stream::*` steps, in a peer of this module's own (its stats move only
-with these tests' runs); `probe::status` shows what a run did inside the peer.
+the `stream::*` steps of tests/steps_streaming.py and steps_probes.py, in a peer of
+this module's own (its stats move only with these tests' runs); `probe::status`
+shows what a run did inside the peer.
 """
 
 from __future__ import annotations
@@ -124,7 +125,9 @@ async def test_a_stream_past_its_deadline_yields_the_events_then_raises_peer_tim
         await collect(stream, into=seen)
     elapsed = time.monotonic() - started
     assert epochs(seen) == [0, 1]
-    assert 0.9 < elapsed < 5, elapsed
+    # Not before the deadline (a lower bound only grows on a loaded machine); the step
+    # sleeps 60 s after its events, so the PeerTimeoutError is the deadline's.
+    assert elapsed > 0.9, elapsed
 
 
 async def test_events_written_in_a_run_that_is_not_streamed_are_discarded(

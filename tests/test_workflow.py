@@ -2,7 +2,6 @@
 
 import asyncio
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -212,10 +211,10 @@ async def test_local_timeout_raises_peer_timeout_error_and_cancels_the_step(
         return StopEvent(result="late")
 
     wf = Workflow("slow-local", [register_step(step_ids("sleeps"), sleeps)], timeout_secs=0.2)
-    started = time.monotonic()
     with pytest.raises(PeerTimeoutError) as excinfo:
         await (await wf.run()).result()
-    assert time.monotonic() - started < 5
+    # The deadline ended the run, not the step (which would return "late" after 30 s):
+    # the PeerTimeoutError, and the step saw its cancellation (below).
     assert isinstance(excinfo.value, TimeoutError)
     assert excinfo.value.node_id == "local"
     assert "slow-local" in str(excinfo.value)

@@ -164,6 +164,19 @@ impl Refs {
         Some(entry)
     }
 
+    /// Removes the refs whose keys the caller will never learn (those of a
+    /// failed run, or listed in a reply that could not be sent): nobody could
+    /// fetch or release them. The values are returned, to be freed once the
+    /// lock is released.
+    fn remove_unlearned<'a>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'a Uuid>,
+    ) -> Vec<SessionRef> {
+        keys.into_iter()
+            .filter_map(|key| self.remove(key))
+            .collect()
+    }
+
     /// Removes the leased refs that match.
     fn remove_leased(&mut self, matches: impl Fn(&SessionRef) -> bool) -> Vec<SessionRef> {
         let keys: Vec<Uuid> = self
@@ -268,6 +281,14 @@ impl SessionRefRegistry {
         removed.is_some()
     }
 
+    /// Drops the refs of `keys`, which the caller will never learn: those of
+    /// a failed run, or listed in a reply that could not be sent. The one
+    /// place this rule lives; values are freed after the lock is released.
+    pub(crate) fn drop_unlearned<'a>(&self, keys: impl IntoIterator<Item = &'a Uuid>) {
+        let purged = self.lock().remove_unlearned(keys);
+        drop(purged);
+    }
+
     /// Number of live refs.
     pub fn len(&self) -> usize {
         self.sweep_expired();
@@ -327,13 +348,19 @@ impl SessionRefRegistry {
     ) -> BTreeMap<Uuid, RemoteRefDescriptor> {
         let mut refs = self.lock();
         let keys = refs.by_run.remove(&run).unwrap_or_default();
+        if failed {
+            let purged = refs.remove_unlearned(&keys);
+            drop(refs);
+            drop(purged);
+            return BTreeMap::new();
+        }
         let mut purged = Vec::new();
         let mut outliving = BTreeMap::new();
         for key in keys {
             let Some(entry) = refs.by_key.get(&key) else {
                 continue;
             };
-            if failed || !entry.lifetime.outlives_run() {
+            if !entry.lifetime.outlives_run() {
                 purged.extend(refs.remove(&key));
             } else {
                 let descriptor = RemoteRefDescriptor {

@@ -107,12 +107,8 @@ impl BlazenPeer for PeerService {
             })
             .map_err(|err| self.refusal(&err, &caller))?;
         let listed: Vec<Uuid> = response.body.remote_refs.keys().copied().collect();
-        self.reply(response, "the response").inspect_err(|_| {
-            // The caller never learns these keys.
-            for key in &listed {
-                self.config.session_refs.remove(key);
-            }
-        })
+        self.reply(response, "the response")
+            .inspect_err(|_| self.config.session_refs.drop_unlearned(&listed))
     }
 
     type StreamSubWorkflowEventsStream = ItemStream;

@@ -190,10 +190,7 @@ impl PeerService {
                 response.body.remote_refs = outliving;
             }
             Err(failure) => {
-                // The caller of a failed run never learns these keys.
-                for key in outliving.keys() {
-                    self.config.session_refs.remove(key);
-                }
+                self.config.session_refs.drop_unlearned(outliving.keys());
                 response.body.error = Some(failure.message.clone());
                 // Encoding a struct of strings into a Vec cannot fail.
                 let _ = response.extensions.insert(failure.as_ref());

@@ -108,12 +108,7 @@ impl StreamFeed {
         StreamItem::done(&response)
             .map_err(|err| err.to_status())
             .and_then(|item| self.encode(item, || "the run's response".to_owned()))
-            .inspect_err(|_| {
-                // The caller never learns these keys.
-                for key in &listed {
-                    self.session_refs.remove(key);
-                }
-            })
+            .inspect_err(|_| self.session_refs.drop_unlearned(&listed))
     }
 
     fn encode(

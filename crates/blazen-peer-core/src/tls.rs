@@ -5,7 +5,7 @@
 //! source's name (usually a file path) in each error, and a server key is
 //! checked against its certificate. The server's rustls config is built here
 //! too: the server does its own handshakes (bounded in time, see
-//! `server::transport`), so it needs rustls itself rather than tonic's config.
+//! `server::incoming`), so it needs rustls itself rather than tonic's config.
 
 use std::sync::Arc;
 

@@ -4,7 +4,7 @@ Both measured in this one run, each between two processes on loopback:
   floor: a raw TCP ping-pong of 64 bytes (blocking sockets, TCP_NODELAY)
   peer:  run_remote_workflow with one trivial async step against a peer process
 
-For all the figures of issue 6 (grpcio baseline, throughput, load) see run_all.py.
+For all the figures (grpcio baseline, throughput, load) see run_all.py.
 
 Run: python benches/roundtrip.py [--calls N]
 """

@@ -1,4 +1,5 @@
-"""All the figures of issue 6 in one run, each against its baseline measured alongside.
+"""The latency, throughput, load, chain and deref figures in one run, each against its
+baseline measured alongside.
 
 Every server runs in its own process on loopback; the client is this process.
   latency     sequential calls, p50/p90/p99 of: a raw TCP 64-byte ping-pong (the floor),

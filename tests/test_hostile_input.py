@@ -2,7 +2,7 @@
 
 The peer is the session's node-b (`tests/peer_app.py` in another process). Requests
 are built by hand, byte for byte: the protobuf shell (`0a`, varint length, payload)
-and the postcard payloads of WIRE.md, then emptied, truncated, randomised, given
+and the postcard payloads of docs/wire.md, then emptied, truncated, randomised, given
 wrong types, newer versions, invalid UTF-8, bad JSON and lengths no message can
 hold. Each answer's status code is checked, and that its message says what was
 wrong; after every test a normal `PeerClient` call must still succeed on the same
@@ -12,7 +12,7 @@ Status codes expected here:
 - INVALID_ARGUMENT: empty payload, unreadable version varint, a payload that does
   not decode (truncated, wrong types, invalid UTF-8, huge lengths), input_json that
   is not UTF-8 JSON or nests too deeply.
-- FAILED_PRECONDITION: an envelope version newer than 1, with WIRE.md's message.
+- FAILED_PRECONDITION: an envelope version newer than 1, with docs/wire.md's message.
 - INTERNAL: the protobuf shell itself does not decode (tonic's mapping, which is the
   one gRPC's status-code guide gives for an unparseable request message).
 - For random bytes, an independent decoder below (`expected_outcome`) predicts the
@@ -128,7 +128,7 @@ def valid_payload(method: str) -> bytes:
     return invoke_payload() if method in RUN_METHODS else ref_payload()
 
 
-# WIRE.md's test vectors: `SubWorkflowRequest{1, "wf", ["a::b"], {"x":1}, Some(30)}`
+# docs/wire.md's test vectors: `SubWorkflowRequest{1, "wf", ["a::b"], {"x":1}, Some(30)}`
 # and `DerefRequest{1, 12345678-9abc-def0-1234-56789abcdef0}`.
 WIRE_VECTOR = bytes.fromhex("01 02 77 66 01 04 61 3a 3a 62 07 7b 22 78 22 3a 31 7d 01 1e")
 WIRE_DEREF_VECTOR = bytes.fromhex("01 10 12 34 56 78 9a bc de f0 12 34 56 78 9a bc de f0")
@@ -349,7 +349,7 @@ def is_json(raw: bytes) -> bool:
 
 
 def expected_outcome(method: str, payload: bytes) -> Expect:
-    """The answer WIRE.md prescribes for `payload` sent to `method`."""
+    """The answer docs/wire.md prescribes for `payload` sent to `method`."""
     if not payload:
         return Expect.of(INVALID, "empty payload")
     reader = Reader(payload)

@@ -76,7 +76,8 @@ class RunContext:
         """The node id the caller announced, for remote runs (not verified)."""
     @property
     def trace_context(self) -> tuple[str, str | None] | None:
-        """`(traceparent, tracestate)` the call carried (W3C), for remote runs."""
+        """`(traceparent, tracestate)` (W3C) this run's steps work under: the
+        run's span when the server traces, else what the caller sent."""
     @property
     def peer_identity(self) -> tuple[str, str | None, list[str], list[str], bytes] | None:
         """`(subject, common_name, dns_names, uris, certificate_der)` of the caller's
@@ -131,7 +132,7 @@ class SessionRefRegistry:
 
 @final
 class Completion:
-    """Receives the outcome of one async step call from the event loop thread."""
+    """Receives the outcome of one async step call on the event loop thread."""
 
     def attach(self, task: asyncio.Future[Any]) -> bool:
         """Records the step's task; False means the run gave up and the task must be cancelled."""
@@ -157,7 +158,8 @@ class SyncStepCall:
         """Delivers the exception the step raised."""
 
 def next_sync_step() -> SyncStepCall | None:
-    """Blocks (GIL released) for the next `def` step call; None tells the worker to end."""
+    """Blocks (GIL released) for the next `def` step call; None tells the calling
+    worker thread to end. After interpreter exit began, never returns."""
 
 def sync_step_worker_left() -> None:
     """A worker thread is ending because of an exception in its own loop."""
@@ -305,7 +307,8 @@ class PeerServer:
     def start(self, address: str, event_loop: asyncio.AbstractEventLoop) -> Awaitable[str]:
         """Binds `address` and serves in the background; async steps run on `event_loop`."""
     def stop(self, grace_secs: float | None = None) -> Awaitable[None]:
-        """Stops serving; waits for in-flight calls. Idempotent."""
+        """Drains and stops (see `RunningServer::stop`); `grace_secs` None waits
+        for every run. Idempotent: a second call waits for nothing."""
 
 @final
 class SubWorkflowResponse:
@@ -366,7 +369,8 @@ class PeerClient:
     def fetch_blocking(self, key: str) -> tuple[str, bytes]:
         """Blocking form of `fetch`."""
     def fetch_into(self, key: str, buffer: Buffer) -> Awaitable[tuple[str, int]]:
-        """Streams a session ref into a writable buffer; resolves to `(type_tag, size)`."""
+        """Streams a session ref into a caller's writable buffer; resolves to
+        `(type_tag, size)`. Reusing one buffer skips the page faults of new memory."""
     def fetch_into_blocking(self, key: str, buffer: Buffer) -> tuple[str, int]:
         """Blocking form of `fetch_into`."""
     def finish_parent(self, parent_run: str) -> Awaitable[int]:
@@ -384,7 +388,8 @@ class PeerClient:
     def list_steps(
         self,
     ) -> Awaitable[tuple[str, list[tuple[str, list[str]]], list[tuple[str, list[str]]], bool]]:
-        """What the peer can run: `(node_id, steps with accepted types, workflows, draining)`."""
+        """What the peer can run; resolves to
+        `(node_id, [(step_id, [accepted types])], [(workflow, [step_ids])], draining)`."""
     def list_steps_blocking(
         self,
     ) -> tuple[str, list[tuple[str, list[str]]], list[tuple[str, list[str]]], bool]:
@@ -421,10 +426,12 @@ class AbortOnCancel:
     def __call__(self, future: asyncio.Future[Any]) -> None: ...
 
 def refresh_log_levels() -> None:
-    """Forgets cached logger levels so `setLevel` calls made since take effect."""
+    """Forgets cached logger levels, so `setLevel` calls made since take effect
+    (servers and clients call it when they start)."""
 
 def close_python_gate() -> None:
-    """Closes the gate and waits for runtime threads to leave Python (atexit hook)."""
+    """Closes the gate and waits for runtime threads to leave Python and for
+    running `def` steps to return (atexit hook)."""
 
 def register_step(
     step_id: str, accepts: Sequence[str], func: object, is_async: bool, replace: bool = False
@@ -444,7 +451,8 @@ def registered_workflows() -> list[str]:
     """Declared workflow names, sorted."""
 
 def _panic_probe(message: str) -> Awaitable[None]:
-    """Awaitable whose Rust future panics with `message` (tests only)."""
+    """Awaitable whose Rust future panics: lets the tests prove a panic surfaces
+    as a `TransportError` instead of a hung coroutine or a dead interpreter."""
 
 @final
 class EventStream:

@@ -1,4 +1,4 @@
-//! Postcard payloads of `blazen.peer.v1`, byte for byte as WIRE.md describes.
+//! Postcard payloads of `blazen.peer.v1`, byte for byte as docs/wire.md describes.
 //!
 //! Every payload is `v1 fields ++ [extension block]`. postcard ignores bytes
 //! after a struct, so old decoders never see the block; but a struct with
@@ -114,7 +114,7 @@ impl Extensions {
 /// A v1 payload together with its optional extension block.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope<T> {
-    /// The v1 fields, in WIRE.md order.
+    /// The v1 fields, in the order of docs/wire.md.
     pub body: T,
     /// Appended after the body when non-empty.
     pub extensions: Extensions,

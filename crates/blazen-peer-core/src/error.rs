@@ -341,7 +341,7 @@ pub fn failure_from_text(message: &str, node: &str) -> WorkflowFailure {
     }
 }
 
-/// Reads `envelope version X is newer than supported Y`, the text WIRE.md fixes.
+/// Reads `envelope version X is newer than supported Y`, the text docs/wire.md fixes.
 fn parse_version_message(message: &str) -> Option<(u32, u32)> {
     let rest = message.strip_prefix("envelope version ")?;
     let (got, supported) = rest.split_once(" is newer than supported ")?;

@@ -16,7 +16,7 @@
 //! panic, never reserve a large buffer, and return `Ok` or a typed error: an
 //! undecodable payload is `PeerError::Encode` (INVALID_ARGUMENT, message naming
 //! the payload type), a newer version is `PeerError::EnvelopeVersion`
-//! (FAILED_PRECONDITION, WIRE.md's message), the same for every decoder.
+//! (FAILED_PRECONDITION, docs/wire.md's message), the same for every decoder.
 //!
 //! Run time: `DEFAULT_CASES` cases per property (a few seconds in total);
 //! `PROPTEST_CASES=N` overrides it, like every other `PROPTEST_*` variable.
@@ -725,7 +725,7 @@ fn arb_status_code() -> impl Strategy<Value = Code> {
     ]
 }
 
-/// Arbitrary text, and WIRE.md's version message with arbitrary / numeric parts.
+/// Arbitrary text, and docs/wire.md's version message with arbitrary / numeric parts.
 fn arb_status_message() -> impl Strategy<Value = String> {
     fn wire<T: std::fmt::Display>((got, supported): (T, T)) -> String {
         format!("envelope version {got} is newer than supported {supported}")
@@ -838,7 +838,7 @@ proptest! {
 
     /// A status's details and message come from the peer: any NOT_FOUND maps to
     /// UnknownStep / UnknownWorkflow, any FAILED_PRECONDITION to EnvelopeVersion
-    /// (when the message is WIRE.md's) or Transport, and nothing panics.
+    /// (when the message is docs/wire.md's) or Transport, and nothing panics.
     #[test]
     fn status_details_never_panic(
         code in arb_status_code(),
@@ -872,7 +872,7 @@ proptest! {
                 }
             }
             (Code::FailedPrecondition, PeerError::EnvelopeVersion { .. }) => {
-                // Parsed from WIRE.md's text (numbers may carry spaces or a `+`).
+                // Parsed from docs/wire.md's text (numbers may carry spaces or a `+`).
                 prop_assert!(message.starts_with("envelope version "), "{message}");
                 prop_assert!(message.contains(" is newer than supported "), "{message}");
             }
@@ -1000,7 +1000,7 @@ fn huge_extension_block_lengths_are_ignored_without_allocating() {
     }
 }
 
-/// Wrong types where WIRE.md fixes one: each an Encode error naming the type.
+/// Wrong types where docs/wire.md fixes one: each an Encode error naming the type.
 #[test]
 fn wrong_types_are_encode_errors() {
     let uuid = "12 34 56 78 9a bc de f0 12 34 56 78 9a bc de f0";
@@ -1084,7 +1084,7 @@ fn wrong_types_are_encode_errors() {
     ));
 }
 
-/// Versions: 2 and a huge u32 are FAILED_PRECONDITION with WIRE.md's message,
+/// Versions: 2 and a huge u32 are FAILED_PRECONDITION with docs/wire.md's message,
 /// for every decoder; a version that overflows u32 is unreadable (Encode).
 #[test]
 fn newer_and_unreadable_versions() {

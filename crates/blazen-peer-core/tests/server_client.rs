@@ -425,7 +425,7 @@ async fn huge_timeout_secs_does_not_panic_the_client() {
 async fn newer_envelope_version_is_failed_precondition() {
     let harness = start_server().await;
     let mut raw = harness.raw().await;
-    // The first WIRE.md vector with version 2.
+    // The first docs/wire.md vector with version 2.
     let payload = vec![
         0x02, 0x02, 0x77, 0x66, 0x01, 0x04, 0x61, 0x3a, 0x3a, 0x62, 0x07, 0x7b, 0x22, 0x78, 0x22,
         0x3a, 0x31, 0x7d, 0x01, 0x1e,

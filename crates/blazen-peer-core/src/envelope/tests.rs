@@ -6,7 +6,7 @@ use proptest::prelude::*;
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// Parses the space-separated hex of WIRE.md ("01 02 77 66").
+/// Parses the space-separated hex of docs/wire.md ("01 02 77 66").
 fn hex(text: &str) -> Vec<u8> {
     text.split_whitespace()
         .map(|byte| u8::from_str_radix(byte, 16).expect("test vector is hex"))
@@ -87,7 +87,7 @@ fn assert_encode_error<T: std::fmt::Debug>(result: Result<T, PeerError>, what: &
 }
 
 // ---------------------------------------------------------------------------
-// WIRE.md "Test vectors"
+// docs/wire.md "Test vectors"
 // ---------------------------------------------------------------------------
 
 #[test]

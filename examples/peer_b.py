@@ -3,29 +3,21 @@
 Run: python examples/peer_b.py [ADDRESS]   (default 127.0.0.1:50051; port 0 picks one)
 The one-line form `asyncio.run(PeerServer("node-b").serve(address))` works too;
 this script prints the bound address so other programs can wait for it.
+
+The event and the two steps are the README's `peer_b.py`; their one copy is the
+module `blazen-peer demo` serves (blazen_peer/cli/_demo_peer.py, part of the
+installed package, which this directory is not). Importing it registers them,
+and the `analyze-pipeline` workflow of the two.
 """
 
 import asyncio
 import contextlib
 import sys
 
-from blazen_peer import Context, Event, PeerServer, StartEvent, StopEvent, step
+from blazen_peer import PeerServer
+from blazen_peer.cli._demo_peer import Analyzed, analyze, summarize
 
-
-class Analyzed(Event):
-    words: int
-    document: str
-
-
-@step("my_app::analyze")
-async def analyze(ctx: Context, ev: StartEvent) -> Analyzed:
-    await ctx.set("language", "en")  # exported state, returned to the caller
-    return Analyzed(words=len(ev.document.split()), document=ev.document)
-
-
-@step("my_app::summarize")
-def summarize(ctx: Context, ev: Analyzed) -> StopEvent:  # a plain def step runs in a worker thread
-    return StopEvent(result={"words": ev.words, "summary": ev.document[:40]})
+__all__ = ["Analyzed", "analyze", "main", "summarize"]
 
 
 async def main(address: str) -> None:

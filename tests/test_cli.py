@@ -447,7 +447,7 @@ def test_steps_prints_a_table(addr: str) -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == "node cli-peer"
     assert re.match(r"^STEP +ACCEPTS$", lines[2])
-    assert re.search(r"^my_app::summarize +peer_b\.Analyzed$", result.stdout, re.MULTILINE)
+    assert re.search(r"^my_app::summarize +my_app\.Analyzed$", result.stdout, re.MULTILINE)
     assert re.search(
         r"^analyze-pipeline +my_app::analyze -> my_app::summarize$", result.stdout, re.MULTILINE
     )

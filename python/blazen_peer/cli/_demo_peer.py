@@ -1,5 +1,8 @@
-"""The steps ``blazen-peer demo`` serves as node-b: the README's two-step pipeline
-(the same code as ``examples/peer_b.py``, which is not part of the installed package).
+"""The steps ``blazen-peer demo`` serves as node-b: the README's two-step pipeline.
+
+The one copy of the README's ``peer_b.py`` event and steps: ``examples/peer_b.py``
+imports them from here (the examples are not part of the installed package), and
+tests/test_readme_examples.py checks that the README's block defines the same.
 
 Serve it yourself with ``blazen-peer serve blazen_peer.cli._demo_peer --listen ... --node-id ...``.
 """

@@ -1,4 +1,4 @@
-"""``blazen-peer demo``: the README demo, self-contained.
+"""``blazen-peer demo``: the README demo, self-contained (``examples/demo.py`` runs it too).
 
 Starts node-b (``blazen-peer serve blazen_peer.cli._demo_peer``) in another
 process, delegates the two-step pipeline to it, then does the same from a step

@@ -202,12 +202,14 @@ async def test_async_with_stops_the_server() -> None:
 
 async def test_stop_waits_for_in_flight_calls(step_ids: Callable[[str], str]) -> None:
     entered = asyncio.Event()
+    finished = asyncio.Event()
     step_id = step_ids("in_flight")
 
     @step(step_id)
     async def in_flight(ctx: Context, ev: StartEvent) -> StopEvent:
         entered.set()
         await asyncio.sleep(0.3)
+        finished.set()
         return StopEvent(result="finished")
 
     server = PeerServer("node-x")
@@ -215,10 +217,10 @@ async def test_stop_waits_for_in_flight_calls(step_ids: Callable[[str], str]) ->
     client = await PeerClient.connect(f"http://{bound}", node_id="node-a")
     call = asyncio.ensure_future(client.run_remote_workflow("wf", [step_id]))
     await asyncio.wait_for(entered.wait(), timeout=10)
-    stop_started = time.monotonic()
     await server.stop()
-    # The step had ~0.3 s to go: stop() returned only after it finished and was answered.
-    assert time.monotonic() - stop_started >= 0.2
+    # The step was still sleeping when stop() began: stop() returned only after it
+    # finished and was answered.
+    assert finished.is_set()
     assert await asyncio.wait_for(call, timeout=5) == "finished"
     await client.close()
 
@@ -241,10 +243,9 @@ async def test_default_timeout_applies_when_the_request_has_none(
     async with PeerServer("node-x", default_timeout_secs=0.5) as server:
         bound = await server.start("127.0.0.1:0")
         async with await PeerClient.connect(f"http://{bound}", node_id="node-a") as client:
-            started = time.monotonic()
+            # The step sleeps 30 s and then returns: the PeerTimeoutError is the deadline's.
             with pytest.raises(PeerTimeoutError) as excinfo:
                 await client.run_remote_workflow("deadline", [step_id])
-            assert time.monotonic() - started < 5
             assert excinfo.value.node_id == "node-x"
             # The abandoned step's task was cancelled, not left running.
             await asyncio.wait_for(cancelled.wait(), timeout=5)

@@ -387,14 +387,13 @@ async def test_transport_error_names_every_member_when_all_are_down(
         for peer in peers:
             await asyncio.to_thread(peer.kill)
         for attempt in range(2):  # before and after the pool noticed
-            began = time.monotonic()
+            # A TransportError, not bounded()'s TimeoutError: the pool gave up by itself.
             with pytest.raises(TransportError) as excinfo:
                 await bounded(pool.run_remote_workflow("w", [WHOAMI], 1), secs=5)
             err = excinfo.value
             assert err.started is False, err
             for peer in peers:
                 assert peer.host_port in str(err), err
-            assert time.monotonic() - began < 5
             if attempt == 0:
                 await pool.probe_now()
                 assert not any(m.healthy for m in pool.peers), summary(pool)

@@ -99,6 +99,17 @@ def test_health_reports_serving_without_a_token_on_a_peer_that_requires_one(
 
 # --- graceful stop ---
 
+HEALTH_FLIP_SECS = 10.0
+"""Only against a hang: health that stays SERVING this long after stop() began fails."""
+
+
+async def wait_not_serving(health: Health) -> None:
+    """Returns once the server as a whole (``""``) reports NOT_SERVING."""
+    deadline = time.monotonic() + HEALTH_FLIP_SECS
+    while await asyncio.to_thread(health.check, "") != NOT_SERVING:
+        assert time.monotonic() < deadline, "health still SERVING after stop() began"
+        await asyncio.sleep(0.01)
+
 
 async def test_stop_with_grace_drains_then_cancels_what_is_left(
     spawn_peer: Callable[..., PeerProcess],
@@ -130,10 +141,8 @@ async def test_stop_with_grace_drains_then_cancels_what_is_left(
         peer.proc.stdin.close()  # peer_app calls server.stop(grace=2.0)
         stop_at = time.monotonic()
 
-        deadline = stop_at + GRACE_SECS / 2
-        while await asyncio.to_thread(health.check, "") != NOT_SERVING:
-            assert time.monotonic() < deadline, "health still SERVING after stop() began"
-            await asyncio.sleep(0.01)
+        # Health turns NOT_SERVING while the runs still drain (both are running, below).
+        await wait_not_serving(health)
         assert await asyncio.to_thread(health.check, PEER_SERVICE) == NOT_SERVING
 
         with pytest.raises(TransportError, match=r"(?i)shutting down"):
@@ -142,8 +151,8 @@ async def test_stop_with_grace_drains_then_cancels_what_is_left(
         assert not short_call.done() and not long_call.done()
         release.touch()
         assert await asyncio.wait_for(short_call, 5) == "released"
-        # The short run finished inside the grace, while the long one still ran.
-        assert time.monotonic() - stop_at < GRACE_SECS
+        # The short run finished inside the grace: the long one, which the grace's end
+        # cuts short, still runs.
         assert not long_call.done()
 
         with pytest.raises(WorkflowError) as excinfo:
@@ -153,7 +162,9 @@ async def test_stop_with_grace_drains_then_cancels_what_is_left(
         assert not isinstance(err, PeerTimeoutError)
         assert err.failure_kind == "Cancelled", err
         assert "shut down" in str(err), err
-        assert GRACE_SECS - 0.25 < cancelled_after < GRACE_SECS + 3, cancelled_after
+        # Not before the grace ended (a lower bound only grows on a loaded machine); that
+        # the grace's end cut it, not its own 60 s, is the failure kind "Cancelled" above.
+        assert cancelled_after > GRACE_SECS - 0.25, cancelled_after
     finally:
         await client.close()
         for call in (long_call, short_call):
@@ -191,10 +202,8 @@ async def test_stop_with_grace_none_waits_for_running_runs_without_limit(
         await wait_for_file(started)
         assert peer.proc.stdin is not None
         peer.proc.stdin.close()  # peer_app calls server.stop(grace=None)
-        deadline = time.monotonic() + 1
-        while await asyncio.to_thread(health.check, "") != NOT_SERVING:
-            assert time.monotonic() < deadline, "health still SERVING after stop() began"
-            await asyncio.sleep(0.01)
+        # Health turns NOT_SERVING while the run still drains (it still runs, below).
+        await wait_not_serving(health)
         # Past the default grace the run is still running, and the peer still draining
         # (this test waits that long on purpose: only then can None differ from 5.0).
         with pytest.raises(TimeoutError):

@@ -275,7 +275,7 @@ async def test_an_embedding_apps_reader_gets_the_instruments(
         address = await server.start("127.0.0.1:0")
         async with await PeerClient.connect(f"http://{address}", node_id="app") as client:
             for _ in range(2):
-                await client.run_remote_workflow("ok", [ok_id], None)
+                assert await client.run_remote_workflow("ok", [ok_id], None) == 1
             with pytest.raises(WorkflowError):
                 await client.run_remote_workflow("boom", [boom_id], None)
 
@@ -305,7 +305,7 @@ async def test_an_embedding_apps_reader_gets_the_instruments(
                 "connection_limit": 0,
             }
 
-            await client.run_remote_workflow("ok", [ok_id], None)
+            assert await client.run_remote_workflow("ok", [ok_id], None) == 1
             second = points(memory_reader, node_id)
             # Cumulative: each run counted once, however many collections.
             assert by_outcome(second, "blazen_peer.run.duration")["succeeded"].count == 3

@@ -106,7 +106,7 @@ async def test_debug_records_stay_off_when_the_logger_is_at_warning(
     address = await server.start()
     try:
         async with await PeerClient.connect(f"http://{address}", node_id="a") as client:
-            await client.run_remote_workflow("wf", [ok_id])
+            assert await client.run_remote_workflow("wf", [ok_id]) == 1
     finally:
         await server.stop()
     assert not [

@@ -456,7 +456,8 @@ async def test_json_nested_deeper_than_the_limit_is_refused(
         at_limit: Any = "leaf"
         for _ in range(limit - 1):
             at_limit = [at_limit]
-        await client.run_remote_workflow("echo", ["test::echo"], {"v": at_limit})
+        echoed = await client.run_remote_workflow("echo", ["test::echo"], {"v": at_limit})
+        assert echoed["data"] == {"v": at_limit}
         with pytest.raises(EncodeError) as info:
             await client.run_remote_workflow("echo", ["test::echo"], {"v": [at_limit]})
         assert f"maximum nesting depth of {limit}" in str(info.value)

@@ -245,7 +245,8 @@ async def test_parent_finish_refs_are_listed_and_live_until_the_parent_run_block
         assert set(response.remote_refs) == {parent_a, parent_b, explicit}
         await assert_gone(client, default)
         # Other calls in the block leave them alone.
-        await client.run_remote_workflow("echo", ["test::echo"], "still inside")
+        echoed = await client.run_remote_workflow("echo", ["test::echo"], "still inside")
+        assert echoed["data"] == "still inside"
         assert await client.deref_session_ref(parent_a) == ref_support.pattern_bytes(1, 100)
         assert await client.deref_session_ref(parent_b) == ref_support.pattern_bytes(2, 100)
         # Released early: gone at once, and a second release says so.

@@ -17,7 +17,7 @@ _COMPARISONS: dict[str, Callable[[float, float], bool]] = {
 
 @dataclass(frozen=True)
 class Target:
-    """A bound on a ratio (ours / baseline), as issue 6 states it."""
+    """A bound on a ratio (ours / baseline): one of the performance targets."""
 
     op: str
     bound: float
@@ -46,7 +46,7 @@ def markdown(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
 
 
 def targets_table(rows: list[Row], judged: bool) -> str:
-    """One line per figure of issue 6; with ``judged`` False (quick mode: too few calls to
+    """One line per target figure; with ``judged`` False (quick mode: too few calls to
     mean anything) the verdict column says so instead of met/missed."""
 
     def verdict(row: Row) -> str:

@@ -37,8 +37,23 @@ __all__ = [
 
 ENVELOPE_VERSION: int
 
-_RunArgs = tuple[str, list[str], bytes, int | None, str | None, str | None, str | None]
-"""`(workflow_name, step_ids, input_json, timeout_secs, parent_run, traceparent, tracestate)`."""
+class _RunArgs(Protocol):
+    """A run request, read by attribute (`client._RunCall`)."""
+
+    @property
+    def workflow_name(self) -> str: ...
+    @property
+    def step_ids(self) -> list[str]: ...
+    @property
+    def input_json(self) -> bytes: ...
+    @property
+    def timeout_secs(self) -> int | None: ...
+    @property
+    def parent_run(self) -> str | None: ...
+    @property
+    def traceparent(self) -> str | None: ...
+    @property
+    def tracestate(self) -> str | None: ...
 
 class _RunObservation(Protocol):
     """What `run_started` returns: told how the run ended."""

@@ -10,7 +10,7 @@ import math
 import threading
 import uuid
 from collections.abc import Awaitable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -40,9 +40,33 @@ __all__ = ["ParentRun", "PeerClient", "RemoteRefDescriptor", "SubWorkflowRespons
 _DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 # workflow_name, step_ids, input_json, timeout_secs, parent_run: what a run request sends.
-_NativeCall = tuple[str, list[str], bytes, int | None, str | None]
 _DEFAULT_KEEPALIVE_INTERVAL_SECS = 30.0
 _DEFAULT_KEEPALIVE_TIMEOUT_SECS = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class _RunCall:
+    """A run request as the native client reads it (by attribute)."""
+
+    workflow_name: str
+    step_ids: list[str]
+    input_json: bytes
+    timeout_secs: int | None
+    #: The parent run whose refs this run's refs join, when inside ``parent_run()``.
+    parent_run: str | None
+    traceparent: str | None = None
+    tracestate: str | None = None
+
+    def traced(self, headers: _tracing.TraceHeaders) -> _RunCall:
+        """This call carrying the caller's W3C trace context."""
+        traceparent, tracestate = headers
+        return replace(self, traceparent=traceparent, tracestate=tracestate)
+
+
+def _traced(call: _RunCall) -> _RunCall:
+    """The call carrying the current span's trace context, when tracing is on
+    (a stream's run becomes a child of the span that reads it)."""
+    return call.traced(_tracing.current_headers()) if _tracing.INSTALLED else call
 
 
 @dataclass(frozen=True)
@@ -314,11 +338,12 @@ class PeerClient:
 
         def open_call() -> Awaitable[_native.EventStream]:
             # The run's span on the peer becomes a child of the reader's span.
-            headers = _tracing.current_headers() if _tracing.INSTALLED else (None, None)
-            return self._ref.stream((*call, *headers))
+            return self._ref.stream(_traced(call))
 
         # The stream's refs belong to the parent the request named, wherever it is read.
-        return SubWorkflowStream(open_call, lambda response: self._remember(response, call[4]))
+        return SubWorkflowStream(
+            open_call, lambda response: self._remember(response, call.parent_run)
+        )
 
     def stream_sub_workflow_blocking(
         self,
@@ -340,11 +365,10 @@ class PeerClient:
 
         def open_call() -> _native.EventStream:
             _refuse_inside_loop("stream_sub_workflow_blocking", "stream_sub_workflow")
-            headers = _tracing.current_headers() if _tracing.INSTALLED else (None, None)
-            return self._ref.stream_blocking((*call, *headers))
+            return self._ref.stream_blocking(_traced(call))
 
         return SubWorkflowBlockingStream(
-            open_call, lambda response: self._remember(response, call[4])
+            open_call, lambda response: self._remember(response, call.parent_run)
         )
 
     async def list_steps(self) -> PeerSteps:
@@ -479,9 +503,9 @@ class PeerClient:
         step_ids: Sequence[str],
         input_json: bytes,
         timeout_secs: float | None,
-    ) -> _NativeCall:
+    ) -> _RunCall:
         """The native arguments of a run request."""
-        return (
+        return _RunCall(
             workflow_name,
             list(step_ids),
             input_json,
@@ -489,19 +513,19 @@ class PeerClient:
             self._current_parent(),
         )
 
-    async def _invoke(self, call: _NativeCall) -> _native.SubWorkflowResponse:
+    async def _invoke(self, call: _RunCall) -> _native.SubWorkflowResponse:
         if not (_tracing.INSTALLED and _tracing.active()):
-            return await self._ref.invoke((*call, None, None))
-        with _tracing.client_span(call[0], call[1], self.address) as headers:
-            native = await self._ref.invoke((*call, *headers))
+            return await self._ref.invoke(call)
+        with _tracing.client_span(call.workflow_name, call.step_ids, self.address) as headers:
+            native = await self._ref.invoke(call.traced(headers))
             _tracing.mark_failed(native.error)
             return native
 
-    def _invoke_blocking(self, call: _NativeCall) -> _native.SubWorkflowResponse:
+    def _invoke_blocking(self, call: _RunCall) -> _native.SubWorkflowResponse:
         if not (_tracing.INSTALLED and _tracing.active()):
-            return self._ref.invoke_blocking((*call, None, None))
-        with _tracing.client_span(call[0], call[1], self.address) as headers:
-            native = self._ref.invoke_blocking((*call, *headers))
+            return self._ref.invoke_blocking(call)
+        with _tracing.client_span(call.workflow_name, call.step_ids, self.address) as headers:
+            native = self._ref.invoke_blocking(call.traced(headers))
             _tracing.mark_failed(native.error)
             return native
 

@@ -36,9 +36,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from . import _native, _tracing
+from . import _native
 from ._address import peer_url
-from .client import PeerClient, _encode_input, _refuse_inside_loop
+from .client import PeerClient, _encode_input, _refuse_inside_loop, _traced
 from .errors import (
     PeerBusyError,
     PeerError,
@@ -362,8 +362,7 @@ class PeerPool:
 
         async def open_on(client: PeerClient) -> _native.EventStream:
             call = client._call(workflow_name, step_ids, input_json, timeout_secs)
-            headers = _tracing.current_headers() if _tracing.INSTALLED else (None, None)
-            native = await client._ref.stream((*call, *headers))
+            native = await client._ref.stream(_traced(call))
             chosen.append(client)
             return native
 
@@ -550,8 +549,7 @@ class PeerPool:
 
         async def open_on(client: PeerClient) -> _native.EventStream:
             call = client._call(workflow_name, step_ids, input_json, timeout_secs)
-            headers = _tracing.current_headers() if _tracing.INSTALLED else (None, None)
-            native = await client._ref.stream((*call, *headers))
+            native = await client._ref.stream(_traced(call))
             chosen.append(client)
             return native
 

@@ -394,32 +394,35 @@ impl PeerClientRef {
     }
 }
 
-/// A run request as Python passes it: `(workflow_name, step_ids, input_json,
-/// timeout_secs, parent_run, traceparent, tracestate)`.
+/// A run request as Python passes it (`client._RunCall`, read by attribute).
 #[derive(FromPyObject)]
-pub struct RunArgs(
-    String,
-    Vec<String>,
-    Vec<u8>,
-    Option<u64>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
+pub struct RunArgs {
+    workflow_name: String,
+    step_ids: Vec<String>,
+    input_json: Vec<u8>,
+    timeout_secs: Option<u64>,
+    parent_run: Option<String>,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
 
 impl RunArgs {
     fn into_request(self) -> PyResult<(Envelope<SubWorkflowRequest>, CallOptions)> {
-        let RunArgs(workflow_name, step_ids, input_json, timeout_secs, parent_run, parent, state) =
-            self;
-        let mut request = envelope::request(workflow_name, step_ids, input_json, timeout_secs);
-        if let Some(parent_run) = parent_run {
+        let mut request = envelope::request(
+            self.workflow_name,
+            self.step_ids,
+            self.input_json,
+            self.timeout_secs,
+        );
+        if let Some(parent_run) = self.parent_run {
             let parent_run = ParentRun {
                 parent_run_id: parse_key(&parent_run)?,
             };
             request.extensions.insert(&parent_run).py_err()?;
         }
-        let trace = parent
-            .map(|parent| TraceContext::new(&parent, state.as_deref()))
+        let trace = self
+            .traceparent
+            .map(|parent| TraceContext::new(&parent, self.tracestate.as_deref()))
             .transpose()
             .py_err()?;
         Ok((request, CallOptions { trace }))

@@ -9,18 +9,25 @@ from typing_extensions import Buffer
 __all__ = [
     "ENVELOPE_VERSION",
     "AbortOnCancel",
+    "CallerIdentity",
     "ClientTls",
     "Completion",
     "EventStream",
     "EventTypes",
+    "ListedStep",
+    "ListedWorkflow",
     "LocalRun",
     "LoopInbox",
     "PeerClient",
     "PeerServer",
+    "RefRecord",
+    "RemoteRefEntry",
     "RunContext",
+    "RunCounts",
     "ServerMetrics",
     "ServerTls",
     "SessionRefRegistry",
+    "StepListing",
     "SubWorkflowResponse",
     "SyncStepCall",
     "_panic_probe",
@@ -94,9 +101,8 @@ class RunContext:
         """`(traceparent, tracestate)` (W3C) this run's steps work under: the
         run's span when the server traces, else what the caller sent."""
     @property
-    def peer_identity(self) -> tuple[str, str | None, list[str], list[str], bytes] | None:
-        """`(subject, common_name, dns_names, uris, certificate_der)` of the caller's
-        verified TLS client certificate, under mutual TLS; else None."""
+    def peer_identity(self) -> CallerIdentity | None:
+        """The caller's verified TLS client certificate, under mutual TLS; else None."""
     @property
     def streaming(self) -> bool:
         """True when a caller streams this run's events."""
@@ -136,8 +142,8 @@ class SessionRefRegistry:
     @property
     def lease_secs(self) -> float:
         """Lease of `UNTIL_PARENT_FINISH` refs, in seconds."""
-    def list(self) -> list[tuple[str, str, int, str, int, str | None, str | None]]:
-        """`[(key, type_tag, size, lifetime, created_at_epoch_ms, owner_run, parent_run), ...]`."""
+    def list(self) -> list[RefRecord]:
+        """Every live ref, oldest first."""
     def insert(self, value: object, payload: object, type_tag: str, lifetime: str) -> str:
         """Stores a value with no owning run (it lives until removed, or per `lifetime`)."""
     def get(self, key: str) -> Any:
@@ -311,9 +317,8 @@ class PeerServer:
     @property
     def draining(self) -> bool:
         """True from the start of `stop` on: new runs are refused, health says NOT_SERVING."""
-    def stats(self) -> tuple[int, int, int, int, int, int]:
-        """`(runs_started, runs_succeeded, runs_failed, runs_cancelled, runs_timed_out,
-        runs_in_flight)`."""
+    def stats(self) -> RunCounts:
+        """Runs since the server started, by how they ended."""
     def metrics(self) -> ServerMetrics:
         """Everything metrics report; before `start`, no run and no connection."""
     @property
@@ -339,8 +344,8 @@ class SubWorkflowResponse:
     def state_json(self) -> dict[str, bytes]:
         """Exported state, each value JSON text."""
     @property
-    def remote_refs(self) -> list[tuple[str, str, str, int]]:
-        """`[(key, origin_node_id, type_tag, created_at_epoch_ms), ...]`."""
+    def remote_refs(self) -> list[RemoteRefEntry]:
+        """The refs the response lists."""
     @property
     def error(self) -> str | None:
         """The remote workflow's error text, or None."""
@@ -400,14 +405,9 @@ class PeerClient:
         """Releases a session ref; resolves to False when it was already gone."""
     def release_blocking(self, key: str) -> bool:
         """Blocking form of `release`."""
-    def list_steps(
-        self,
-    ) -> Awaitable[tuple[str, list[tuple[str, list[str]]], list[tuple[str, list[str]]], bool]]:
-        """What the peer can run; resolves to
-        `(node_id, [(step_id, [accepted types])], [(workflow, [step_ids])], draining)`."""
-    def list_steps_blocking(
-        self,
-    ) -> tuple[str, list[tuple[str, list[str]]], list[tuple[str, list[str]]], bool]:
+    def list_steps(self) -> Awaitable[StepListing]:
+        """What the peer can run; resolves to its `StepListing`."""
+    def list_steps_blocking(self) -> StepListing:
         """Blocking form of `list_steps`."""
     def health(self, service: str = "", timeout_secs: float | None = None) -> Awaitable[str]:
         """Standard gRPC health check; resolves to "SERVING", "NOT_SERVING",
@@ -488,3 +488,99 @@ class LoopInbox:
     # pyo3 gives a no-argument __call__ no text signature.
     def __call__(self, *args: object, **kwargs: object) -> None:
         """Runs every queued job (the loop calls this)."""
+
+@final
+class RunCounts:
+    """Runs since a server started, by how they ended."""
+
+    @property
+    def runs_started(self) -> int: ...
+    @property
+    def runs_succeeded(self) -> int: ...
+    @property
+    def runs_failed(self) -> int: ...
+    @property
+    def runs_cancelled(self) -> int: ...
+    @property
+    def runs_timed_out(self) -> int: ...
+    @property
+    def runs_in_flight(self) -> int: ...
+
+@final
+class RefRecord:
+    """One live session ref of a registry."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def type_tag(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def lifetime(self) -> str: ...
+    @property
+    def created_at_epoch_ms(self) -> int: ...
+    @property
+    def owner_run(self) -> str | None: ...
+    @property
+    def parent_run(self) -> str | None: ...
+
+@final
+class RemoteRefEntry:
+    """A ref a response lists: it stays on `origin_node_id` under `key`."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def origin_node_id(self) -> str: ...
+    @property
+    def type_tag(self) -> str: ...
+    @property
+    def created_at_epoch_ms(self) -> int: ...
+
+@final
+class CallerIdentity:
+    """The verified TLS client certificate of a caller."""
+
+    @property
+    def subject(self) -> str: ...
+    @property
+    def common_name(self) -> str | None: ...
+    @property
+    def dns_names(self) -> list[str]: ...
+    @property
+    def uris(self) -> list[str]: ...
+    @property
+    def certificate_der(self) -> bytes:
+        """The certificate itself (DER)."""
+
+@final
+class ListedStep:
+    """A step a peer lists, with the event types it accepts."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def accepts(self) -> list[str]: ...
+
+@final
+class ListedWorkflow:
+    """A workflow a peer lists, by name, with its steps."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def step_ids(self) -> list[str]: ...
+
+@final
+class StepListing:
+    """`ListSteps`' answer."""
+
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def steps(self) -> list[ListedStep]: ...
+    @property
+    def workflows(self) -> list[ListedWorkflow]: ...
+    @property
+    def draining(self) -> bool: ...

@@ -108,11 +108,16 @@ class Context:
     def peer_identity(self) -> PeerIdentity | None:
         """Who called, as their verified TLS client certificate says (mutual TLS only),
         for auditing and authorization in steps; None otherwise."""
-        fields = self._ref.peer_identity
-        if fields is None:
+        native = self._ref.peer_identity
+        if native is None:
             return None
-        subject, common_name, dns_names, uris, der = fields
-        return PeerIdentity(subject, common_name, tuple(dns_names), tuple(uris), der)
+        return PeerIdentity(
+            subject=native.subject,
+            common_name=native.common_name,
+            dns_names=tuple(native.dns_names),
+            uris=tuple(native.uris),
+            certificate_der=native.certificate_der,
+        )
 
     @property
     def session_refs(self) -> SessionRefs:

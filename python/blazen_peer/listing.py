@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from . import _native
 
 __all__ = ["HealthStatus", "PeerSteps", "StepInfo", "WorkflowInfo"]
 
@@ -54,13 +57,13 @@ class PeerSteps:
         return False
 
     @staticmethod
-    def _from_native(
-        native: tuple[str, list[tuple[str, list[str]]], list[tuple[str, list[str]]], bool],
-    ) -> PeerSteps:
-        node_id, steps, workflows, draining = native
+    def _from_native(native: _native.StepListing) -> PeerSteps:
         return PeerSteps(
-            node_id=node_id,
-            steps=tuple(StepInfo(step_id, tuple(accepts)) for step_id, accepts in steps),
-            workflows=tuple(WorkflowInfo(name, tuple(ids)) for name, ids in workflows),
-            draining=draining,
+            node_id=native.node_id,
+            steps=tuple(StepInfo(step.id, tuple(step.accepts)) for step in native.steps),
+            workflows=tuple(
+                WorkflowInfo(workflow.name, tuple(workflow.step_ids))
+                for workflow in native.workflows
+            ),
+            draining=native.draining,
         )

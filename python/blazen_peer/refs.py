@@ -217,8 +217,16 @@ class SessionRefRegistry:
     def list(self) -> list[RefInfo]:
         """Every live ref, oldest first."""
         return [
-            RefInfo(uuid.UUID(key), tag, size, RefLifetime(lifetime), created, owner, parent)
-            for key, tag, size, lifetime, created, owner, parent in self._ref.list()
+            RefInfo(
+                key=uuid.UUID(record.key),
+                type_tag=record.type_tag,
+                size=record.size,
+                lifetime=RefLifetime(record.lifetime),
+                created_at_epoch_ms=record.created_at_epoch_ms,
+                owner_run=record.owner_run,
+                parent_run=record.parent_run,
+            )
+            for record in self._ref.list()
         ]
 
     def insert(

@@ -51,8 +51,12 @@ class SubWorkflowResponse:
             state={} if failed else {k: json.loads(v) for k, v in native.state_json.items()},
             error=native.error,
             remote_refs={
-                uuid.UUID(key): RemoteRefDescriptor(origin, tag, created)
-                for key, origin, tag, created in native.remote_refs
+                uuid.UUID(entry.key): RemoteRefDescriptor(
+                    origin_node_id=entry.origin_node_id,
+                    type_tag=entry.type_tag,
+                    created_at_epoch_ms=entry.created_at_epoch_ms,
+                )
+                for entry in native.remote_refs
             },
             _raw=native,
         )

@@ -292,7 +292,15 @@ class PeerServer:
 
     def stats(self) -> ServerStats:
         """How many runs started and how each ended."""
-        return ServerStats(*self._ref.stats())
+        counts = self._ref.stats()
+        return ServerStats(
+            runs_started=counts.runs_started,
+            runs_succeeded=counts.runs_succeeded,
+            runs_failed=counts.runs_failed,
+            runs_cancelled=counts.runs_cancelled,
+            runs_timed_out=counts.runs_timed_out,
+            runs_in_flight=counts.runs_in_flight,
+        )
 
     def _native_metrics(self) -> _native.ServerMetrics:
         """What the metrics instruments read (``_metrics``)."""

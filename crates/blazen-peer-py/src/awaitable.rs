@@ -44,16 +44,6 @@ macro_rules! plain_to_python {
 
 plain_to_python!(bool, u64, f64, String, &'static str);
 
-/// `ListSteps`' answer: node id, steps with accepted types, workflows with steps, draining.
-pub type StepListing = (
-    String,
-    Vec<(String, Vec<String>)>,
-    Vec<(String, Vec<String>)>,
-    bool,
-);
-
-plain_to_python!(StepListing);
-
 /// The Python object inside an event that a Python step emitted.
 pub struct PyEventObject(pub Event);
 

@@ -18,9 +18,10 @@ use blazen_peer_core::{CallOptions, ClientConfig, Envelope, PeerClient, PeerErro
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::awaitable::{self, Class, StepListing, ToPython};
+use crate::awaitable::{self, Class, ToPython};
 use crate::errors::{to_py, IntoPyResult};
 use crate::gil;
+use crate::records::{RemoteRefEntry, StepListing};
 use crate::refs::{parse_key, BufferSink, BytesSink, Fetched, FetchedInto};
 use crate::runtime::{self, Owner};
 use crate::server::{positive_size, seconds};
@@ -121,22 +122,8 @@ fn block_on_py<'py, T: ToPython>(
     block_on(py, fut)?.to_python(py)
 }
 
-async fn list_steps_of(client: PeerClient) -> Result<StepListing, PeerError> {
-    let listed = client.list_steps().await?;
-    Ok((
-        listed.node_id,
-        listed
-            .steps
-            .into_iter()
-            .map(|step| (step.id, step.accepts))
-            .collect::<Vec<_>>(),
-        listed
-            .workflows
-            .into_iter()
-            .map(|workflow| (workflow.name, workflow.step_ids))
-            .collect::<Vec<_>>(),
-        listed.draining,
-    ))
+async fn list_steps_of(client: PeerClient) -> Result<Class<StepListing>, PeerError> {
+    Ok(Class(StepListing::from(client.list_steps().await?)))
 }
 
 async fn health_of(
@@ -492,18 +479,11 @@ impl ResponseRef {
 
     /// `[(key, origin_node_id, type_tag, created_at_epoch_ms), ...]`.
     #[getter]
-    fn remote_refs(&self) -> Vec<(String, String, String, u64)> {
+    fn remote_refs(&self) -> Vec<RemoteRefEntry> {
         self.body
             .remote_refs
             .iter()
-            .map(|(key, desc)| {
-                (
-                    key.to_string(),
-                    desc.origin_node_id.clone(),
-                    desc.type_tag.clone(),
-                    desc.created_at_epoch_ms,
-                )
-            })
+            .map(|(key, descriptor)| RemoteRefEntry::new(key.to_string(), descriptor))
             .collect()
     }
 

@@ -6,6 +6,7 @@ use blazen_peer_core::{EventStream, RefOwner, RunContext, StateValue, StreamedEv
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::records::CallerIdentity;
 use crate::{awaitable, gil, refs};
 
 /// How often a blocked writer checks whether its run ended.
@@ -60,18 +61,9 @@ impl RunContextRef {
     /// `(subject, common_name, dns_names, uris, certificate_der)` of the caller's
     /// verified TLS client certificate, under mutual TLS; else None.
     #[getter]
-    fn peer_identity<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let Some(identity) = self.ctx.caller().and_then(|caller| caller.identity()) else {
-            return Ok(None);
-        };
-        let fields = (
-            identity.subject.as_str(),
-            identity.common_name.as_deref(),
-            identity.dns_names.clone(),
-            identity.uris.clone(),
-            PyBytes::new(py, &identity.certificate_der),
-        );
-        Ok(Some(fields.into_pyobject(py)?.into_any()))
+    fn peer_identity(&self) -> Option<CallerIdentity> {
+        let identity = self.ctx.caller().and_then(|caller| caller.identity())?;
+        Some(CallerIdentity::from(&**identity))
     }
 
     /// True when a caller streams this run's events.

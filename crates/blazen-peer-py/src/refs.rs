@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::awaitable::ToPython;
 use crate::errors::IntoPyResult;
 use crate::gil;
+use crate::records::RefRecord;
 
 /// A Python value and a contiguous buffer view of its bytes.
 ///
@@ -164,33 +165,12 @@ impl SessionRefRegistryRef {
         self.registry.lease().as_secs_f64()
     }
 
-    /// `[(key, type_tag, size, lifetime, created_at_epoch_ms, owner_run, parent_run), ...]`.
-    #[allow(clippy::type_complexity)]
-    fn list(
-        &self,
-    ) -> Vec<(
-        String,
-        String,
-        usize,
-        &'static str,
-        u64,
-        Option<String>,
-        Option<String>,
-    )> {
+    /// Every live ref, oldest first.
+    fn list(&self) -> Vec<RefRecord> {
         self.registry
             .list()
             .into_iter()
-            .map(|info| {
-                (
-                    info.key.to_string(),
-                    info.type_tag,
-                    info.size,
-                    info.lifetime.name(),
-                    info.created_at_epoch_ms,
-                    info.owner_run.map(|run| run.to_string()),
-                    info.parent_run.map(|run| run.to_string()),
-                )
-            })
+            .map(RefRecord::from)
             .collect()
     }
 

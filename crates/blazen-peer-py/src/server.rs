@@ -21,6 +21,7 @@ use crate::awaitable;
 use crate::errors::IntoPyResult;
 use crate::inbox;
 use crate::metrics::ServerMetricsRef;
+use crate::records::RunCounts;
 use crate::refs::SessionRefRegistryRef;
 use crate::runtime::Owner;
 use crate::steps::PyHost;
@@ -306,19 +307,12 @@ impl PeerServerRef {
 
     /// `(runs_started, runs_succeeded, runs_failed, runs_cancelled, runs_timed_out,
     /// runs_in_flight)`.
-    fn stats(&self) -> (u64, u64, u64, u64, u64, u64) {
-        let stats = lock(&self.service)
+    fn stats(&self) -> RunCounts {
+        lock(&self.service)
             .as_ref()
             .map(PeerService::stats)
-            .unwrap_or_default();
-        (
-            stats.runs_started,
-            stats.runs_succeeded,
-            stats.runs_failed,
-            stats.runs_cancelled,
-            stats.runs_timed_out,
-            stats.runs_in_flight,
-        )
+            .unwrap_or_default()
+            .into()
     }
 
     /// Everything metrics report; before `start`, no run and no connection.

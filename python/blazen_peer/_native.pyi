@@ -7,7 +7,16 @@ from typing import Any, ClassVar, Protocol, final
 from typing_extensions import Buffer
 
 __all__ = [
+    "DEFAULT_CONNECT_TIMEOUT_SECS",
+    "DEFAULT_KEEPALIVE_INTERVAL_SECS",
+    "DEFAULT_KEEPALIVE_TIMEOUT_SECS",
+    "DEFAULT_LEASE_SECS",
+    "DEFAULT_MAX_CONCURRENT_RUNS",
+    "DEFAULT_MAX_JSON_DEPTH",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_RUN_TIMEOUT_SECS",
     "ENVELOPE_VERSION",
+    "MIN_MAX_MESSAGE_BYTES",
     "AbortOnCancel",
     "CallerIdentity",
     "ClientTls",
@@ -43,6 +52,26 @@ __all__ = [
 ]
 
 ENVELOPE_VERSION: int
+
+# The core's defaults (blazen-peer-core `transport`, `server`, `client`, `session_refs`).
+#: Bound on one gRPC message, both directions.
+DEFAULT_MAX_MESSAGE_BYTES: int
+#: Smallest ``max_message_bytes`` either end accepts.
+MIN_MAX_MESSAGE_BYTES: int
+#: HTTP/2 keepalive: a ping after this many seconds of silence on a connection...
+DEFAULT_KEEPALIVE_INTERVAL_SECS: float
+#: ...which must be answered within this many seconds, or the connection is dropped.
+DEFAULT_KEEPALIVE_TIMEOUT_SECS: float
+#: Seconds a client has to connect.
+DEFAULT_CONNECT_TIMEOUT_SECS: float
+#: Run deadline, in seconds, when a request carries no ``timeout_secs``.
+DEFAULT_RUN_TIMEOUT_SECS: float
+#: Lease of ``UNTIL_PARENT_FINISH`` session refs, in seconds.
+DEFAULT_LEASE_SECS: float
+#: Runs a server has in progress at once before it refuses calls as busy.
+DEFAULT_MAX_CONCURRENT_RUNS: int
+#: How deeply a request's JSON input may nest.
+DEFAULT_MAX_JSON_DEPTH: int
 
 class _RunArgs(Protocol):
     """A run request, read by attribute (`client._RunCall`)."""
@@ -134,7 +163,7 @@ class RunContext:
 class SessionRefRegistry:
     """Session refs held by this process; share one between a server and local runs."""
 
-    def __new__(cls, lease_secs: float = 300.0) -> SessionRefRegistry: ...
+    def __new__(cls, lease_secs: float = ...) -> SessionRefRegistry: ...
     def __len__(self) -> int: ...
     @property
     def total_bytes(self) -> int:
@@ -290,7 +319,7 @@ class PeerServer:
     def __new__(
         cls,
         node_id: str,
-        default_timeout_secs: float = 300.0,
+        default_timeout_secs: float = ...,
         session_refs: SessionRefRegistry | None = None,
         max_message_bytes: int = ...,
         *,

@@ -18,6 +18,7 @@ from . import _native, _tracing
 from ._address import peer_url
 from ._auth import resolve_token, warn_if_token_in_clear
 from ._ref_book import RefBook
+from ._seconds import positive_secs
 from ._v1_peer import note_v1_only, release_parent_refs, release_parent_refs_blocking
 from .errors import (
     EncodeError,
@@ -37,11 +38,11 @@ if TYPE_CHECKING:
 
 __all__ = ["ParentRun", "PeerClient", "RemoteRefDescriptor", "SubWorkflowResponse"]
 
-_DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-# workflow_name, step_ids, input_json, timeout_secs, parent_run: what a run request sends.
-_DEFAULT_KEEPALIVE_INTERVAL_SECS = 30.0
-_DEFAULT_KEEPALIVE_TIMEOUT_SECS = 20.0
+# The defaults live in the Rust core (transport.rs, client/connect.rs).
+DEFAULT_CONNECT_TIMEOUT_SECS: float = _native.DEFAULT_CONNECT_TIMEOUT_SECS
+DEFAULT_MAX_MESSAGE_BYTES: int = _native.DEFAULT_MAX_MESSAGE_BYTES
+DEFAULT_KEEPALIVE_INTERVAL_SECS: float = _native.DEFAULT_KEEPALIVE_INTERVAL_SECS
+DEFAULT_KEEPALIVE_TIMEOUT_SECS: float = _native.DEFAULT_KEEPALIVE_TIMEOUT_SECS
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,12 +121,8 @@ def _encode_input(value: Any) -> bytes:
 def _wire_timeout(timeout_secs: float | None) -> int | None:
     if timeout_secs is None:
         return None
-    if isinstance(timeout_secs, bool) or not isinstance(timeout_secs, int | float):
-        raise ValidationError(f"timeout_secs must be a number of seconds, got {timeout_secs!r}")
-    if not timeout_secs > 0 or math.isinf(timeout_secs):
-        raise ValidationError(f"timeout_secs must be a positive, finite number, got {timeout_secs}")
     # The wire carries whole seconds; rounding up never cuts a run short.
-    return math.ceil(timeout_secs)
+    return math.ceil(positive_secs("timeout_secs", timeout_secs))
 
 
 def _as_uuid(key: uuid.UUID | str) -> uuid.UUID:
@@ -169,10 +166,10 @@ class PeerClient:
         node_id: str,
         token: str | None = None,
         tls: ClientTls | None = None,
-        connect_timeout_secs: float = 5.0,
-        max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
-        keepalive_interval_secs: float | None = _DEFAULT_KEEPALIVE_INTERVAL_SECS,
-        keepalive_timeout_secs: float = _DEFAULT_KEEPALIVE_TIMEOUT_SECS,
+        connect_timeout_secs: float = DEFAULT_CONNECT_TIMEOUT_SECS,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        keepalive_interval_secs: float | None = DEFAULT_KEEPALIVE_INTERVAL_SECS,
+        keepalive_timeout_secs: float = DEFAULT_KEEPALIVE_TIMEOUT_SECS,
     ) -> PeerClient:
         """Connects to ``address``: ``HOST:PORT`` (``https://`` with ``tls=``, else
         ``http://``), ``http://HOST:PORT``, or ``https://HOST:PORT`` with ``tls=``; the
@@ -200,10 +197,10 @@ class PeerClient:
         node_id: str,
         token: str | None = None,
         tls: ClientTls | None = None,
-        connect_timeout_secs: float = 5.0,
-        max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
-        keepalive_interval_secs: float | None = _DEFAULT_KEEPALIVE_INTERVAL_SECS,
-        keepalive_timeout_secs: float = _DEFAULT_KEEPALIVE_TIMEOUT_SECS,
+        connect_timeout_secs: float = DEFAULT_CONNECT_TIMEOUT_SECS,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        keepalive_interval_secs: float | None = DEFAULT_KEEPALIVE_INTERVAL_SECS,
+        keepalive_timeout_secs: float = DEFAULT_KEEPALIVE_TIMEOUT_SECS,
     ) -> PeerClient:
         """Blocking :meth:`connect`, for code without an event loop."""
         _refuse_inside_loop("connect_blocking", "connect")

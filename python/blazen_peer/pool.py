@@ -38,7 +38,15 @@ from urllib.parse import urlsplit
 
 from . import _native
 from ._address import peer_url
-from .client import PeerClient, _encode_input, _refuse_inside_loop, _traced
+from ._seconds import positive_secs
+from .client import (
+    DEFAULT_CONNECT_TIMEOUT_SECS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    PeerClient,
+    _encode_input,
+    _refuse_inside_loop,
+    _traced,
+)
 from .errors import (
     PeerBusyError,
     PeerError,
@@ -59,6 +67,12 @@ if TYPE_CHECKING:
 __all__ = ["PeerPool", "PeerStatus"]
 
 _log = logging.getLogger("blazen_peer")
+
+# A pool pings its members sooner and waits less for the answer than a lone
+# PeerClient (the core's 30 s / 20 s): a member that died silently is failed
+# over from within ~20 s instead of ~50 s, and the pool has others to call.
+POOL_KEEPALIVE_INTERVAL_SECS = 10.0
+POOL_KEEPALIVE_TIMEOUT_SECS = 10.0
 
 T = TypeVar("T")
 
@@ -220,10 +234,10 @@ class PeerPool:
         node_id: str,
         token: str | None = None,
         tls: ClientTls | None = None,
-        connect_timeout_secs: float = 5.0,
-        max_message_bytes: int = 64 * 1024 * 1024,
-        keepalive_interval_secs: float | None = 10.0,
-        keepalive_timeout_secs: float = 10.0,
+        connect_timeout_secs: float = DEFAULT_CONNECT_TIMEOUT_SECS,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        keepalive_interval_secs: float | None = POOL_KEEPALIVE_INTERVAL_SECS,
+        keepalive_timeout_secs: float = POOL_KEEPALIVE_TIMEOUT_SECS,
         probe_interval_secs: float = 2.0,
         probe_timeout_secs: float = 1.0,
         resolve_interval_secs: float = 30.0,
@@ -242,13 +256,9 @@ class PeerPool:
         sources = [peer_url(source, tls=tls is not None) for source in sources]
         for source in sources:
             _split(source)
-        for name, value in (
-            ("probe_interval_secs", probe_interval_secs),
-            ("probe_timeout_secs", probe_timeout_secs),
-            ("resolve_interval_secs", resolve_interval_secs),
-        ):
-            if not value > 0:
-                raise ValidationError(f"{name} must be a positive number of seconds, got {value}")
+        positive_secs("probe_interval_secs", probe_interval_secs)
+        positive_secs("probe_timeout_secs", probe_timeout_secs)
+        positive_secs("resolve_interval_secs", resolve_interval_secs)
         settings = _Settings(
             node_id=node_id,
             token=token,
@@ -429,10 +439,10 @@ class PeerPool:
         node_id: str,
         token: str | None = None,
         tls: ClientTls | None = None,
-        connect_timeout_secs: float = 5.0,
-        max_message_bytes: int = 64 * 1024 * 1024,
-        keepalive_interval_secs: float | None = 10.0,
-        keepalive_timeout_secs: float = 10.0,
+        connect_timeout_secs: float = DEFAULT_CONNECT_TIMEOUT_SECS,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        keepalive_interval_secs: float | None = POOL_KEEPALIVE_INTERVAL_SECS,
+        keepalive_timeout_secs: float = POOL_KEEPALIVE_TIMEOUT_SECS,
         probe_interval_secs: float = 2.0,
         probe_timeout_secs: float = 1.0,
         resolve_interval_secs: float = 30.0,

@@ -34,6 +34,9 @@ __all__ = [
     "register_ref_codec",
 ]
 
+#: Lease of ``UNTIL_PARENT_FINISH`` refs; the default lives in the Rust core (session_refs.rs).
+DEFAULT_LEASE_SECS: float = _native.DEFAULT_LEASE_SECS
+
 
 class RefLifetime(enum.Enum):
     """When a session ref is purged automatically."""
@@ -192,7 +195,7 @@ class SessionRefRegistry:
     that stopped renewing them (a crashed caller).
     """
 
-    def __init__(self, lease_secs: float = 300.0) -> None:
+    def __init__(self, lease_secs: float = DEFAULT_LEASE_SECS) -> None:
         self._ref = _native.SessionRefRegistry(lease_secs)
 
     @classmethod

@@ -19,9 +19,14 @@ __all__ = ["PeerServer", "ServerStats"]
 #: How long ``stop()`` lets runs in progress finish before cancelling them.
 DEFAULT_GRACE_SECS = 10.0
 
-# Limits: the defaults live in the Rust core (server.rs, server/limits.rs).
+# Limits: the defaults live in the Rust core (transport.rs, server/config.rs, server/limits.rs).
 _NativeServer = _native.PeerServer
-DEFAULT_MAX_MESSAGE_BYTES: int = _NativeServer.DEFAULT_MAX_MESSAGE_BYTES
+DEFAULT_RUN_TIMEOUT_SECS: float = _native.DEFAULT_RUN_TIMEOUT_SECS
+DEFAULT_MAX_MESSAGE_BYTES: int = _native.DEFAULT_MAX_MESSAGE_BYTES
+DEFAULT_MAX_CONCURRENT_RUNS: int = _native.DEFAULT_MAX_CONCURRENT_RUNS
+DEFAULT_MAX_JSON_DEPTH: int = _native.DEFAULT_MAX_JSON_DEPTH
+DEFAULT_KEEPALIVE_INTERVAL_SECS: float = _native.DEFAULT_KEEPALIVE_INTERVAL_SECS
+DEFAULT_KEEPALIVE_TIMEOUT_SECS: float = _native.DEFAULT_KEEPALIVE_TIMEOUT_SECS
 DEFAULT_MAX_CONNECTIONS: int = _NativeServer.DEFAULT_MAX_CONNECTIONS
 DEFAULT_MAX_CONCURRENT_STREAMS: int = _NativeServer.DEFAULT_MAX_CONCURRENT_STREAMS
 DEFAULT_HANDSHAKE_TIMEOUT_SECS: float = _NativeServer.DEFAULT_HANDSHAKE_TIMEOUT_SECS
@@ -113,16 +118,16 @@ class PeerServer:
         self,
         node_id: str,
         *,
-        default_timeout_secs: float = 300.0,
+        default_timeout_secs: float = DEFAULT_RUN_TIMEOUT_SECS,
         session_refs: SessionRefRegistry | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         tls: ServerTls | None = None,
         token: str | Sequence[str] | None = None,
         insecure: bool = False,
-        max_concurrent_runs: int = 1024,
-        max_json_depth: int = 100,
-        keepalive_interval_secs: float | None = 30.0,
-        keepalive_timeout_secs: float = 20.0,
+        max_concurrent_runs: int = DEFAULT_MAX_CONCURRENT_RUNS,
+        max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+        keepalive_interval_secs: float | None = DEFAULT_KEEPALIVE_INTERVAL_SECS,
+        keepalive_timeout_secs: float = DEFAULT_KEEPALIVE_TIMEOUT_SECS,
         tracing: bool | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,

@@ -19,7 +19,7 @@ mod rpc;
 mod stream;
 
 pub use crate::transport::NODE_ID_HEADER;
-pub use connect::ClientConfig;
+pub use connect::{ClientConfig, DEFAULT_CONNECT_TIMEOUT};
 pub use deref::{ChunkSink, VecSink};
 pub use rpc::{CallOptions, Health};
 pub use stream::{EventReceiver, StreamMessage};

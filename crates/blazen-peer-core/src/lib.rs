@@ -24,7 +24,7 @@ pub mod session_refs;
 pub mod tls;
 mod tls_connector;
 pub mod trace;
-mod transport;
+pub mod transport;
 
 /// Code generated from `proto/blazen_peer.proto`.
 pub mod pb {

@@ -34,7 +34,7 @@ mod request_body;
 mod running;
 mod stream_feed;
 
-pub use config::{ServerConfig, DEFAULT_MAX_CONCURRENT_RUNS};
+pub use config::{ServerConfig, DEFAULT_MAX_CONCURRENT_RUNS, DEFAULT_RUN_TIMEOUT};
 pub use deref::CHUNK_BYTES;
 pub use lifecycle::RunStats;
 pub use limits::{

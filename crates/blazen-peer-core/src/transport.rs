@@ -9,8 +9,12 @@
 
 use std::time::Duration;
 
+use crate::error::PeerError;
+
 /// Default bound on one gRPC message, both directions.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Smallest message limit either end accepts: below it even small calls fail.
+pub const MIN_MAX_MESSAGE_BYTES: usize = 1024;
 /// HTTP/2 flow-control windows: large enough that big values stream at memory speed.
 pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 /// Connection-wide HTTP/2 window.
@@ -26,3 +30,14 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Metadata key carrying the caller's node id, for the peer's logs.
 pub const NODE_ID_HEADER: &str = "x-blazen-node-id";
+
+/// Refuses a message limit below [`MIN_MAX_MESSAGE_BYTES`]; the one check
+/// for both the server's and the client's `max_message_bytes`.
+pub fn check_max_message_bytes(max_message_bytes: usize) -> Result<(), PeerError> {
+    if max_message_bytes < MIN_MAX_MESSAGE_BYTES {
+        return Err(PeerError::Validation(format!(
+            "max_message_bytes must be at least {MIN_MAX_MESSAGE_BYTES}, got {max_message_bytes}"
+        )));
+    }
+    Ok(())
+}

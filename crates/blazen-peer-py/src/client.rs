@@ -24,7 +24,7 @@ use crate::gil;
 use crate::records::{RemoteRefEntry, StepListing};
 use crate::refs::{parse_key, BufferSink, BytesSink, Fetched, FetchedInto};
 use crate::runtime::{self, Owner};
-use crate::server::{positive_size, seconds};
+use crate::server::seconds;
 use crate::streaming::EventStreamRef;
 use crate::tls::ClientTlsRef;
 
@@ -52,7 +52,7 @@ impl ConnectOptions {
     fn config(&self, py: Python<'_>) -> PyResult<ClientConfig> {
         Ok(ClientConfig {
             connect_timeout: seconds("connect_timeout_secs", self.connect_timeout_secs)?,
-            max_message_bytes: positive_size(self.max_message_bytes)?,
+            max_message_bytes: self.max_message_bytes,
             token: self.token.clone(),
             tls: self.tls.as_ref().map(|tls| tls.borrow(py).config.clone()),
             keepalive_interval: self

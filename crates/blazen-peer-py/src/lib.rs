@@ -6,6 +6,7 @@ mod awaitable;
 mod bridge;
 mod client;
 mod context;
+mod defaults;
 mod errors;
 mod events;
 mod gil;
@@ -29,6 +30,7 @@ use pyo3::prelude::*;
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::install(module.py())?;
     module.add("ENVELOPE_VERSION", blazen_peer_core::ENVELOPE_VERSION)?;
+    defaults::add(module)?;
     module.add_class::<events::EventTypesRef>()?;
     module.add_class::<context::RunContextRef>()?;
     module.add_class::<steps::Completion>()?;

@@ -4,6 +4,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
+use blazen_peer_core::session_refs::DEFAULT_LEASE;
 use blazen_peer_core::{
     ChunkSink, PeerError, RefLifetime, RefOwner, RefPayload, SessionRefRegistry,
 };
@@ -15,6 +16,7 @@ use crate::awaitable::ToPython;
 use crate::errors::IntoPyResult;
 use crate::gil;
 use crate::records::RefRecord;
+use crate::server::seconds;
 
 /// A Python value and a contiguous buffer view of its bytes.
 ///
@@ -133,17 +135,9 @@ pub struct SessionRefRegistryRef {
 #[pymethods]
 impl SessionRefRegistryRef {
     #[new]
-    #[pyo3(signature = (lease_secs=300.0))]
+    #[pyo3(signature = (lease_secs=DEFAULT_LEASE.as_secs_f64()))]
     fn new(lease_secs: f64) -> PyResult<Self> {
-        let lease = std::time::Duration::try_from_secs_f64(lease_secs)
-            .ok()
-            .filter(|lease| !lease.is_zero())
-            .ok_or_else(|| {
-                PeerError::Validation(format!(
-                    "lease_secs must be a positive number of seconds, got {lease_secs}"
-                ))
-            })
-            .py_err()?;
+        let lease = seconds("lease_secs", lease_secs)?;
         Ok(Self {
             registry: Arc::new(SessionRefRegistry::with_lease(lease)),
         })

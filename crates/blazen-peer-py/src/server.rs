@@ -10,7 +10,7 @@ use blazen_peer_core::server::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_CONNECTION_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_BUFFERED_REQUEST_BYTES, DEFAULT_MAX_CONCURRENT_RUNS,
     DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_REQUEST_BODY_TIMEOUT,
+    DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_RUN_TIMEOUT,
 };
 use blazen_peer_core::{
     PeerError, PeerService, RunStats, RunningServer, ServerConfig, ServiceMetrics,
@@ -47,25 +47,15 @@ pub struct PeerServerRef {
     owner: Owner,
 }
 
-/// Rejects a zero message limit, which would refuse every call.
-pub fn positive_size(max_message_bytes: usize) -> PyResult<usize> {
-    if max_message_bytes == 0 {
-        return Err(PeerError::Validation(
-            "max_message_bytes must be positive".into(),
-        ))
-        .py_err();
-    }
-    Ok(max_message_bytes)
-}
-
-/// A positive, finite number of seconds as a Duration.
+/// A positive, finite number of seconds as a Duration: the one check of every
+/// `*_secs` setting Python passes (the core checks counts and sizes).
 pub fn seconds(name: &str, secs: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(secs)
         .ok()
         .filter(|duration| !duration.is_zero())
         .ok_or_else(|| {
             PeerError::Validation(format!(
-                "{name} must be a positive number of seconds, got {secs}"
+                "{name} must be a positive, finite number of seconds, got {secs}"
             ))
         })
         .py_err()
@@ -122,7 +112,7 @@ impl PeerServerRef {
     #[new]
     #[pyo3(signature = (
         node_id,
-        default_timeout_secs=300.0,
+        default_timeout_secs=DEFAULT_RUN_TIMEOUT.as_secs_f64(),
         session_refs=None,
         max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES,
         *,
@@ -157,21 +147,13 @@ impl PeerServerRef {
         if node_id.is_empty() {
             return Err(PeerError::Validation("node_id cannot be empty".into())).py_err();
         }
-        let default_timeout = Duration::try_from_secs_f64(default_timeout_secs)
-            .ok()
-            .filter(|timeout| !timeout.is_zero())
-            .ok_or_else(|| {
-                PeerError::Validation(format!(
-                    "default_timeout_secs must be a positive number of seconds, got {default_timeout_secs}"
-                ))
-            })
-            .py_err()?;
+        let default_timeout = seconds("default_timeout_secs", default_timeout_secs)?;
         let config = ServerConfig {
             default_timeout,
             session_refs: session_refs
                 .map(|refs| refs.registry.clone())
                 .unwrap_or_default(),
-            max_message_bytes: positive_size(max_message_bytes)?,
+            max_message_bytes,
             max_concurrent_runs,
             max_json_depth,
             tls: tls.map(|tls| tls.config.clone()),

@@ -98,14 +98,19 @@ def add_parser(
         f"(default: {DEFAULT_GRACE_SECS:g})",
     )
     parser.add_argument(
-        "--max-concurrent-runs", type=int, default=1024, metavar="N", help="(default: 1024)"
+        "--max-concurrent-runs",
+        type=int,
+        default=_server.DEFAULT_MAX_CONCURRENT_RUNS,
+        metavar="N",
+        help=f"(default: {_server.DEFAULT_MAX_CONCURRENT_RUNS})",
     )
     parser.add_argument(
         "--default-timeout",
         type=float,
-        default=300.0,
+        default=_server.DEFAULT_RUN_TIMEOUT_SECS,
         metavar="SECS",
-        help="deadline of runs whose caller sets none (default: 300)",
+        help="deadline of runs whose caller sets none "
+        f"(default: {_server.DEFAULT_RUN_TIMEOUT_SECS:g})",
     )
     parser.add_argument(
         "--metrics-port",

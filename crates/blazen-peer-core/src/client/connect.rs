@@ -18,9 +18,12 @@ use crate::pb::blazen_peer_client::BlazenPeerClient;
 use crate::tls::{handshake_failure, ClientTls};
 use crate::tls_connector;
 use crate::transport::{
-    CONNECTION_WINDOW_BYTES, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
-    DEFAULT_MAX_MESSAGE_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES,
+    check_max_message_bytes, CONNECTION_WINDOW_BYTES, DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, MAX_FRAME_BYTES, STREAM_WINDOW_BYTES,
 };
+
+/// Default time to establish the connection before `connect` gives up.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Locally reset streams whose late frames h2 ignores quietly (see `connect`).
 const CANCELLED_STREAMS_REMEMBERED: usize = 4096;
@@ -63,7 +66,7 @@ impl std::fmt::Debug for ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
-            connect_timeout: Duration::from_secs(5),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             deadline_margin: Duration::from_secs(5),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             token: None,
@@ -81,6 +84,7 @@ impl PeerClient {
         node_id: &str,
         config: ClientConfig,
     ) -> Result<Self, PeerError> {
+        check_max_message_bytes(config.max_message_bytes)?;
         let secure = address.starts_with("https://");
         if !(secure || address.starts_with("http://")) {
             return Err(PeerError::Validation(format!(

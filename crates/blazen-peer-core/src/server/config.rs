@@ -22,11 +22,14 @@ use crate::registry::StepRegistry;
 use crate::session_refs::SessionRefRegistry;
 use crate::tls::ServerTls;
 use crate::transport::{
-    DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES,
+    check_max_message_bytes, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_BYTES,
 };
 
 /// Default bound on runs in progress at once; beyond it calls get RESOURCE_EXHAUSTED.
 pub const DEFAULT_MAX_CONCURRENT_RUNS: usize = 1024;
+/// Run deadline when a request carries no `timeout_secs`.
+pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Server settings; `Default` gives the documented defaults.
 #[derive(Clone)]
@@ -84,7 +87,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            default_timeout: Duration::from_secs(300),
+            default_timeout: DEFAULT_RUN_TIMEOUT,
             registry: StepRegistry::global().clone(),
             session_refs: Arc::new(SessionRefRegistry::default()),
             host: None,
@@ -128,12 +131,7 @@ impl ServerConfig {
                 "stream_buffer must be at least 1 event".into(),
             ));
         }
-        if self.max_message_bytes < 1024 {
-            return Err(PeerError::Validation(format!(
-                "max_message_bytes must be at least 1024, got {}",
-                self.max_message_bytes
-            )));
-        }
+        check_max_message_bytes(self.max_message_bytes)?;
         self.validate_transport()?;
         for token in &self.tokens {
             if token.is_empty() {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -47,6 +48,10 @@ TOKEN = "metrics-token"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
+# Bounds the wait for the server to notice a closed connection (it takes milliseconds).
+SETTLE_SECS = 10.0
+
+
 def scrape(port: int) -> Samples:
     """Every sample of http://127.0.0.1:PORT/metrics, by name and labels."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
@@ -58,6 +63,19 @@ def scrape(port: int) -> Samples:
         for sample in family.samples:
             samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return samples
+
+
+def scrape_when(port: int, settled: Callable[[Samples], bool]) -> Samples:
+    """A scrape in which ``settled`` holds, or the last one after SETTLE_SECS.
+
+    The server sees a client's socket close only when its kernel reports it, a
+    moment after ``close()`` returns, so gauges of connections lag the client."""
+    deadline = time.monotonic() + SETTLE_SECS
+    while True:
+        samples = scrape(port)
+        if settled(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.02)
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -113,7 +131,10 @@ async def test_serve_metrics_port_serves_runs_refs_connections_and_refusals(
         finally:
             await intruder.close()
 
-        during = scrape(port)
+        # The intruder's connection is closed; wait until the server has seen it go.
+        during = scrape_when(
+            port, lambda samples: value(samples, "blazen_peer_connection_count", **node) == 1
+        )
         runs = "blazen_peer_runs_total"
         assert value(during, runs, **node, blazen_peer_outcome="succeeded") == 4
         assert value(during, runs, **node, blazen_peer_outcome="failed") == 1

@@ -29,6 +29,7 @@ REPO_ROOT = TESTS_DIR.parent
 PEER_APP = TESTS_DIR / "peer_app.py"
 CALL_PEER = TESTS_DIR / "call_peer.py"
 FAULT_PEER = TESTS_DIR / "fault_peer.py"
+POLICY_PEER = TESTS_DIR / "policy_peer.py"
 STARTUP_TIMEOUT_SECS = 30.0
 EXIT_TIMEOUT_SECS = 10.0
 
@@ -101,11 +102,12 @@ def read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
     return buffer.decode(errors="replace")
 
 
-def start_peer_process(stderr_path: Path, *args: str) -> PeerProcess:
-    """Starts `python tests/peer_app.py ARGS...` and waits for its LISTENING line."""
+def start_peer_process(stderr_path: Path, *args: str, script: Path = PEER_APP) -> PeerProcess:
+    """Starts `python tests/peer_app.py ARGS...` (or another peer `script`) and waits
+    for its LISTENING line."""
     with stderr_path.open("wb") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, str(PEER_APP), *args],
+            [sys.executable, str(script), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -119,7 +121,7 @@ def start_peer_process(stderr_path: Path, *args: str) -> PeerProcess:
             if stream is not None:
                 stream.close()
         pytest.fail(
-            f"peer_app.py did not report its address (stdout: {line!r}, "
+            f"{script.name} did not report its address (stdout: {line!r}, "
             f"status: {proc.returncode}); its stderr:\n{stderr_path.read_text(errors='replace')}"
         )
     return PeerProcess(proc, line.split()[1], stderr_path)

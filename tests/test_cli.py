@@ -39,6 +39,7 @@ health_pb2_grpc = pytest.importorskip(
 CLI = [sys.executable, "-m", "blazen_peer"]
 CLI_TIMEOUT_SECS = 30.0
 PEER_APP = "tests/peer_app.py"  # relative to REPO_ROOT, as a user would type it
+POLICY_PEER = "tests/policy_peer.py"
 PEER_SERVICE = "blazen.peer.v1.BlazenPeer"
 READY = re.compile(
     r"^blazen-peer: node (?P<node>\S+) serving on (?P<address>\S+) "
@@ -451,6 +452,32 @@ def test_steps_prints_a_table(addr: str) -> None:
     assert re.search(
         r"^analyze-pipeline +my_app::analyze -> my_app::summarize$", result.stdout, re.MULTILINE
     )
+
+
+def test_serve_labels_and_step_limits_show_in_steps(spawn_serve: Callable[..., Served]) -> None:
+    peer = spawn_serve(
+        POLICY_PEER,
+        *("--listen", "127.0.0.1:0", "--node-id", "gpu-1"),
+        *("--label", "region=eu-west", "--label", "gpu=h100"),
+    )
+    listing = json.loads(run_cli("steps", peer.host_port, "--json").stdout)
+    assert listing["labels"] == {"gpu": "h100", "region": "eu-west"}
+    by_id = {step["id"]: step for step in listing["steps"]}
+    assert by_id["policy::held"]["max_concurrency"] == 1
+    assert by_id["policy::hangs"]["timeout_secs"] == 1.0
+    assert by_id["policy::flaky"]["attempts"] == 3
+    text = run_cli("steps", peer.host_port).stdout
+    assert "labels gpu=h100 region=eu-west" in text.splitlines()
+    assert re.search(r"^policy::held +blazen::StartEvent  \(0/1 running\)$", text, re.MULTILINE)
+    assert peer.stop(signal.SIGTERM) == 0, peer.stderr()
+
+
+def test_serve_refuses_a_label_without_a_value(spawn_serve: Callable[..., Served]) -> None:
+    result = run_cli(
+        "serve", POLICY_PEER, "--listen", "127.0.0.1:0", "--node-id", "x", "--label", "region"
+    )
+    assert result.returncode == 2
+    assert "expected NAME=VALUE" in result.stderr
 
 
 def test_steps_json(addr: str) -> None:

@@ -26,6 +26,7 @@ from blazen_peer import (
     PeerTimeoutError,
     PeerUnsupportedError,
     RefNotFoundError,
+    RunUsage,
     UnknownStepError,
     WorkflowError,
 )
@@ -139,6 +140,12 @@ async def client(rust_peer: RustPeer) -> AsyncIterator[PeerClient]:
 async def test_echo(client: PeerClient) -> None:
     value = {"text": "héllo", "n": [1, 2.5, None, True]}
     assert await client.run_remote_workflow("wf", [ECHO], value, timeout_secs=30) == value
+
+
+async def test_a_v1_response_reads_as_zero_usage(client: PeerClient) -> None:
+    # The published crate sends no usage extension: zero, not an error.
+    response = await client.invoke_sub_workflow("wf", [ECHO], {"x": 1}, timeout_secs=30)
+    assert response.usage == RunUsage()
 
 
 async def test_no_timeout_means_no_deadline(client: PeerClient) -> None:

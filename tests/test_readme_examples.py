@@ -65,6 +65,7 @@ STOP_SECS = 15.0
 
 ROUND_TRIP = "The round trip"
 STREAMING = "Streaming, cancellation and shutdown"
+LIMITS = "Step limits, usage and placement"
 EMBEDDING = "Embedding in an existing asyncio app"
 FLEETS = "Fleets: the CLI, pools, health, logs and traces"
 REFS = "Session refs: values that stay on the peer"
@@ -136,6 +137,9 @@ COVERED = {
     (ROUND_TRIP, 0): "test_round_trip",
     (ROUND_TRIP, 1): "test_round_trip",
     (ROUND_TRIP, 2): "test_round_trip",
+    (LIMITS, 0): "test_step_limits",
+    (LIMITS, 1): "test_step_limits",
+    (LIMITS, 2): "test_step_limits",
     (STREAMING, 0): "test_streaming",
     (STREAMING, 1): "test_streaming",
     (EMBEDDING, 0): "test_embedding",
@@ -379,6 +383,22 @@ def test_round_trip(machine: Callable[..., Machine]) -> None:
     copy = definitions(DEMO_PEER.read_text(), without_event_type=True)
     for name, definition in definitions(peer.text).items():
         assert copy.get(name) == definition, f"{DEMO_PEER.name} differs at {name}"
+
+
+@pytest.mark.timeout(SCENARIO_SECS)
+def test_step_limits(machine: Callable[..., Machine]) -> None:
+    peer, caller, local = blocks_of(LIMITS, 3)
+    host = machine()
+    assert peer.file_name == "gpu_peer.py", peer
+    host.write(peer)
+    # "one peer started as `python gpu_peer.py 50054 eu-west` and another as ... 50055 us-east"
+    for name, port, region in (("eu", "50054", "eu-west"), ("us", "50055", "us-east")):
+        host.spawn(name, [sys.executable, "gpu_peer.py", port, region])
+        host.wait_serving(f"http://127.0.0.1:{port}", name)
+    host.run_block(caller)
+    host.run_block(local)
+    for name in ("eu", "us"):
+        assert_stopped_cleanly(host, name, signal.SIGINT)
 
 
 @pytest.mark.timeout(SCENARIO_SECS)

@@ -20,6 +20,7 @@ from .errors import (
     PeerError,
     PeerTimeoutError,
     PeerUnsupportedError,
+    PlacementError,
     RefNotFoundError,
     TlsError,
     TransportError,
@@ -34,6 +35,7 @@ from .pool import PeerPool, PeerStatus
 from .refs import RefInfo, RefLifetime, SessionRefRegistry, SessionRefs, register_ref_codec
 from .server import PeerServer, ServerStats
 from .steps import (
+    Retry,
     Step,
     register_step,
     register_workflow,
@@ -44,6 +46,7 @@ from .steps import (
 )
 from .streaming import SubWorkflowBlockingStream, SubWorkflowStream
 from .tls import ClientTls, ServerTls
+from .usage import ModelUsage, RunUsage, UsageEvent
 from .workflow import Workflow, WorkflowHandler
 
 # Runtime threads must be out of Python before the interpreter finalizes.
@@ -63,6 +66,7 @@ __all__ = [
     "GenericEvent",
     "HealthStatus",
     "MessageTooLargeError",
+    "ModelUsage",
     "ParentRun",
     "PeerBusyError",
     "PeerClient",
@@ -74,10 +78,13 @@ __all__ = [
     "PeerSteps",
     "PeerTimeoutError",
     "PeerUnsupportedError",
+    "PlacementError",
     "RefInfo",
     "RefLifetime",
     "RefNotFoundError",
     "RemoteRefDescriptor",
+    "Retry",
+    "RunUsage",
     "ServerStats",
     "ServerTls",
     "SessionRefRegistry",
@@ -93,6 +100,7 @@ __all__ = [
     "TransportError",
     "UnknownStepError",
     "UnknownWorkflowError",
+    "UsageEvent",
     "ValidationError",
     "Workflow",
     "WorkflowError",

@@ -18,11 +18,24 @@ from . import _native, _tracing
 from ._grammar import with_article
 from .context import Context
 from .events import Event, StartEvent, StopEvent
+from .usage import _WITHIN_RUN
 
 Emitted = list[tuple[Event, _native.EventTypes]]
 
 
 def start_async_step(
+    fn: Any, ctx: _native.RunContext, event: Any, completion: _native.Completion
+) -> None:
+    # The task copies this context when it is created: PeerClient calls the
+    # step makes know which run their sub-run's usage belongs to.
+    token = _WITHIN_RUN.set(ctx)
+    try:
+        _start_async_step(fn, ctx, event, completion)
+    finally:
+        _WITHIN_RUN.reset(token)
+
+
+def _start_async_step(
     fn: Any, ctx: _native.RunContext, event: Any, completion: _native.Completion
 ) -> None:
     try:
@@ -111,6 +124,14 @@ class _Paced:
 
 
 def run_sync_step(fn: Any, ctx: _native.RunContext, event: Any) -> Emitted:
+    token = _WITHIN_RUN.set(ctx)
+    try:
+        return _run_sync_step(fn, ctx, event)
+    finally:
+        _WITHIN_RUN.reset(token)
+
+
+def _run_sync_step(fn: Any, ctx: _native.RunContext, event: Any) -> Emitted:
     if not _tracing.INSTALLED:
         return normalize_output(fn(Context(ctx), _as_event(event)))
     with _tracing.step_span(_step_name(fn), ctx.trace_context):

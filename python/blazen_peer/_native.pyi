@@ -1,7 +1,7 @@
 """Stubs of the private extension module ``blazen_peer._native`` (checked by stubtest)."""
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol, final
 
 from typing_extensions import Buffer
@@ -14,6 +14,9 @@ __all__ = [
     "DEFAULT_MAX_CONCURRENT_RUNS",
     "DEFAULT_MAX_JSON_DEPTH",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_RETRY_BACKOFF_SECS",
+    "DEFAULT_RETRY_MAX_BACKOFF_SECS",
+    "DEFAULT_RETRY_MULTIPLIER",
     "DEFAULT_RUN_TIMEOUT_SECS",
     "ENVELOPE_VERSION",
     "MIN_MAX_MESSAGE_BYTES",
@@ -27,6 +30,7 @@ __all__ = [
     "ListedWorkflow",
     "LocalRun",
     "LoopInbox",
+    "ModelUsage",
     "PeerClient",
     "PeerServer",
     "RefRecord",
@@ -39,6 +43,8 @@ __all__ = [
     "StepListing",
     "SubWorkflowResponse",
     "SyncStepCall",
+    "UsageTotals",
+    "WrittenEvent",
     "_panic_probe",
     "close_python_gate",
     "next_sync_step",
@@ -56,6 +62,12 @@ ENVELOPE_VERSION: int
 # The core's defaults (blazen-peer-core `transport`, `server`, `client`, `session_refs`).
 #: Bound on one gRPC message, both directions.
 DEFAULT_MAX_MESSAGE_BYTES: int
+#: A step's retries: the wait before the second attempt (``Retry.backoff_secs``)...
+DEFAULT_RETRY_BACKOFF_SECS: float
+#: ...the factor it grows by after each further attempt...
+DEFAULT_RETRY_MULTIPLIER: float
+#: ...and the longest wait between two attempts.
+DEFAULT_RETRY_MAX_BACKOFF_SECS: float
 #: Smallest ``max_message_bytes`` either end accepts.
 MIN_MAX_MESSAGE_BYTES: int
 #: HTTP/2 keepalive: a ping after this many seconds of silence on a connection...
@@ -90,6 +102,8 @@ class _RunArgs(Protocol):
     def traceparent(self) -> str | None: ...
     @property
     def tracestate(self) -> str | None: ...
+    @property
+    def within_run(self) -> RunContext | None: ...
 
 class _RunObservation(Protocol):
     """What `run_started` returns: told how the run ended."""
@@ -109,6 +123,12 @@ class EventTypes:
 @final
 class RunContext:
     """Native half of `blazen_peer.Context`."""
+
+    def record_usage(self, data_json: bytes) -> None:
+        """Counts a usage record (the JSON of a `blazen::UsageEvent`) in the run's totals."""
+    @property
+    def usage(self) -> UsageTotals:
+        """The run's usage so far, its sub-runs' included."""
 
     @property
     def run_id(self) -> str:
@@ -336,6 +356,7 @@ class PeerServer:
         | None = None,
         transport: _TransportOptions | None = None,
         http_json: bool = False,
+        labels: Mapping[str, str] = ...,
     ) -> PeerServer: ...
     @property
     def session_refs(self) -> SessionRefRegistry:
@@ -375,6 +396,9 @@ class SubWorkflowResponse:
     @property
     def remote_refs(self) -> list[RemoteRefEntry]:
         """The refs the response lists."""
+    @property
+    def usage(self) -> UsageTotals:
+        """The run's usage totals, its sub-runs' included (zero from a v1 peer)."""
     @property
     def error(self) -> str | None:
         """The remote workflow's error text, or None."""
@@ -462,6 +486,22 @@ class LocalRun:
         self, start_event: object, types: EventTypes, timeout_secs: float | None = None
     ) -> asyncio.Future[Any]:
         """Runs from `start_event` to the StopEvent, which the awaitable returns."""
+    def next_event(self) -> Awaitable[WrittenEvent | None]:
+        """Resolves to each event the steps wrote (a `WrittenEvent`), in order,
+        then None once the run ended and every event was read."""
+    def discard_events(self) -> None:
+        """Nobody will read the events: drops those queued and releases writers
+        waiting for room, so an unread run never stalls."""
+
+@final
+class WrittenEvent:
+    """An event a step of a local run wrote with `write_event_to_stream`."""
+
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def data_json(self) -> bytes:
+        """The event's fields as UTF-8 JSON text."""
 
 @final
 class AbortOnCancel:
@@ -477,8 +517,30 @@ def close_python_gate() -> None:
     """Closes the gate and waits for runtime threads to leave Python and for
     running `def` steps to return (atexit hook)."""
 
+class _RetryArgs(Protocol):
+    """A step's retry policy, read by attribute (`steps.Retry`)."""
+
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def backoff_secs(self) -> float: ...
+    @property
+    def multiplier(self) -> float: ...
+    @property
+    def max_backoff_secs(self) -> float: ...
+    @property
+    def on(self) -> tuple[type[BaseException], ...]: ...
+
 def register_step(
-    step_id: str, accepts: Sequence[str], func: object, is_async: bool, replace: bool = False
+    step_id: str,
+    accepts: Sequence[str],
+    func: object,
+    is_async: bool,
+    replace: bool = False,
+    *,
+    max_concurrency: int | None = None,
+    timeout_secs: float | None = None,
+    retry: _RetryArgs | None = None,
 ) -> None:
     """Registers `func` as step `step_id` in the process-wide registry."""
 
@@ -591,6 +653,14 @@ class ListedStep:
     def id(self) -> str: ...
     @property
     def accepts(self) -> list[str]: ...
+    @property
+    def max_concurrency(self) -> int | None: ...
+    @property
+    def in_use(self) -> int: ...
+    @property
+    def timeout_secs(self) -> float | None: ...
+    @property
+    def attempts(self) -> int: ...
 
 @final
 class ListedWorkflow:
@@ -613,3 +683,37 @@ class StepListing:
     def workflows(self) -> list[ListedWorkflow]: ...
     @property
     def draining(self) -> bool: ...
+    @property
+    def labels(self) -> dict[str, str]: ...
+
+@final
+class ModelUsage:
+    """A run's usage of one provider and model."""
+
+    @property
+    def provider(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def total_tokens(self) -> int: ...
+    @property
+    def cost_usd(self) -> float: ...
+    @property
+    def calls(self) -> int: ...
+
+@final
+class UsageTotals:
+    """A run's usage totals, its sub-runs' included."""
+
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def cost_usd(self) -> float: ...
+    @property
+    def by_model(self) -> list[ModelUsage]: ...

@@ -32,6 +32,7 @@ from .refs import decode_ref_value
 from .responses import RemoteRefDescriptor, SubWorkflowResponse
 from .streaming import SubWorkflowBlockingStream, SubWorkflowStream
 from .tls import ClientTls
+from .usage import within_run
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -57,6 +58,8 @@ class _RunCall:
     parent_run: str | None
     traceparent: str | None = None
     tracestate: str | None = None
+    #: The run of the step making the call: the sub-run's usage adds to its totals.
+    within_run: _native.RunContext | None = None
 
     def traced(self, headers: _tracing.TraceHeaders) -> _RunCall:
         """This call carrying the caller's W3C trace context."""
@@ -508,6 +511,7 @@ class PeerClient:
             input_json,
             _wire_timeout(timeout_secs),
             self._current_parent(),
+            within_run=within_run(),
         )
 
     async def _invoke(self, call: _RunCall) -> _native.SubWorkflowResponse:

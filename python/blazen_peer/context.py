@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from ._grammar import with_article
 from .errors import EncodeError
 from .events import Event, stream_payload
 from .refs import SessionRefs
+from .usage import RunUsage, UsageEvent
 
 __all__ = ["Context", "PeerIdentity"]
 
@@ -144,6 +146,27 @@ class Context:
             # A worker thread (a `def` step): waiting here blocks only this step.
             # An `async def` step is paused by the step bridge instead.
             self._ref.wait_for_stream_room()
+
+    def emit_usage(self, event: UsageEvent) -> _Stored:
+        """Reports one provider call's usage, as the engine's ``Context::emit_usage``:
+        counted in the run's totals (``resp.usage`` for the caller, added up across
+        peers) and written to the run's stream like any event.
+
+        Counted when called, so ``await ctx.emit_usage(...)`` (``async def``) and
+        plain ``ctx.emit_usage(...)`` (``def``) both work."""
+        if not isinstance(event, UsageEvent):
+            raise TypeError(f"emit_usage takes a UsageEvent, got {type(event).__name__}")
+        if not event.run_id:
+            event = dataclasses.replace(event, run_id=self.run_id)
+        _name, data = stream_payload(event)
+        self._ref.record_usage(data)
+        self.write_event_to_stream(event)
+        return _STORED
+
+    @property
+    def usage(self) -> RunUsage:
+        """The run's usage so far, the sub-runs it delegated to included."""
+        return RunUsage._from_native(self._ref.usage)
 
     def set(self, key: str, value: Any) -> _Stored:
         """Stores ``value`` under ``key`` for later steps (and the caller, for public keys).

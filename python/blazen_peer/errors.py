@@ -18,6 +18,7 @@ __all__ = [
     "PeerError",
     "PeerTimeoutError",
     "PeerUnsupportedError",
+    "PlacementError",
     "RefNotFoundError",
     "TlsError",
     "TransportError",
@@ -185,6 +186,25 @@ class PeerBusyError(PeerError):
     nothing ran. Retrying later, or on another peer, may succeed."""
 
     kind = "Busy"
+
+
+class PlacementError(PeerError, LookupError):
+    """No member of a pool has the labels a call requires (``require=...``);
+    nothing ran. ``require`` is what the call asked for, ``offered`` what each
+    member declares (by address), so the fix is one of the two."""
+
+    kind = "Placement"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        require: dict[str, str],
+        offered: dict[str, dict[str, str]],
+    ) -> None:
+        super().__init__(message)
+        self.require = require
+        self.offered = offered
 
 
 class ValidationError(PeerError, ValueError):

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -22,6 +22,14 @@ class StepInfo:
 
     id: str
     accepts: tuple[str, ...]
+    #: Most calls running at once across the peer's runs; None: unlimited.
+    max_concurrency: int | None = None
+    #: Calls holding one of those slots when the peer answered.
+    in_use: int = 0
+    #: How long one attempt may run; None: no limit of its own.
+    timeout_secs: float | None = None
+    #: Attempts in all (1: no retries).
+    attempts: int = 1
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,9 @@ class PeerSteps:
     steps: tuple[StepInfo, ...]
     workflows: tuple[WorkflowInfo, ...]
     draining: bool
+    #: Placement labels the peer declares (``PeerServer(labels=...)``); empty
+    #: for a peer without, or one that does not report them.
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def step_ids(self) -> frozenset[str]:
@@ -60,10 +71,21 @@ class PeerSteps:
     def _from_native(native: _native.StepListing) -> PeerSteps:
         return PeerSteps(
             node_id=native.node_id,
-            steps=tuple(StepInfo(step.id, tuple(step.accepts)) for step in native.steps),
+            steps=tuple(
+                StepInfo(
+                    step.id,
+                    tuple(step.accepts),
+                    max_concurrency=step.max_concurrency,
+                    in_use=step.in_use,
+                    timeout_secs=step.timeout_secs,
+                    attempts=step.attempts,
+                )
+                for step in native.steps
+            ),
             workflows=tuple(
                 WorkflowInfo(workflow.name, tuple(workflow.step_ids))
                 for workflow in native.workflows
             ),
             draining=native.draining,
+            labels=dict(native.labels),
         )

@@ -30,8 +30,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -51,6 +51,7 @@ from .errors import (
     PeerBusyError,
     PeerError,
     PeerUnsupportedError,
+    PlacementError,
     TransportError,
     UnknownStepError,
     UnknownWorkflowError,
@@ -90,6 +91,8 @@ class PeerStatus:
     step_ids: frozenset[str]
     # True for a member speaking plain blazen.peer.v1: its step_ids are unknown.
     v1_only: bool = False
+    # The placement labels it declares (``require=`` routes on them).
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,14 @@ class _Member:
             last_error=self.last_error,
             step_ids=self.steps.step_ids if self.steps else frozenset(),
             v1_only=self.v1_only,
+            labels=dict(self.steps.labels) if self.steps else {},
         )
+
+    def has_labels(self, require: Mapping[str, str]) -> bool:
+        """True when the member declares every required label with its value (a
+        member not yet listed, or a v1 one, declares none)."""
+        labels = self.steps.labels if self.steps is not None else {}
+        return all(labels.get(name) == value for name, value in require.items())
 
     def may_run(self, workflow_name: str, step_ids: Sequence[str]) -> bool:
         """True when the member's listing has the steps, or, for a v1 member,
@@ -311,13 +321,16 @@ class PeerPool:
         timeout_secs: float | None = None,
         *,
         idempotent: bool = False,
+        require: Mapping[str, str] | None = None,
     ) -> SubWorkflowResponse:
-        """:meth:`PeerClient.invoke_sub_workflow` on a member chosen by the pool."""
+        """:meth:`PeerClient.invoke_sub_workflow` on a member chosen by the pool (one
+        whose labels include ``require``, when given)."""
         return await self._route(
             workflow_name,
             step_ids,
             idempotent,
             lambda client: client.invoke_sub_workflow(workflow_name, step_ids, input, timeout_secs),
+            require,
         )
 
     async def run_remote_workflow(
@@ -328,13 +341,16 @@ class PeerPool:
         timeout_secs: float | None = None,
         *,
         idempotent: bool = False,
+        require: Mapping[str, str] | None = None,
     ) -> Any:
-        """:meth:`PeerClient.run_remote_workflow` on a member chosen by the pool."""
+        """:meth:`PeerClient.run_remote_workflow` on a member chosen by the pool (one
+        whose labels include ``require``, when given)."""
         return await self._route(
             workflow_name,
             step_ids,
             idempotent,
             lambda client: client.run_remote_workflow(workflow_name, step_ids, input, timeout_secs),
+            require,
         )
 
     async def run_remote_workflow_json(
@@ -345,6 +361,7 @@ class PeerPool:
         timeout_secs: float | None = None,
         *,
         idempotent: bool = False,
+        require: Mapping[str, str] | None = None,
     ) -> str:
         """:meth:`PeerClient.run_remote_workflow_json` on a member chosen by the pool."""
         return await self._route(
@@ -354,6 +371,7 @@ class PeerPool:
             lambda client: client.run_remote_workflow_json(
                 workflow_name, step_ids, input_json, timeout_secs
             ),
+            require,
         )
 
     def stream_sub_workflow(
@@ -362,6 +380,8 @@ class PeerPool:
         step_ids: Sequence[str] = (),
         input: Any = None,
         timeout_secs: float | None = None,
+        *,
+        require: Mapping[str, str] | None = None,
     ) -> SubWorkflowStream:
         """:meth:`PeerClient.stream_sub_workflow` on a member chosen by the pool.
         Opening the stream fails over like a call; once events flow, a broken
@@ -377,7 +397,7 @@ class PeerPool:
             return native
 
         def open_call() -> Awaitable[_native.EventStream]:
-            return self._route(workflow_name, step_ids, False, open_on)
+            return self._route(workflow_name, step_ids, False, open_on, require)
 
         def remember(response: SubWorkflowResponse) -> SubWorkflowResponse:
             # Refs the run made are fetched from the member that ran it.
@@ -500,12 +520,18 @@ class PeerPool:
         timeout_secs: float | None = None,
         *,
         idempotent: bool = False,
+        require: Mapping[str, str] | None = None,
     ) -> SubWorkflowResponse:
         """Blocking :meth:`invoke_sub_workflow`."""
         return self._blocking(
             "invoke_sub_workflow_blocking",
             lambda: self.invoke_sub_workflow(
-                workflow_name, step_ids, input, timeout_secs, idempotent=idempotent
+                workflow_name,
+                step_ids,
+                input,
+                timeout_secs,
+                idempotent=idempotent,
+                require=require,
             ),
         )
 
@@ -517,12 +543,18 @@ class PeerPool:
         timeout_secs: float | None = None,
         *,
         idempotent: bool = False,
+        require: Mapping[str, str] | None = None,
     ) -> Any:
         """Blocking :meth:`run_remote_workflow`."""
         return self._blocking(
             "run_remote_workflow_blocking",
             lambda: self.run_remote_workflow(
-                workflow_name, step_ids, input, timeout_secs, idempotent=idempotent
+                workflow_name,
+                step_ids,
+                input,
+                timeout_secs,
+                idempotent=idempotent,
+                require=require,
             ),
         )
 
@@ -534,12 +566,18 @@ class PeerPool:
         timeout_secs: float | None = None,
         *,
         idempotent: bool = False,
+        require: Mapping[str, str] | None = None,
     ) -> str:
         """Blocking :meth:`run_remote_workflow_json`."""
         return self._blocking(
             "run_remote_workflow_json_blocking",
             lambda: self.run_remote_workflow_json(
-                workflow_name, step_ids, input_json, timeout_secs, idempotent=idempotent
+                workflow_name,
+                step_ids,
+                input_json,
+                timeout_secs,
+                idempotent=idempotent,
+                require=require,
             ),
         )
 
@@ -549,6 +587,8 @@ class PeerPool:
         step_ids: Sequence[str] = (),
         input: Any = None,
         timeout_secs: float | None = None,
+        *,
+        require: Mapping[str, str] | None = None,
     ) -> SubWorkflowBlockingStream:
         """Blocking :meth:`stream_sub_workflow`: opening the stream is routed (and
         fails over) on the pool's loop; events are then read from the chosen member
@@ -566,7 +606,7 @@ class PeerPool:
         def open_call() -> _native.EventStream:
             return self._blocking(
                 "stream_sub_workflow_blocking",
-                lambda: self._route(workflow_name, step_ids, False, open_on),
+                lambda: self._route(workflow_name, step_ids, False, open_on, require),
             )
 
         def remember(response: SubWorkflowResponse) -> SubWorkflowResponse:
@@ -622,13 +662,14 @@ class PeerPool:
         step_ids: Sequence[str],
         idempotent: bool,
         call: Callable[[PeerClient], Awaitable[T]],
+        require: Mapping[str, str] | None = None,
     ) -> T:
         if self._closed:
             raise ValidationError("this PeerPool is closed; connect a new one")
         tried: set[str] = set()
         last_refusal: PeerError | None = None
         while True:
-            member = self._pick(workflow_name, step_ids, tried, last_refusal)
+            member = self._pick(workflow_name, step_ids, tried, last_refusal, require or {})
             client = member.client
             assert client is not None  # healthy members are connected
             member.in_flight += 1
@@ -665,19 +706,30 @@ class PeerPool:
         step_ids: Sequence[str],
         tried: set[str],
         last_refusal: PeerError | None,
+        require: Mapping[str, str],
     ) -> _Member:
         able = [
             member
             for member in self._members.values()
             if not member.removed and member.may_run(workflow_name, step_ids)
         ]
+        if require:
+            # Never elsewhere, not even on failover: a call that requires a
+            # region must not run outside it, so the others are not candidates.
+            placed = [member for member in able if member.has_labels(require)]
+            if able and not placed:
+                raise self._misplaced(require)
+            able = placed
         ready = [
             member
             for member in able
             if member.healthy and member.client is not None and member.address not in tried
         ]
         if not ready:
-            raise self._no_member(workflow_name, step_ids, able, last_refusal)
+            failure = self._no_member(workflow_name, step_ids, able, last_refusal)
+            if require and isinstance(failure, TransportError):
+                failure.args = (f"{failure} (the call requires labels {dict(require)})",)
+            raise failure
         # Least in flight; ties rotate so an idle pool still spreads calls.
         self._next += 1
         start = self._next % len(ready)
@@ -729,6 +781,24 @@ class PeerPool:
             f"no healthy peer of the pool can run {wanted} now; members: "
             f"{self._describe_members()}{tail}",
             started=False,
+        )
+
+    def _misplaced(self, require: Mapping[str, str]) -> PlacementError:
+        offered = {
+            address: dict(member.steps.labels)
+            for address, member in sorted(self._members.items())
+            if member.steps is not None and not member.removed
+        }
+        shown = "; ".join(
+            f"{address} has {labels or 'no labels'}" for address, labels in offered.items()
+        )
+        return PlacementError(
+            f"no peer of the pool that can run this call has the labels it requires "
+            f"{dict(require)}; the members offer: {shown or 'nothing yet (none listed)'}. "
+            "Start a peer with those labels (PeerServer(labels=...), serve --label "
+            "NAME=VALUE) or change the requirement",
+            require=dict(require),
+            offered=offered,
         )
 
     def _owner_of(self, key: uuid.UUID | str) -> PeerClient:

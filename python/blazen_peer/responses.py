@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _native
+from .usage import RunUsage
 
 __all__ = ["RemoteRefDescriptor", "SubWorkflowResponse"]
 
@@ -33,6 +34,9 @@ class SubWorkflowResponse:
     error: str | None
     #: The session refs the run left on the peer, by key.
     remote_refs: dict[uuid.UUID, RemoteRefDescriptor] = field(default_factory=dict)
+    #: LLM usage and cost of the run, the sub-runs it delegated to included
+    #: (zero from a peer that does not report usage).
+    usage: RunUsage = field(default_factory=RunUsage)
     _raw: _native.SubWorkflowResponse | None = field(default=None, repr=False, compare=False)
 
     def raise_for_error(self) -> None:
@@ -58,5 +62,6 @@ class SubWorkflowResponse:
                 )
                 for entry in native.remote_refs
             },
+            usage=RunUsage._from_native(native.usage),
             _raw=native,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -112,6 +112,9 @@ class PeerServer:
     ``/v1/peer/deref_session_ref``, ``/v1/peer/release_session_ref``; HTTP/1.1
     or HTTP/2) behind the same token, TLS and limits (README, "HTTP/JSON").
     Off by default: it opens the peer to plain HTTP clients.
+    Placement: ``labels`` (``{"region": "eu-west", "gpu": "h100"}``) are reported
+    by ``ListSteps``; a :class:`PeerPool` call with ``require=`` goes only to
+    peers whose labels match (README, "Placement by labels").
     """
 
     def __init__(
@@ -136,6 +139,7 @@ class PeerServer:
         request_body_timeout_secs: float = DEFAULT_REQUEST_BODY_TIMEOUT_SECS,
         max_buffered_request_bytes: int = DEFAULT_MAX_BUFFERED_REQUEST_BYTES,
         http_json: bool = False,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         if tracing and not _tracing.INSTALLED:
             raise ValidationError(
@@ -171,6 +175,7 @@ class PeerServer:
                 max_buffered_request_bytes=max_buffered_request_bytes,
             ),
             http_json=http_json,
+            labels=dict(labels or {}),
         )
         self._tls = tls
         self._session_refs = (

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
 from typing import Any
 
 from . import _native
 from .context import Context
-from .events import StartEvent, StopEvent
+from .events import Event, StartEvent, StopEvent, from_stream
 from .refs import SessionRefRegistry
 from .steps import Step
+from .usage import RunUsage
 
 __all__ = ["Workflow", "WorkflowHandler"]
 
@@ -27,11 +28,35 @@ def default_local_registry() -> SessionRefRegistry:
 
 
 class WorkflowHandler:
-    """A run in progress: ``await handler.result()`` for the StopEvent's result."""
+    """A run in progress: ``await handler.result()`` for the StopEvent's result,
+    or ``async for event in handler.stream_events()`` for the events its steps
+    write, then its StopEvent."""
 
     def __init__(self, run: _native.LocalRun, future: asyncio.Future[StopEvent]) -> None:
+        self._run = run
         self._context = Context(run.context)
         self._future = future
+        self._streamed = False
+
+    def __del__(self) -> None:
+        # Nobody can read the events any more: steps must not wait for room.
+        self._run.discard_events()
+
+    async def stream_events(self) -> AsyncIterator[Event]:
+        """The events the run's steps write with ``ctx.write_event_to_stream``, in
+        order, then its terminal :class:`StopEvent`; a failed run raises its
+        ``WorkflowError`` after the events written before it.
+
+        As for remote streams, a slow reader slows the steps (a bounded buffer)
+        and no event is dropped. Events are kept from the start of the run; call
+        this before :meth:`result`, which otherwise lets them go unread.
+        """
+        if self._streamed:
+            raise RuntimeError("stream_events() reads a run's events once; call it once")
+        self._streamed = True
+        while (written := await self._run.next_event()) is not None:
+            yield from_stream(written.event_type, written.data_json)
+        yield await self._future
 
     @property
     def run_id(self) -> str:
@@ -44,12 +69,23 @@ class WorkflowHandler:
         return self._context
 
     @property
+    def usage(self) -> RunUsage:
+        """The run's LLM usage and cost so far (``ctx.emit_usage``), the remote
+        sub-runs its steps delegated to included."""
+        return self._context.usage
+
+    @property
     def state(self) -> dict[str, Any]:
         """The run's exported state (public keys) as it stands now."""
         return self._context.exported_state()
 
     async def result(self) -> Any:
-        """Waits for the run and returns the StopEvent's ``result``; raises WorkflowError."""
+        """Waits for the run and returns the StopEvent's ``result``; raises WorkflowError.
+
+        Unless :meth:`stream_events` began first, the events the steps write are
+        let go from here on, unread."""
+        if not self._streamed:
+            self._run.discard_events()
         stop = await self._future
         return stop.result
 

@@ -14,6 +14,7 @@ use rustls::pki_types::CertificateDer;
 
 use crate::tls::PeerIdentity;
 use crate::trace::TraceContext;
+use crate::usage::{RunUsage, UsageEvent};
 
 /// A value stored with `ctx.set`.
 #[derive(Clone)]
@@ -42,6 +43,7 @@ struct Inner {
     caller: OnceLock<Caller>,
     events: OnceLock<EventStream>,
     run_trace: OnceLock<TraceContext>,
+    usage: Mutex<RunUsage>,
 }
 
 /// Who asked for a run, as far as the transport can tell.
@@ -116,6 +118,7 @@ impl RunContext {
             caller: OnceLock::new(),
             events: OnceLock::new(),
             run_trace: OnceLock::new(),
+            usage: Mutex::new(RunUsage::default()),
         }))
     }
 
@@ -193,6 +196,29 @@ impl RunContext {
             .outliving_refs
             .lock()
             .unwrap_or_else(|poison| poison.into_inner()) = outliving;
+    }
+
+    /// Counts a usage record a step emitted (`ctx.emit_usage`).
+    pub fn record_usage(&self, event: &UsageEvent) {
+        self.usage_lock().record(event);
+    }
+
+    /// Adds the totals of a sub-run this run delegated to.
+    pub fn absorb_usage(&self, sub_run: &RunUsage) {
+        self.usage_lock().absorb(sub_run);
+    }
+
+    /// The run's usage so far, its sub-runs' included.
+    pub fn usage(&self) -> RunUsage {
+        self.usage_lock().clone()
+    }
+
+    fn usage_lock(&self) -> std::sync::MutexGuard<'_, RunUsage> {
+        // Each update is one whole addition: a poisoned lock holds consistent totals.
+        self.0
+            .usage
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Unique id of this run.

@@ -391,6 +391,46 @@ pub struct StepInfo {
     pub accepts: Vec<String>,
 }
 
+/// Each step's limits and current use (StepsResponse extension tag 1), apart
+/// from `StepInfo` so that other peers' decoders, which read `StepInfo` as two
+/// fields, never see them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepPolicies {
+    /// One entry per step that has a limit, sorted by id.
+    pub steps: Vec<StepPolicyInfo>,
+}
+
+impl Extension for StepPolicies {
+    const TAG: u32 = 1;
+}
+
+/// One step's limits as `ListSteps` reports them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepPolicyInfo {
+    /// The step's id.
+    pub id: String,
+    /// Most calls running at once across the peer's runs; 0: unlimited.
+    pub max_concurrency: u64,
+    /// Calls holding a slot when the list was made.
+    pub in_use: u64,
+    /// Per-attempt timeout in milliseconds, if any.
+    pub timeout_ms: Option<u64>,
+    /// Attempts in all (1: no retry).
+    pub attempts: u32,
+}
+
+/// The peer's placement labels, e.g. `region=eu-west` (StepsResponse
+/// extension tag 2); callers route on them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerLabels {
+    /// Label names and values, sorted by name.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Extension for PeerLabels {
+    const TAG: u32 = 2;
+}
+
 /// A declared workflow: the steps a request naming no steps runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkflowInfo {

@@ -40,6 +40,8 @@ pub enum FailureKind {
     Timeout,
     /// The run was cancelled before it finished.
     Cancelled,
+    /// One step passed its own `timeout_secs` and was stopped (`step_id` names it).
+    StepTimeout,
     /// The StopEvent's result could not be encoded as JSON.
     ResultNotJson,
     /// A kind this build does not know (sent by a newer peer).
@@ -55,6 +57,7 @@ impl FailureKind {
             FailureKind::NoAcceptingStep => "NoAcceptingStep",
             FailureKind::Timeout => "Timeout",
             FailureKind::Cancelled => "Cancelled",
+            FailureKind::StepTimeout => "StepTimeout",
             FailureKind::ResultNotJson => "ResultNotJson",
             FailureKind::Other => "Other",
         }
@@ -75,6 +78,7 @@ impl From<String> for FailureKind {
             FailureKind::NoAcceptingStep,
             FailureKind::Timeout,
             FailureKind::Cancelled,
+            FailureKind::StepTimeout,
             FailureKind::ResultNotJson,
         ]
         .into_iter()

@@ -21,10 +21,12 @@ pub mod registry;
 pub mod runner;
 pub mod server;
 pub mod session_refs;
+pub mod step_policy;
 pub mod tls;
 mod tls_connector;
 pub mod trace;
 pub mod transport;
+pub mod usage;
 
 /// Code generated from `proto/blazen_peer.proto`.
 pub mod pb {
@@ -43,5 +45,6 @@ pub use event_stream::{EventStream, StreamedEvent};
 pub use registry::{Step, StepFailure, StepHandler, StepRegistry};
 pub use server::{PeerService, RunStats, RunningServer, ServerConfig, ServiceMetrics};
 pub use session_refs::{RefInfo, RefLifetime, RefOwner, RefPayload, RefUsage, SessionRefRegistry};
+pub use step_policy::{RetryFilter, RetryPolicy, StepPolicy};
 pub use tls::{ClientTls, PeerIdentity, Pem, ServerTls};
 pub use trace::TraceContext;

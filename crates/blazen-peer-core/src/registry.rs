@@ -8,9 +8,10 @@ use std::sync::{Arc, OnceLock, RwLock};
 use futures::future::BoxFuture;
 
 use crate::context::RunContext;
-use crate::envelope::{StepInfo, WorkflowInfo};
+use crate::envelope::{StepInfo, StepPolicies, StepPolicyInfo, WorkflowInfo};
 use crate::error::PeerError;
 use crate::event::{Event, EventTypes};
+use crate::step_policy::StepPolicy;
 
 /// Why a step call failed.
 #[derive(Debug, Clone)]
@@ -64,9 +65,21 @@ pub struct Step {
     pub accepts: Arc<[String]>,
     /// Runs the step.
     pub handler: Arc<dyn StepHandler>,
+    /// Its concurrency limit, timeout and retries, shared by every run.
+    pub policy: Arc<StepPolicy>,
 }
 
 impl Step {
+    /// A step without limits (see [`StepPolicy`] for ones with).
+    pub fn new(id: &str, accepts: Vec<String>, handler: Arc<dyn StepHandler>) -> Self {
+        Self {
+            id: id.into(),
+            accepts: accepts.into(),
+            handler,
+            policy: Arc::default(),
+        }
+    }
+
     /// True when this step should receive an event of these types.
     pub fn accepts_event(&self, types: &EventTypes) -> bool {
         types.matches(&self.accepts)
@@ -178,6 +191,31 @@ impl StepRegistry {
             .collect();
         workflows.sort_by(|a, b| a.name.cmp(&b.name));
         (steps, workflows)
+    }
+
+    /// The limits of every step that has one, sorted by id, with their use now.
+    pub fn policies(&self) -> StepPolicies {
+        let mut steps: Vec<StepPolicyInfo> = read(&self.steps)
+            .values()
+            .filter(|step| {
+                let policy = &step.policy;
+                policy.max_concurrency().is_some()
+                    || policy.timeout().is_some()
+                    || policy.retry().is_some()
+            })
+            .map(|step| StepPolicyInfo {
+                id: step.id.to_string(),
+                max_concurrency: step.policy.max_concurrency().unwrap_or(0) as u64,
+                in_use: step.policy.in_use() as u64,
+                timeout_ms: step
+                    .policy
+                    .timeout()
+                    .map(|limit| u64::try_from(limit.as_millis()).unwrap_or(u64::MAX)),
+                attempts: step.policy.attempts(),
+            })
+            .collect();
+        steps.sort_by(|a, b| a.id.cmp(&b.id));
+        StepPolicies { steps }
     }
 
     /// The steps to run for a request: `step_ids`, or the workflow's declared

@@ -8,7 +8,8 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use crate::context::RunContext;
 use crate::envelope::{FailureKind, WorkflowFailure};
 use crate::event::Event;
-use crate::registry::{Step, StepFailure, StepOutput};
+use crate::registry::{Step, StepOutput};
+use crate::step_policy::{self, PolicyFailure};
 
 /// Runs `steps` from `start` until a StopEvent, which it returns.
 ///
@@ -53,7 +54,7 @@ impl Drop for FinishOnDrop {
     }
 }
 
-type Call = futures::future::BoxFuture<'static, (Step, Event, Result<StepOutput, StepFailure>)>;
+type Call = futures::future::BoxFuture<'static, (Step, Event, Result<StepOutput, PolicyFailure>)>;
 
 async fn drive(
     steps: &[Step],
@@ -105,10 +106,14 @@ fn dispatch(
     let mut accepted = false;
     for step in steps.iter().filter(|step| step.accepts_event(&event.types)) {
         accepted = true;
-        let call = step.handler.invoke(ctx.clone(), event.clone());
         let step = step.clone();
         let event = event.clone();
-        in_flight.push(Box::pin(async move { (step, event, call.await) }));
+        let ctx = ctx.clone();
+        in_flight.push(Box::pin(async move {
+            let outcome =
+                step_policy::call(&step.id, &step.policy, &step.handler, ctx, event.clone()).await;
+            (step, event, outcome)
+        }));
     }
     if accepted {
         return Ok(());
@@ -135,8 +140,32 @@ fn step_failed(
     steps: &[Step],
     step: &Step,
     event: &Event,
-    err: StepFailure,
+    err: PolicyFailure,
 ) -> Box<WorkflowFailure> {
+    let (err, attempts) = match err {
+        PolicyFailure::Failed { failure, attempts } => (failure, attempts),
+        PolicyFailure::TimedOut { limit, attempts } => {
+            let tried = if attempts > 1 {
+                format!(" (attempt {attempts})")
+            } else {
+                String::new()
+            };
+            return failure(
+                ctx,
+                FailureKind::StepTimeout,
+                format!(
+                    "step `{}` on node `{}` did not finish within its {}s timeout while \
+                     handling `{}`{tried}, and was stopped; raise the step's timeout_secs or \
+                     make it faster",
+                    step.id,
+                    ctx.node_id(),
+                    limit.as_secs_f64(),
+                    event.types.name(),
+                ),
+                Some(step.id.to_string()),
+            );
+        }
+    };
     let kind = if err.cancelled {
         FailureKind::Cancelled
     } else {
@@ -147,6 +176,11 @@ fn step_failed(
     } else {
         format!("{}: {}", err.error_type, err.message)
     };
+    let after = if attempts > 1 {
+        format!(" after {attempts} attempts")
+    } else {
+        String::new()
+    };
     let message = if err.cancelled {
         format!(
             "step `{}` on node `{}` was cancelled while handling `{}` ({raised})",
@@ -156,7 +190,7 @@ fn step_failed(
         )
     } else {
         format!(
-            "step `{}` failed on node `{}` handling `{}`: {raised}; steps present: {}",
+            "step `{}` failed{after} on node `{}` handling `{}`: {raised}; steps present: {}",
             step.id,
             ctx.node_id(),
             event.types.name(),

@@ -41,11 +41,11 @@ fn register<F>(registry: &StepRegistry, id: &str, accepts: &[&str], f: F)
 where
     F: Fn(RunContext, Event) -> BoxFuture<'static, StepResult> + Send + Sync + 'static,
 {
-    let step = Step {
-        id: id.into(),
-        accepts: accepts.iter().map(|name| name.to_string()).collect(),
-        handler: Arc::new(FnStep(f)),
-    };
+    let step = Step::new(
+        id,
+        accepts.iter().map(|name| name.to_string()).collect(),
+        Arc::new(FnStep(f)),
+    );
     registry.register(step, false, |_| false).unwrap();
 }
 
@@ -923,6 +923,9 @@ async fn list_steps_names_every_step_and_workflow() {
     let mut harness = start_server().await;
     let client = harness.client().await;
     let listed = client.list_steps().await.unwrap();
+    // No step here has limits and the server no labels: no extension block.
+    assert!(listed.extensions.is_empty());
+    let listed = listed.body;
     assert_eq!(listed.node_id, "node-b");
     let ids: Vec<&str> = listed.steps.iter().map(|step| step.id.as_str()).collect();
     assert_eq!(ids, REGISTERED);

@@ -100,11 +100,7 @@ impl StepHandler for Echo {
 
 async fn start(config: ServerConfig) -> RunningServer {
     let registry = Arc::new(StepRegistry::default());
-    let step = Step {
-        id: "t::echo".into(),
-        accepts: vec![START_EVENT.to_string()].into(),
-        handler: Arc::new(Echo),
-    };
+    let step = Step::new("t::echo", vec![START_EVENT.to_string()], Arc::new(Echo));
     registry.register(step, false, |_| false).unwrap();
     let config = ServerConfig { registry, ..config };
     RunningServer::start(

@@ -32,6 +32,15 @@ impl ToPython for () {
     }
 }
 
+impl<T: ToPython> ToPython for Option<T> {
+    fn to_python(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+        match self {
+            Some(value) => value.to_python(py),
+            None => Ok(py.None().into_bound(py)),
+        }
+    }
+}
+
 macro_rules! plain_to_python {
     ($($ty:ty),*) => {$(
         impl ToPython for $ty {

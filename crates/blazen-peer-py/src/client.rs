@@ -14,14 +14,18 @@ use blazen_peer_core::envelope::{
     self, FailureKind, ParentRun, SubWorkflowRequest, SubWorkflowResponse, WorkflowFailure,
 };
 use blazen_peer_core::error::failure_from_text;
-use blazen_peer_core::{CallOptions, ClientConfig, Envelope, PeerClient, PeerError, TraceContext};
+use blazen_peer_core::usage::RunUsage;
+use blazen_peer_core::{
+    CallOptions, ClientConfig, Envelope, PeerClient, PeerError, RunContext, TraceContext,
+};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::awaitable::{self, Class, ToPython};
+use crate::context::RunContextRef;
 use crate::errors::{to_py, IntoPyResult};
 use crate::gil;
-use crate::records::{RemoteRefEntry, StepListing};
+use crate::records::{RemoteRefEntry, StepListing, UsageTotals};
 use crate::refs::{parse_key, BufferSink, BytesSink, Fetched, FetchedInto};
 use crate::runtime::{self, Owner};
 use crate::server::seconds;
@@ -222,46 +226,43 @@ impl PeerClientRef {
     /// Runs a sub-workflow; resolves to a `SubWorkflowResponse`.
     fn invoke<'py>(&self, py: Python<'py>, call: RunArgs) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
-        let (request, options) = call.into_request()?;
+        let call = call.into_request()?;
         awaitable::spawn(py, async move {
-            client
-                .invoke_with(&request, &options)
-                .await
-                .map(|response| Class(ResponseRef::from(response)))
+            let response = client.invoke_with(&call.request, &call.options).await?;
+            roll_up(call.within_run.as_ref(), &response);
+            Ok(Class(ResponseRef::from(response)))
         })
     }
 
     /// Blocking form of `invoke`.
     fn invoke_blocking(&self, py: Python<'_>, call: RunArgs) -> PyResult<ResponseRef> {
         let client = self.client()?;
-        let (request, options) = call.into_request()?;
+        let call = call.into_request()?;
         block_on(py, async move {
-            client
-                .invoke_with(&request, &options)
-                .await
-                .map(ResponseRef::from)
+            let response = client.invoke_with(&call.request, &call.options).await?;
+            roll_up(call.within_run.as_ref(), &response);
+            Ok(ResponseRef::from(response))
         })
     }
 
     /// Starts a streaming run; resolves to an `EventStream` to read with `next()`.
     fn stream<'py>(&self, py: Python<'py>, call: RunArgs) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
-        let (request, options) = call.into_request()?;
+        let call = call.into_request()?;
         awaitable::spawn(py, async move {
-            let receiver = client.stream_with(&request, &options).await?;
-            Ok(Class(EventStreamRef::new(receiver)))
+            let receiver = client.stream_with(&call.request, &call.options).await?;
+            Ok(Class(EventStreamRef::new(receiver, call.within_run)))
         })
     }
 
     /// Blocking form of `stream`: the `EventStream`, read with `next_blocking()`.
     fn stream_blocking(&self, py: Python<'_>, call: RunArgs) -> PyResult<EventStreamRef> {
         let client = self.client()?;
-        let (request, options) = call.into_request()?;
-        let receiver = block_on(
-            py,
-            async move { client.stream_with(&request, &options).await },
-        )?;
-        Ok(EventStreamRef::new(receiver))
+        let call = call.into_request()?;
+        let receiver = block_on(py, async move {
+            client.stream_with(&call.request, &call.options).await
+        })?;
+        Ok(EventStreamRef::new(receiver, call.within_run))
     }
 
     /// What the peer can run; resolves to
@@ -391,10 +392,20 @@ pub struct RunArgs {
     parent_run: Option<String>,
     traceparent: Option<String>,
     tracestate: Option<String>,
+    /// The run of the step making this call, whose usage the sub-run's adds to.
+    within_run: Option<Py<RunContextRef>>,
+}
+
+/// A run request ready to send, and where its usage rolls up to.
+struct PreparedCall {
+    request: Envelope<SubWorkflowRequest>,
+    options: CallOptions,
+    within_run: Option<RunContext>,
 }
 
 impl RunArgs {
-    fn into_request(self) -> PyResult<(Envelope<SubWorkflowRequest>, CallOptions)> {
+    fn into_request(self) -> PyResult<PreparedCall> {
+        let within_run = self.within_run.map(|run| run.get().ctx.clone());
         let mut request = envelope::request(
             self.workflow_name,
             self.step_ids,
@@ -412,7 +423,19 @@ impl RunArgs {
             .map(|parent| TraceContext::new(&parent, self.tracestate.as_deref()))
             .transpose()
             .py_err()?;
-        Ok((request, CallOptions { trace }))
+        Ok(PreparedCall {
+            request,
+            options: CallOptions { trace },
+            within_run,
+        })
+    }
+}
+
+/// Adds a sub-run's usage to the run whose step called it, before the caller
+/// sees the response, so the parent's totals include it however it is read.
+pub(crate) fn roll_up(within_run: Option<&RunContext>, response: &Envelope<SubWorkflowResponse>) {
+    if let (Some(run), Some(usage)) = (within_run, response.extensions.get::<RunUsage>()) {
+        run.absorb_usage(&usage);
     }
 }
 
@@ -437,6 +460,7 @@ impl PeerClientRef {
 pub struct ResponseRef {
     body: SubWorkflowResponse,
     failure: Option<WorkflowFailure>,
+    usage: RunUsage,
 }
 
 impl From<Envelope<SubWorkflowResponse>> for ResponseRef {
@@ -449,9 +473,12 @@ impl From<Envelope<SubWorkflowResponse>> for ResponseRef {
                 .as_deref()
                 .map(|message| failure_from_text(message, ""))
         });
+        // A v1 peer (or a run that used nothing) sends no usage: zero.
+        let usage = envelope.extensions.get::<RunUsage>().unwrap_or_default();
         Self {
             body: envelope.body,
             failure,
+            usage,
         }
     }
 }
@@ -491,6 +518,12 @@ impl ResponseRef {
     #[getter]
     fn has_remote_refs(&self) -> bool {
         !self.body.remote_refs.is_empty()
+    }
+
+    /// The run's usage totals, its sub-runs' included (zero from a v1 peer).
+    #[getter]
+    fn usage(&self) -> UsageTotals {
+        UsageTotals::from(&self.usage)
     }
 
     /// The remote workflow's error text, or None.

@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
+use blazen_peer_core::usage::UsageEvent;
 use blazen_peer_core::{EventStream, RefOwner, RunContext, StateValue, StreamedEvent};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::records::CallerIdentity;
+use crate::errors::IntoPyResult;
+use crate::records::{CallerIdentity, UsageTotals};
 use crate::{awaitable, gil, refs};
 
 /// How often a blocked writer checks whether its run ended.
@@ -64,6 +66,19 @@ impl RunContextRef {
     fn peer_identity(&self) -> Option<CallerIdentity> {
         let identity = self.ctx.caller().and_then(|caller| caller.identity())?;
         Some(CallerIdentity::from(&**identity))
+    }
+
+    /// Counts a usage record (the JSON of a `blazen::UsageEvent`) in the run's totals.
+    fn record_usage(&self, data_json: &[u8]) -> PyResult<()> {
+        let event = UsageEvent::from_json(data_json).py_err()?;
+        self.ctx.record_usage(&event);
+        Ok(())
+    }
+
+    /// The run's usage so far, its sub-runs' included.
+    #[getter]
+    fn usage(&self) -> UsageTotals {
+        UsageTotals::from(&self.ctx.usage())
     }
 
     /// True when a caller streams this run's events.

@@ -44,6 +44,9 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<records::ListedStep>()?;
     module.add_class::<records::ListedWorkflow>()?;
     module.add_class::<records::StepListing>()?;
+    module.add_class::<records::WrittenEvent>()?;
+    module.add_class::<records::ModelUsageRecord>()?;
+    module.add_class::<records::UsageTotals>()?;
     module.add_class::<client::PeerClientRef>()?;
     module.add_class::<client::ResponseRef>()?;
     module.add_class::<streaming::EventStreamRef>()?;

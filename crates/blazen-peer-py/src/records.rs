@@ -4,8 +4,13 @@
 //! cannot shift the meaning of the others. None holds a Python object (bytes
 //! are built on access), so the garbage collector has nothing to traverse.
 
-use blazen_peer_core::envelope::{RemoteRefDescriptor, StepsResponse};
-use blazen_peer_core::{PeerIdentity, RefInfo, RunStats};
+use std::collections::BTreeMap;
+
+use blazen_peer_core::envelope::{
+    Envelope, PeerLabels, RemoteRefDescriptor, StepPolicies, StepPolicyInfo, StepsResponse,
+};
+use blazen_peer_core::usage::RunUsage;
+use blazen_peer_core::{PeerIdentity, RefInfo, RunStats, StreamedEvent};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -125,6 +130,10 @@ impl From<&PeerIdentity> for CallerIdentity {
 pub struct ListedStep {
     id: String,
     accepts: Vec<String>,
+    max_concurrency: Option<u64>,
+    in_use: u64,
+    timeout_secs: Option<f64>,
+    attempts: u32,
 }
 
 /// A workflow a peer lists, by name, with its steps.
@@ -147,18 +156,46 @@ pub struct StepListing {
     steps: Vec<ListedStep>,
     workflows: Vec<ListedWorkflow>,
     draining: bool,
+    labels: BTreeMap<String, String>,
 }
 
-impl From<StepsResponse> for StepListing {
-    fn from(listed: StepsResponse) -> Self {
+impl From<Envelope<StepsResponse>> for StepListing {
+    fn from(envelope: Envelope<StepsResponse>) -> Self {
+        // A v1 peer (or one with nothing to say) sends neither extension:
+        // no limits, no labels.
+        let policies: BTreeMap<String, StepPolicyInfo> = envelope
+            .extensions
+            .get::<StepPolicies>()
+            .unwrap_or_default()
+            .steps
+            .into_iter()
+            .map(|policy| (policy.id.clone(), policy))
+            .collect();
+        let labels = envelope
+            .extensions
+            .get::<PeerLabels>()
+            .unwrap_or_default()
+            .labels;
+        let listed = envelope.body;
         Self {
             node_id: listed.node_id,
             steps: listed
                 .steps
                 .into_iter()
-                .map(|step| ListedStep {
-                    id: step.id,
-                    accepts: step.accepts,
+                .map(|step| {
+                    let policy = policies.get(&step.id);
+                    ListedStep {
+                        max_concurrency: policy
+                            .map(|policy| policy.max_concurrency)
+                            .filter(|limit| *limit > 0),
+                        in_use: policy.map_or(0, |policy| policy.in_use),
+                        timeout_secs: policy
+                            .and_then(|policy| policy.timeout_ms)
+                            .map(|ms| ms as f64 / 1000.0),
+                        attempts: policy.map_or(1, |policy| policy.attempts.max(1)),
+                        id: step.id,
+                        accepts: step.accepts,
+                    }
                 })
                 .collect(),
             workflows: listed
@@ -170,6 +207,78 @@ impl From<StepsResponse> for StepListing {
                 })
                 .collect(),
             draining: listed.draining,
+            labels,
+        }
+    }
+}
+
+/// An event a step of a local run wrote with `write_event_to_stream`.
+#[pyclass(frozen, name = "WrittenEvent", module = "blazen_peer._native")]
+pub struct WrittenEvent {
+    #[pyo3(get)]
+    event_type: String,
+    data: Vec<u8>,
+}
+
+#[pymethods]
+impl WrittenEvent {
+    /// The event's fields as UTF-8 JSON text.
+    #[getter]
+    fn data_json<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.data)
+    }
+}
+
+impl From<StreamedEvent> for WrittenEvent {
+    fn from(event: StreamedEvent) -> Self {
+        Self {
+            event_type: event.event_type,
+            data: event.data_json,
+        }
+    }
+}
+
+/// A run's usage of one provider and model.
+#[derive(Clone)]
+#[pyclass(frozen, get_all, name = "ModelUsage", module = "blazen_peer._native")]
+pub struct ModelUsageRecord {
+    provider: String,
+    model: String,
+    input_tokens: u64,
+    output_tokens: u64,
+    total_tokens: u64,
+    cost_usd: f64,
+    calls: u64,
+}
+
+/// A run's usage totals, its sub-runs' included.
+#[pyclass(frozen, get_all, name = "UsageTotals", module = "blazen_peer._native")]
+pub struct UsageTotals {
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_usd: f64,
+    by_model: Vec<ModelUsageRecord>,
+}
+
+impl From<&RunUsage> for UsageTotals {
+    fn from(usage: &RunUsage) -> Self {
+        Self {
+            input_tokens: usage.input_tokens(),
+            output_tokens: usage.output_tokens(),
+            cost_usd: usage.cost_usd(),
+            by_model: usage
+                .by_model
+                .iter()
+                .map(|((provider, model), used)| ModelUsageRecord {
+                    provider: provider.clone(),
+                    model: model.clone(),
+                    input_tokens: used.input_tokens,
+                    output_tokens: used.output_tokens,
+                    total_tokens: used.total_tokens,
+                    cost_usd: used.cost_usd,
+                    calls: used.calls,
+                })
+                .collect(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Native half of `blazen_peer.PeerServer`.
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -126,6 +127,7 @@ impl PeerServerRef {
         run_started=None,
         transport=None,
         http_json=false,
+        labels=BTreeMap::new(),
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -143,6 +145,7 @@ impl PeerServerRef {
         run_started: Option<Py<PyAny>>,
         transport: Option<TransportOptions>,
         http_json: bool,
+        labels: BTreeMap<String, String>,
     ) -> PyResult<Self> {
         if node_id.is_empty() {
             return Err(PeerError::Validation("node_id cannot be empty".into())).py_err();
@@ -166,6 +169,7 @@ impl PeerServerRef {
             observer: run_started
                 .map(|run_started| Arc::new(PyRunObserver { run_started }) as Arc<dyn RunObserver>),
             http_json,
+            labels,
             ..ServerConfig::default()
         };
         let config = match transport {

@@ -4,19 +4,24 @@
 
 use std::any::Any;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use blazen_peer_core::registry::StepOutput;
-use blazen_peer_core::{Event, RunContext, Step, StepFailure, StepHandler, StepRegistry};
+use blazen_peer_core::{
+    Event, PeerError, RetryFilter, RetryPolicy, RunContext, Step, StepFailure, StepHandler,
+    StepPolicy, StepRegistry,
+};
 use futures::future::BoxFuture;
+use pyo3::exceptions::PyBaseException;
 use pyo3::prelude::*;
-use pyo3::types::PyWeakrefReference;
+use pyo3::types::{PyTuple, PyWeakrefReference};
 use tokio::sync::oneshot;
 
 use crate::context::RunContextRef;
 use crate::errors::IntoPyResult;
 use crate::events::{self, EventTypesRef};
 use crate::inbox::Inbox;
-use crate::{bridge, sync_steps};
+use crate::{bridge, gil, sync_steps};
 
 /// What a run carries for Python steps: the inbox of the loop that runs
 /// `async def` steps.
@@ -279,9 +284,107 @@ pub(crate) fn collect_events(
         .collect()
 }
 
+/// A step's retry policy as Python passes it (`steps.Retry`, read by attribute).
+#[derive(FromPyObject)]
+pub struct RetryArgs {
+    attempts: u32,
+    backoff_secs: f64,
+    multiplier: f64,
+    max_backoff_secs: f64,
+    on: Py<PyTuple>,
+}
+
+/// Retries a failure whose exception is an instance of one of the policy's types.
+struct ExceptionTypes(Py<PyTuple>);
+
+impl RetryFilter for ExceptionTypes {
+    fn should_retry(&self, failure: &StepFailure) -> bool {
+        let Some(raised) = failure
+            .source
+            .as_ref()
+            .and_then(|source| source.downcast_ref::<Py<PyBaseException>>())
+        else {
+            // Not a Python exception (the step could not even start): not
+            // one of the types the policy names.
+            return false;
+        };
+        gil::with_python(|py| {
+            raised
+                .bind(py)
+                .is_instance(self.0.bind(py).as_any())
+                .unwrap_or(false)
+        })
+        .unwrap_or(false)
+    }
+}
+
+fn seconds(name: &str, secs: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| {
+            PeerError::Validation(format!(
+                "{name} must be a non-negative number of seconds, got {secs}"
+            ))
+        })
+        .py_err()
+}
+
+fn policy(
+    step_id: &str,
+    max_concurrency: Option<usize>,
+    timeout_secs: Option<f64>,
+    retry: Option<RetryArgs>,
+) -> PyResult<StepPolicy> {
+    if max_concurrency == Some(0) {
+        return Err(PeerError::Validation(format!(
+            "step `{step_id}`: max_concurrency must be at least 1 (omit it for no limit)"
+        )))
+        .py_err();
+    }
+    let timeout = timeout_secs
+        .map(|secs| seconds("timeout_secs", secs))
+        .transpose()?;
+    if timeout.is_some_and(|limit| limit.is_zero()) {
+        return Err(PeerError::Validation(format!(
+            "step `{step_id}`: timeout_secs must be positive (omit it for no timeout)"
+        )))
+        .py_err();
+    }
+    let retry = retry
+        .map(|retry| -> PyResult<RetryPolicy> {
+            if retry.attempts == 0 {
+                return Err(PeerError::Validation(format!(
+                    "step `{step_id}`: Retry.attempts counts the first attempt too, so it must \
+                     be at least 1"
+                )))
+                .py_err();
+            }
+            if !retry.multiplier.is_finite() || retry.multiplier < 1.0 {
+                return Err(PeerError::Validation(format!(
+                    "step `{step_id}`: Retry.multiplier must be a finite number of at least 1, \
+                     got {}",
+                    retry.multiplier
+                )))
+                .py_err();
+            }
+            Ok(RetryPolicy {
+                attempts: retry.attempts,
+                backoff: seconds("Retry.backoff_secs", retry.backoff_secs)?,
+                multiplier: retry.multiplier,
+                max_backoff: seconds("Retry.max_backoff_secs", retry.max_backoff_secs)?,
+                retry_if: Some(Arc::new(ExceptionTypes(retry.on))),
+            })
+        })
+        .transpose()?;
+    Ok(StepPolicy::new(max_concurrency, timeout, retry))
+}
+
 /// Registers `func` as step `step_id` in the process-wide registry.
 #[pyfunction]
-#[pyo3(signature = (step_id, accepts, func, is_async, replace=false))]
+#[pyo3(signature = (
+    step_id, accepts, func, is_async, replace=false, *, max_concurrency=None, timeout_secs=None,
+    retry=None
+))]
+#[allow(clippy::too_many_arguments)]
 pub fn register_step(
     py: Python<'_>,
     step_id: String,
@@ -289,6 +392,9 @@ pub fn register_step(
     func: Py<PyAny>,
     is_async: bool,
     replace: bool,
+    max_concurrency: Option<usize>,
+    timeout_secs: Option<f64>,
+    retry: Option<RetryArgs>,
 ) -> PyResult<()> {
     if step_id.is_empty() {
         return Err(blazen_peer_core::PeerError::Validation(
@@ -302,14 +408,18 @@ pub fn register_step(
         )))
         .py_err();
     }
+    let policy = policy(&step_id, max_concurrency, timeout_secs, retry)?;
     let same_func = func.clone_ref(py);
     let step = Step {
-        id: step_id.into(),
-        accepts: accepts.into(),
-        handler: Arc::new(PyStep {
-            func: Arc::new(func),
-            is_async,
-        }),
+        policy: Arc::new(policy),
+        ..Step::new(
+            &step_id,
+            accepts,
+            Arc::new(PyStep {
+                func: Arc::new(func),
+                is_async,
+            }),
+        )
     };
     StepRegistry::global()
         .register(step, replace, |existing| {

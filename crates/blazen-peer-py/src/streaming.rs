@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use blazen_peer_core::{EventReceiver, PeerError, StreamMessage};
+use blazen_peer_core::{EventReceiver, PeerError, RunContext, StreamMessage};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 use tokio::sync::Mutex;
 
 use crate::awaitable::{self, ToPython};
-use crate::client::{block_on, ResponseRef};
+use crate::client::{block_on, roll_up, ResponseRef};
 use crate::errors::IntoPyResult;
 use crate::runtime::{self, Owner};
 
@@ -18,13 +18,16 @@ use crate::runtime::{self, Owner};
 pub struct EventStreamRef {
     // None once closed; dropping the receiver cancels the call and the run.
     receiver: Arc<Mutex<Option<EventReceiver>>>,
+    // The run of the step reading this stream, whose usage the sub-run's adds to.
+    within_run: Option<RunContext>,
     owner: Owner,
 }
 
 impl EventStreamRef {
-    pub fn new(receiver: EventReceiver) -> Self {
+    pub fn new(receiver: EventReceiver, within_run: Option<RunContext>) -> Self {
         Self {
             receiver: Arc::new(Mutex::new(Some(receiver))),
+            within_run,
             owner: Owner::here(),
         }
     }
@@ -36,7 +39,8 @@ enum Next {
         event_type: String,
         data_json: Vec<u8>,
     },
-    Done(ResponseRef),
+    // Boxed: a response is much larger than an event.
+    Done(Box<ResponseRef>),
     End,
 }
 
@@ -54,14 +58,17 @@ impl ToPython for Next {
                 ],
             )?
             .into_any(),
-            Next::Done(response) => Bound::new(py, response)?.into_any(),
+            Next::Done(response) => Bound::new(py, *response)?.into_any(),
             Next::End => py.None().into_bound(py),
         })
     }
 }
 
 /// The next message of the stream; ends it on the terminal response or a failure.
-async fn next_of(receiver: Arc<Mutex<Option<EventReceiver>>>) -> Result<Next, PeerError> {
+async fn next_of(
+    receiver: Arc<Mutex<Option<EventReceiver>>>,
+    within_run: Option<RunContext>,
+) -> Result<Next, PeerError> {
     let mut guard = receiver.lock().await;
     let Some(stream) = guard.as_mut() else {
         return Ok(Next::End);
@@ -81,7 +88,8 @@ async fn next_of(receiver: Arc<Mutex<Option<EventReceiver>>>) -> Result<Next, Pe
         },
         Some(StreamMessage::Done(response)) => {
             guard.take();
-            Next::Done(ResponseRef::from(response))
+            roll_up(within_run.as_ref(), &response);
+            Next::Done(Box::new(ResponseRef::from(response)))
         }
         None => Next::End,
     })
@@ -93,13 +101,13 @@ impl EventStreamRef {
     /// `SubWorkflowResponse`, then None.
     fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.owner.check("PeerClient stream").py_err()?;
-        awaitable::spawn(py, next_of(self.receiver.clone()))
+        awaitable::spawn(py, next_of(self.receiver.clone(), self.within_run.clone()))
     }
 
     /// Blocking form of `next`.
     fn next_blocking<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.owner.check("PeerClient stream").py_err()?;
-        block_on(py, next_of(self.receiver.clone()))?.to_python(py)
+        block_on(py, next_of(self.receiver.clone(), self.within_run.clone()))?.to_python(py)
     }
 
     /// Cancels the call (and the run on the peer) unless it already ended. Idempotent.

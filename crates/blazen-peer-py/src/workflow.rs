@@ -3,15 +3,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use blazen_peer_core::event_stream::DEFAULT_STREAM_BUFFER;
 use blazen_peer_core::runner::run_workflow;
-use blazen_peer_core::{Event, PeerError, RunContext, Step, StepRegistry};
+use blazen_peer_core::{Event, EventStream, PeerError, RunContext, Step, StepRegistry};
 use pyo3::prelude::*;
 
-use crate::awaitable::{self, PyEventObject};
+use crate::awaitable::{self, Class, PyEventObject};
 use crate::context::RunContextRef;
 use crate::errors::IntoPyResult;
 use crate::events::{EventTypesRef, PyEvent};
 use crate::inbox;
+use crate::records::WrittenEvent;
 use crate::refs::SessionRefRegistryRef;
 use crate::steps::PyHost;
 
@@ -23,6 +25,7 @@ const LOCAL_NODE: &str = "local";
 pub struct LocalRunRef {
     ctx: RunContext,
     steps: Vec<Step>,
+    events: EventStream,
 }
 
 #[pymethods]
@@ -43,18 +46,40 @@ impl LocalRunRef {
         let host: Arc<dyn std::any::Any + Send + Sync> = Arc::new(PyHost {
             inbox: inbox::for_loop(py, event_loop.bind(py))?,
         });
-        Ok(Self {
-            ctx: RunContext::with_session_refs(
-                LOCAL_NODE.into(),
-                workflow_name,
-                Some(host),
-                session_refs
-                    .map(|refs| refs.registry.clone())
-                    .unwrap_or_default(),
-                None,
-            ),
-            steps,
+        let ctx = RunContext::with_session_refs(
+            LOCAL_NODE.into(),
+            workflow_name,
+            Some(host),
+            session_refs
+                .map(|refs| refs.registry.clone())
+                .unwrap_or_default(),
+            None,
+        );
+        // Attached from the start so that no event is missed before the
+        // caller begins to read; `discard_events` lets go of it unread.
+        let events = EventStream::new(DEFAULT_STREAM_BUFFER);
+        ctx.attach_event_stream(events.clone());
+        Ok(Self { ctx, steps, events })
+    }
+
+    /// Resolves to each event the steps wrote (a `WrittenEvent`), in order,
+    /// then None once the run ended and every event was read.
+    fn next_event<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let events = self.events.clone();
+        awaitable::spawn(py, async move {
+            Ok::<_, PeerError>(
+                events
+                    .next()
+                    .await
+                    .map(|event| Class(WrittenEvent::from(event))),
+            )
         })
+    }
+
+    /// Nobody will read the events: drops those queued and releases writers
+    /// waiting for room, so an unread run never stalls.
+    fn discard_events(&self) {
+        self.events.close_reader();
     }
 
     /// The run's context.

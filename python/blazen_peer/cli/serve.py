@@ -90,6 +90,15 @@ def add_parser(
         "HttpPeerClient on the same port, behind the same token and TLS (default: off)",
     )
     parser.add_argument(
+        "--label",
+        type=_label,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a placement label ListSteps reports and PeerPool(require=...) routes on, "
+        "e.g. --label region=eu-west --label gpu=h100 (repeatable)",
+    )
+    parser.add_argument(
         "--grace",
         type=_grace,
         default=DEFAULT_GRACE_SECS,
@@ -215,6 +224,13 @@ def _positive_secs(text: str) -> float:
 
 def _positive_secs_or_none(text: str) -> float | None:
     return None if text.lower() == "none" else _positive_secs(text)
+
+
+def _label(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
 
 
 def _grace(text: str) -> float | None:
@@ -387,6 +403,7 @@ async def _serve_peer(args: argparse.Namespace, stop: asyncio.Event) -> None:
         request_body_timeout_secs=args.request_body_timeout,
         max_buffered_request_bytes=args.max_buffered_request_bytes,
         http_json=args.http_json,
+        labels=dict(args.label),
     )
     bound = await server.start(args.listen)
     try:

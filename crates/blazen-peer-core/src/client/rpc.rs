@@ -99,7 +99,9 @@ impl PeerClient {
 
     /// The steps and workflows the peer can run. A v1-only peer (no
     /// `ListSteps`) gives [`PeerError::Unsupported`].
-    pub async fn list_steps(&self) -> Result<StepsResponse, PeerError> {
+    /// The answer's extension block carries the step limits and the peer's
+    /// labels, when it has any (a v1 peer's has neither).
+    pub async fn list_steps(&self) -> Result<Envelope<StepsResponse>, PeerError> {
         let payload = Envelope::new(StepsRequest {
             envelope_version: ENVELOPE_VERSION,
         })
@@ -109,9 +111,7 @@ impl PeerClient {
             .list_steps(self.request(payload, None))
             .await
             .map_err(|status| self.status_error(Some("ListSteps"), &status))?;
-        Ok(self
-            .decode::<StepsResponse>(&reply.into_inner().postcard_payload)?
-            .body)
+        self.decode::<StepsResponse>(&reply.into_inner().postcard_payload)
     }
 
     /// Asks the standard `grpc.health.v1.Health` service about `service`

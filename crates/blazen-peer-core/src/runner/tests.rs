@@ -8,7 +8,8 @@ use futures::FutureExt;
 use tokio::sync::Barrier;
 
 use crate::event::{EventData, EventTypes, JsonEvent, BASE_EVENT, START_EVENT, STOP_EVENT};
-use crate::registry::StepHandler;
+use crate::registry::{StepFailure, StepHandler};
+use crate::step_policy::{RetryPolicy, StepPolicy};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -25,11 +26,11 @@ fn step<F>(id: &str, accepts: &[&str], f: F) -> Step
 where
     F: Fn(RunContext, Event) -> BoxFuture<'static, StepResult> + Send + Sync + 'static,
 {
-    Step {
-        id: id.into(),
-        accepts: accepts.iter().map(|name| name.to_string()).collect(),
-        handler: Arc::new(FnStep(f)),
-    }
+    Step::new(
+        id,
+        accepts.iter().map(|name| name.to_string()).collect(),
+        Arc::new(FnStep(f)),
+    )
 }
 
 /// An event of type `chain[0]` (with `chain[1..]` as ancestors) carrying JSON text.
@@ -432,6 +433,64 @@ async fn failing_step_fails_the_run_with_step_failed() {
          steps present: [`t::first` (accepts blazen::StartEvent), `t::second` (accepts t::Mid)]"
     );
     assert_eq!(failure.node_id, "node-a");
+}
+
+fn with_policy(mut step: Step, policy: StepPolicy) -> Step {
+    step.policy = Arc::new(policy);
+    step
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_past_its_timeout_fails_the_run_naming_it() {
+    let steps = vec![with_policy(
+        step("t::hangs", &[START_EVENT], |_ctx, _event| {
+            futures::future::pending().boxed()
+        }),
+        StepPolicy::new(None, Some(std::time::Duration::from_secs(2)), None),
+    )];
+    let failure = run_workflow(&steps, ctx(), start("{}"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(failure.kind, FailureKind::StepTimeout);
+    assert_eq!(failure.step_id.as_deref(), Some("t::hangs"));
+    assert!(
+        failure.message.contains("within its 2s timeout"),
+        "{}",
+        failure.message
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_run_the_stated_attempts_and_the_failure_counts_them() {
+    let tried = Arc::new(AtomicUsize::new(0));
+    let counter = tried.clone();
+    let steps = vec![with_policy(
+        step("t::flaky", &[START_EVENT], move |_ctx, _event| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move { Err(StepFailure::new("ConnectionError", "provider down")) }.boxed()
+        }),
+        StepPolicy::new(
+            None,
+            None,
+            Some(RetryPolicy {
+                attempts: 3,
+                backoff: std::time::Duration::from_millis(10),
+                multiplier: 2.0,
+                max_backoff: std::time::Duration::from_secs(1),
+                retry_if: None,
+            }),
+        ),
+    )];
+    let failure = run_workflow(&steps, ctx(), start("{}"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(tried.load(Ordering::SeqCst), 3);
+    assert_eq!(failure.kind, FailureKind::StepFailed);
+    assert!(
+        failure.message.contains("failed after 3 attempts"),
+        "{}",
+        failure.message
+    );
 }
 
 #[tokio::test]

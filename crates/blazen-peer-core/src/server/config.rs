@@ -6,6 +6,7 @@
 //! refuses the same things with the same words.
 
 use std::any::Any;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,6 +83,9 @@ pub struct ServerConfig {
     /// `HttpPeerClient` (`POST /v1/peer/...`) on the same port, over HTTP/1.1
     /// and HTTP/2, behind the same token, TLS and limits; off by default.
     pub http_json: bool,
+    /// Placement labels (`region=eu-west`, `gpu=h100`) that `ListSteps`
+    /// reports, for callers that route on them.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +112,7 @@ impl Default for ServerConfig {
             request_body_timeout: DEFAULT_REQUEST_BODY_TIMEOUT,
             max_buffered_request_bytes: DEFAULT_MAX_BUFFERED_REQUEST_BYTES,
             http_json: false,
+            labels: BTreeMap::new(),
         }
     }
 }
@@ -133,6 +138,14 @@ impl ServerConfig {
         }
         check_max_message_bytes(self.max_message_bytes)?;
         self.validate_transport()?;
+        for (name, value) in &self.labels {
+            if name.is_empty() || name.contains('=') || value.contains('=') {
+                return Err(PeerError::Validation(format!(
+                    "label `{name}={value}`: a label needs a non-empty name, and neither name \
+                     nor value may contain `=`"
+                )));
+            }
+        }
         for token in &self.tokens {
             if token.is_empty() {
                 return Err(PeerError::Validation(

@@ -16,7 +16,7 @@ use super::stream_feed::StreamFeed;
 use super::{deref, PeerService};
 use crate::envelope::{
     ChunkLimit, DerefRequest, DerefResponse, Envelope, ParentRunRequest, ParentRunResponse,
-    ReleaseRequest, ReleaseResponse, StepsRequest, StepsResponse, ENVELOPE_VERSION,
+    PeerLabels, ReleaseRequest, ReleaseResponse, StepsRequest, StepsResponse, ENVELOPE_VERSION,
 };
 use crate::error::PeerError;
 use crate::event_stream::EventStream;
@@ -212,15 +212,29 @@ impl BlazenPeer for PeerService {
         Envelope::<StepsRequest>::decode(&request.into_inner().postcard_payload)
             .map_err(|err| err.to_status())?;
         let (steps, workflows) = self.config.registry.describe();
-        self.reply(
-            Envelope::new(StepsResponse {
-                envelope_version: ENVELOPE_VERSION,
-                node_id: self.node_id.to_string(),
-                steps,
-                workflows,
-                draining: self.lifecycle.is_draining(),
-            }),
-            "the step list",
-        )
+        let mut listing = Envelope::new(StepsResponse {
+            envelope_version: ENVELOPE_VERSION,
+            node_id: self.node_id.to_string(),
+            steps,
+            workflows,
+            draining: self.lifecycle.is_draining(),
+        });
+        let policies = self.config.registry.policies();
+        if !policies.steps.is_empty() {
+            listing
+                .extensions
+                .insert(&policies)
+                .map_err(|err| err.to_status())?;
+        }
+        if !self.config.labels.is_empty() {
+            let labels = PeerLabels {
+                labels: self.config.labels.clone(),
+            };
+            listing
+                .extensions
+                .insert(&labels)
+                .map_err(|err| err.to_status())?;
+        }
+        self.reply(listing, "the step list")
     }
 }

@@ -196,6 +196,12 @@ impl PeerService {
                 let _ = response.extensions.insert(failure.as_ref());
             }
         }
+        // A failed run's usage was spent all the same, so both outcomes carry it.
+        let usage = ctx.usage();
+        if !usage.is_empty() {
+            // Encoding maps of strings and numbers into a Vec cannot fail.
+            let _ = response.extensions.insert(&usage);
+        }
         response
     }
 

@@ -80,6 +80,7 @@ pub fn arb_failure_kind() -> impl Strategy<Value = FailureKind> {
         Just(FailureKind::NoAcceptingStep),
         Just(FailureKind::Timeout),
         Just(FailureKind::Cancelled),
+        Just(FailureKind::StepTimeout),
         Just(FailureKind::ResultNotJson),
         Just(FailureKind::Other),
     ]

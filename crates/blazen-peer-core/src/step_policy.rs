@@ -153,8 +153,8 @@ pub enum PolicyFailure {
     },
 }
 
-/// Calls `handler` under `policy`: waits for a slot, then tries up to the
-/// policy's attempts, each within its timeout, logging each retry.
+/// Calls `handler` under `policy`: tries up to the policy's attempts, each in
+/// a concurrency slot and within its timeout, logging each retry.
 pub async fn call(
     step_id: &str,
     policy: &StepPolicy,
@@ -162,14 +162,16 @@ pub async fn call(
     ctx: RunContext,
     event: Event,
 ) -> Result<StepOutput, PolicyFailure> {
-    // Closed never: the semaphore lives as long as the policy that owns it.
-    let _slot = match &policy.slots {
-        Some(slots) => slots.clone().acquire_owned().await.ok(),
-        None => None,
-    };
     let attempts = policy.attempts();
     let mut attempt = 1;
     loop {
+        // A slot per attempt, not per call: a step waiting out its backoff
+        // leaves the slot to the calls queued behind it.
+        // Closed never: the semaphore lives as long as the policy that owns it.
+        let slot = match &policy.slots {
+            Some(slots) => slots.clone().acquire_owned().await.ok(),
+            None => None,
+        };
         let call = handler.invoke(ctx.clone(), event.clone());
         let outcome = match policy.timeout {
             None => call.await,
@@ -183,6 +185,7 @@ pub async fn call(
                 }
             },
         };
+        drop(slot);
         let failure = match outcome {
             Ok(emitted) => return Ok(emitted),
             Err(failure) => failure,

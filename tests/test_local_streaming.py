@@ -13,6 +13,7 @@ from blazen_peer import (
     GenericEvent,
     StartEvent,
     StopEvent,
+    ValidationError,
     Workflow,
     WorkflowError,
     register_step,
@@ -114,3 +115,15 @@ async def test_a_run_nobody_streams_never_waits_for_a_reader(
     # result() without stream_events(): the events go unread, the steps never block.
     assert await (await Workflow("chatty", [chatty_id]).run()) == "done"
     assert wrote_all.is_set()
+
+
+async def test_a_runs_events_are_read_once(step_ids: Callable[[str], str]) -> None:
+    async def quiet(ctx: Context, ev: StartEvent) -> StopEvent:
+        return StopEvent(result="quiet")
+
+    quiet_id = step_ids("quiet")
+    register_step(quiet_id, quiet)
+    handler = await Workflow("quiet", [quiet_id]).run()
+    assert [type(event) async for event in handler.stream_events()] == [StopEvent]
+    with pytest.raises(ValidationError, match="already called"):
+        await anext(handler.stream_events())

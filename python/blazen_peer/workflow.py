@@ -8,6 +8,7 @@ from typing import Any
 
 from . import _native
 from .context import Context
+from .errors import ValidationError
 from .events import Event, StartEvent, StopEvent, from_stream
 from .refs import SessionRefRegistry
 from .steps import Step
@@ -52,7 +53,10 @@ class WorkflowHandler:
         this before :meth:`result`, which otherwise lets them go unread.
         """
         if self._streamed:
-            raise RuntimeError("stream_events() reads a run's events once; call it once")
+            raise ValidationError(
+                "stream_events() was already called for this run; its events are read once, "
+                "so keep the first iterator (or start another run)"
+            )
         self._streamed = True
         while (written := await self._run.next_event()) is not None:
             yield from_stream(written.event_type, written.data_json)

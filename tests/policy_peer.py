@@ -76,9 +76,10 @@ _overlap = asyncio.Condition()
 
 @step("policy::held", max_concurrency=1)
 async def held(ctx: Context, ev: StartEvent) -> StopEvent:
-    """Holds its only slot until `policy::release` runs."""
+    """Holds its only slot until `policy::release` runs (each release frees one hold)."""
     ctx.write_event_to_stream(Entered())
     await asyncio.wait_for(_release.wait(), timeout=30)
+    _release.clear()
     return StopEvent(result="released")
 
 

@@ -11,6 +11,7 @@ import pytest
 from blazen_peer import (
     Context,
     PeerClient,
+    PeerTimeoutError,
     Retry,
     StartEvent,
     StopEvent,
@@ -75,6 +76,21 @@ async def test_list_steps_reports_the_limit_and_its_use(policy_client: PeerClien
     listing = await policy_client.list_steps()
     held = next(step for step in listing.steps if step.id == "policy::held")
     assert held.in_use == 0
+
+
+async def test_a_run_waiting_for_a_slot_is_bounded_by_its_own_deadline(
+    policy_client: PeerClient,
+) -> None:
+    stream = policy_client.stream_sub_workflow("held", ["policy::held"], {})
+    async with stream:
+        entered = await anext(stream)  # the only slot is taken
+        assert entered.event_type == "policy.Entered"  # type: ignore[attr-defined]
+        with pytest.raises(PeerTimeoutError) as caught:
+            await policy_client.run_remote_workflow("held", ["policy::held"], {}, timeout_secs=1)
+        assert caught.value.failure_kind == "Timeout"
+        await policy_client.run_remote_workflow("release", ["policy::release"], {})
+        rest = [event async for event in stream]
+    assert rest[-1].result == "released"  # type: ignore[attr-defined]
 
 
 async def test_an_async_step_past_its_timeout_is_cancelled_and_named(

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::context::RunContext;
+use crate::error::PeerError;
 use crate::event::Event;
 use crate::registry::{StepFailure, StepHandler, StepOutput};
 
@@ -102,6 +103,38 @@ impl StepPolicy {
             timeout,
             retry,
         }
+    }
+
+    /// A policy as a host registers it, refused with a message naming `step_id`
+    /// and the setting when it cannot work: a limit of 0 (omit it for none), a
+    /// zero timeout, no attempt at all, a backoff that shrinks.
+    pub fn checked(
+        step_id: &str,
+        max_concurrency: Option<usize>,
+        timeout: Option<Duration>,
+        retry: Option<RetryPolicy>,
+    ) -> Result<Self, PeerError> {
+        let refuse = |what: String| Err(PeerError::Validation(format!("step `{step_id}`: {what}")));
+        if max_concurrency == Some(0) {
+            return refuse("max_concurrency must be at least 1 (omit it for no limit)".into());
+        }
+        if timeout.is_some_and(|limit| limit.is_zero()) {
+            return refuse("timeout_secs must be positive (omit it for no timeout)".into());
+        }
+        if let Some(retry) = &retry {
+            if retry.attempts == 0 {
+                return refuse(
+                    "Retry.attempts counts the first attempt too, so it must be at least 1".into(),
+                );
+            }
+            if !retry.multiplier.is_finite() || retry.multiplier < 1.0 {
+                return refuse(format!(
+                    "Retry.multiplier must be a finite number of at least 1, got {}",
+                    retry.multiplier
+                ));
+            }
+        }
+        Ok(Self::new(max_concurrency, timeout, retry))
     }
 
     /// Most calls of the step running at once in this process; None: unlimited.
@@ -245,6 +278,33 @@ mod tests {
         };
         assert!(!retry(3).retries(&cancelled));
         assert!(retry(3).retries(&StepFailure::new("ValueError", "x")));
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_naming_the_step() {
+        let refused = |policy: Result<StepPolicy, PeerError>| match policy {
+            Err(PeerError::Validation(message)) => message,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        let zero = refused(StepPolicy::checked("gpu::embed", Some(0), None, None));
+        assert!(
+            zero.starts_with("step `gpu::embed`: max_concurrency"),
+            "{zero}"
+        );
+        let instant = refused(StepPolicy::checked("s", None, Some(Duration::ZERO), None));
+        assert!(
+            instant.contains("timeout_secs must be positive"),
+            "{instant}"
+        );
+        let none = refused(StepPolicy::checked("s", None, None, Some(retry(0))));
+        assert!(none.contains("Retry.attempts"), "{none}");
+        let shrinking = RetryPolicy {
+            multiplier: 0.5,
+            ..retry(2)
+        };
+        let shrinks = refused(StepPolicy::checked("s", None, None, Some(shrinking)));
+        assert!(shrinks.contains("Retry.multiplier"), "{shrinks}");
+        assert!(StepPolicy::checked("s", Some(1), None, Some(retry(2))).is_ok());
     }
 
     #[test]

@@ -328,44 +328,18 @@ fn seconds(name: &str, secs: f64) -> PyResult<Duration> {
         .py_err()
 }
 
+/// Converts the Python settings; the core checks them (`StepPolicy::checked`).
 fn policy(
     step_id: &str,
     max_concurrency: Option<usize>,
     timeout_secs: Option<f64>,
     retry: Option<RetryArgs>,
 ) -> PyResult<StepPolicy> {
-    if max_concurrency == Some(0) {
-        return Err(PeerError::Validation(format!(
-            "step `{step_id}`: max_concurrency must be at least 1 (omit it for no limit)"
-        )))
-        .py_err();
-    }
     let timeout = timeout_secs
         .map(|secs| seconds("timeout_secs", secs))
         .transpose()?;
-    if timeout.is_some_and(|limit| limit.is_zero()) {
-        return Err(PeerError::Validation(format!(
-            "step `{step_id}`: timeout_secs must be positive (omit it for no timeout)"
-        )))
-        .py_err();
-    }
     let retry = retry
         .map(|retry| -> PyResult<RetryPolicy> {
-            if retry.attempts == 0 {
-                return Err(PeerError::Validation(format!(
-                    "step `{step_id}`: Retry.attempts counts the first attempt too, so it must \
-                     be at least 1"
-                )))
-                .py_err();
-            }
-            if !retry.multiplier.is_finite() || retry.multiplier < 1.0 {
-                return Err(PeerError::Validation(format!(
-                    "step `{step_id}`: Retry.multiplier must be a finite number of at least 1, \
-                     got {}",
-                    retry.multiplier
-                )))
-                .py_err();
-            }
             Ok(RetryPolicy {
                 attempts: retry.attempts,
                 backoff: seconds("Retry.backoff_secs", retry.backoff_secs)?,
@@ -375,7 +349,7 @@ fn policy(
             })
         })
         .transpose()?;
-    Ok(StepPolicy::new(max_concurrency, timeout, retry))
+    StepPolicy::checked(step_id, max_concurrency, timeout, retry).py_err()
 }
 
 /// Registers `func` as step `step_id` in the process-wide registry.

@@ -109,6 +109,33 @@ def hangs_def(ctx: Context, ev: StartEvent) -> StopEvent:
     return StopEvent(result="stopped")
 
 
+_stubborn_release = threading.Event()
+_stubborn = {"current": 0, "peak": 0}
+_stubborn_lock = threading.Lock()
+
+
+@step("policy::stubborn", max_concurrency=1, timeout_secs=1)
+def stubborn(ctx: Context, ev: StartEvent) -> StopEvent:
+    """A `def` step that ignores ``ctx.cancelled`` until `policy::unblock` runs:
+    its thread outlives its timeout, and must keep its slot until it returns."""
+    with _stubborn_lock:
+        _stubborn["current"] += 1
+        _stubborn["peak"] = max(_stubborn["peak"], _stubborn["current"])
+    try:
+        if ev.data.get("wait"):
+            _stubborn_release.wait(30)
+        return StopEvent(result=dict(_stubborn))
+    finally:
+        with _stubborn_lock:
+            _stubborn["current"] -= 1
+
+
+@step("policy::unblock")
+def unblock(ctx: Context, ev: StartEvent) -> StopEvent:
+    _stubborn_release.set()
+    return StopEvent(result=True)
+
+
 @step(
     "policy::flaky",
     retries=Retry(attempts=3, backoff_secs=0.01, on=(ConnectionError,)),

@@ -119,6 +119,25 @@ async def test_a_def_step_past_its_timeout_sees_cancelled_and_the_run_fails(
     assert report == {"def_saw_cancel": True}
 
 
+async def test_a_timed_out_def_step_keeps_its_slot_until_its_thread_returns(
+    policy_client: PeerClient,
+) -> None:
+    with pytest.raises(WorkflowError) as caught:
+        await policy_client.run_remote_workflow("stubborn", ["policy::stubborn"], {"wait": True})
+    assert caught.value.failure_kind == "StepTimeout"
+    # The run failed, but its thread still runs the step: the slot is still taken.
+    listing = await policy_client.list_steps()
+    (stubborn,) = [step for step in listing.steps if step.id == "policy::stubborn"]
+    assert (stubborn.max_concurrency, stubborn.in_use) == (1, 1)
+    after = asyncio.ensure_future(
+        policy_client.run_remote_workflow("stubborn", ["policy::stubborn"], {})
+    )
+    await policy_client.run_remote_workflow("unblock", ["policy::unblock"], {})
+    seen = await after
+    # Measured inside the step: the second call ran only once the first had returned.
+    assert seen["peak"] == 1, seen
+
+
 async def test_retries_run_the_stated_attempts(policy_client: PeerClient) -> None:
     succeeded = await policy_client.run_remote_workflow(
         "flaky",

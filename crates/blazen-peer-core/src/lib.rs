@@ -45,6 +45,6 @@ pub use event_stream::{EventStream, StreamedEvent};
 pub use registry::{Step, StepFailure, StepHandler, StepRegistry};
 pub use server::{PeerService, RunStats, RunningServer, ServerConfig, ServiceMetrics};
 pub use session_refs::{RefInfo, RefLifetime, RefOwner, RefPayload, RefUsage, SessionRefRegistry};
-pub use step_policy::{RetryFilter, RetryPolicy, StepPolicy};
+pub use step_policy::{RetryFilter, RetryPolicy, StepPolicy, StepSlot};
 pub use tls::{ClientTls, PeerIdentity, Pem, ServerTls};
 pub use trace::TraceContext;

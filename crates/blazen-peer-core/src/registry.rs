@@ -11,7 +11,7 @@ use crate::context::RunContext;
 use crate::envelope::{StepInfo, StepPolicies, StepPolicyInfo, WorkflowInfo};
 use crate::error::PeerError;
 use crate::event::{Event, EventTypes};
-use crate::step_policy::StepPolicy;
+use crate::step_policy::{StepPolicy, StepSlot};
 
 /// Why a step call failed.
 #[derive(Debug, Clone)]
@@ -52,6 +52,22 @@ pub trait StepHandler: Send + Sync + 'static {
         ctx: RunContext,
         event: Event,
     ) -> BoxFuture<'static, Result<StepOutput, StepFailure>>;
+    /// Runs the step holding `slot`, one of its concurrency slots, until the
+    /// call is over. By default the slot goes with the future; a host whose
+    /// calls outlive their future (a thread that cannot be interrupted) keeps
+    /// it until the call really returns, so the limit counts that call too.
+    fn invoke_in_slot(
+        &self,
+        ctx: RunContext,
+        event: Event,
+        slot: Option<StepSlot>,
+    ) -> BoxFuture<'static, Result<StepOutput, StepFailure>> {
+        let call = self.invoke(ctx, event);
+        Box::pin(async move {
+            let _slot = slot;
+            call.await
+        })
+    }
     /// Lets a host compare handlers it registered.
     fn as_any(&self) -> &dyn Any;
 }

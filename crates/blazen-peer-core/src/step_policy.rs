@@ -10,12 +10,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::context::RunContext;
 use crate::error::PeerError;
 use crate::event::Event;
 use crate::registry::{StepFailure, StepHandler, StepOutput};
+
+/// One of a step's concurrency slots, held by a call until it returns.
+pub type StepSlot = OwnedSemaphorePermit;
 
 /// Wait before a step's second attempt, unless its retry policy says otherwise.
 pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(500);
@@ -205,7 +208,7 @@ pub async fn call(
             Some(slots) => slots.clone().acquire_owned().await.ok(),
             None => None,
         };
-        let call = handler.invoke(ctx.clone(), event.clone());
+        let call = handler.invoke_in_slot(ctx.clone(), event.clone(), slot);
         let outcome = match policy.timeout {
             None => call.await,
             Some(limit) => match tokio::time::timeout(limit, call).await {
@@ -218,7 +221,6 @@ pub async fn call(
                 }
             },
         };
-        drop(slot);
         let failure = match outcome {
             Ok(emitted) => return Ok(emitted),
             Err(failure) => failure,

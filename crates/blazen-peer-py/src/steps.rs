@@ -9,7 +9,7 @@ use std::time::Duration;
 use blazen_peer_core::registry::StepOutput;
 use blazen_peer_core::{
     Event, PeerError, RetryFilter, RetryPolicy, RunContext, Step, StepFailure, StepHandler,
-    StepPolicy, StepRegistry,
+    StepPolicy, StepRegistry, StepSlot,
 };
 use futures::future::BoxFuture;
 use pyo3::exceptions::PyBaseException;
@@ -41,11 +41,26 @@ impl StepHandler for PyStep {
         ctx: RunContext,
         event: Event,
     ) -> BoxFuture<'static, Result<StepOutput, StepFailure>> {
+        self.invoke_in_slot(ctx, event, None)
+    }
+
+    fn invoke_in_slot(
+        &self,
+        ctx: RunContext,
+        event: Event,
+        slot: Option<StepSlot>,
+    ) -> BoxFuture<'static, Result<StepOutput, StepFailure>> {
         let func = self.func.clone();
         if self.is_async {
-            Box::pin(invoke_async(func, ctx, event))
+            // Dropping the future cancels the task: the slot may go with it.
+            Box::pin(async move {
+                let _slot = slot;
+                invoke_async(func, ctx, event).await
+            })
         } else {
-            Box::pin(invoke_sync(func, ctx, event))
+            // A `def` step runs on after its future is dropped (a timeout): the
+            // slot stays with its thread until the step returns.
+            Box::pin(invoke_sync(func, ctx, event, slot))
         }
     }
 
@@ -58,9 +73,10 @@ async fn invoke_sync(
     func: Arc<Py<PyAny>>,
     ctx: RunContext,
     event: Event,
+    slot: Option<StepSlot>,
 ) -> Result<StepOutput, StepFailure> {
     let remote = is_remote(&ctx);
-    sync_steps::run(func, ctx, event, remote).await
+    sync_steps::run(func, ctx, event, remote, slot).await
 }
 
 async fn invoke_async(

@@ -20,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use blazen_peer_core::registry::StepOutput;
-use blazen_peer_core::{Event, RunContext, StepFailure};
+use blazen_peer_core::{Event, RunContext, StepFailure, StepSlot};
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 use tokio::sync::oneshot;
@@ -43,6 +43,8 @@ struct SyncJob {
     event: Event,
     remote: bool,
     reply: oneshot::Sender<Outcome>,
+    // The step's concurrency slot, if it has a limit: held until the step returns.
+    slot: Option<StepSlot>,
 }
 
 #[derive(Default)]
@@ -223,7 +225,13 @@ impl SyncPool {
 }
 
 /// Runs a `def` step on a worker thread and waits for its outcome.
-pub async fn run(func: Arc<Py<PyAny>>, ctx: RunContext, event: Event, remote: bool) -> Outcome {
+pub async fn run(
+    func: Arc<Py<PyAny>>,
+    ctx: RunContext,
+    event: Event,
+    remote: bool,
+    slot: Option<StepSlot>,
+) -> Outcome {
     if gil::is_closed() {
         return Err(interpreter_exiting());
     }
@@ -235,6 +243,7 @@ pub async fn run(func: Arc<Py<PyAny>>, ctx: RunContext, event: Event, remote: bo
         event,
         remote,
         reply,
+        slot,
     };
     if pool.push(job) {
         let started =
@@ -266,10 +275,18 @@ pub struct SyncStepCall {
     event: Py<PyAny>,
     remote: bool,
     reply: Mutex<Option<oneshot::Sender<Outcome>>>,
+    slot: Mutex<Option<StepSlot>>,
 }
 
 impl SyncStepCall {
     fn settle(&self, outcome: Outcome) {
+        // The step returned: its slot is free, even if its run stopped waiting.
+        drop(
+            self.slot
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .take(),
+        );
         let reply = self
             .reply
             .lock()
@@ -338,6 +355,7 @@ pub fn next_sync_step(py: Python<'_>) -> PyResult<Option<SyncStepCall>> {
                 event: events::to_py(py, &job.event)?.unbind(),
                 remote: job.remote,
                 reply: Mutex::new(None),
+                slot: Mutex::new(job.slot),
             })
         })();
         match call {

@@ -11,6 +11,7 @@ import logging
 from ._native import ENVELOPE_VERSION, close_python_gate
 from .client import ParentRun, PeerClient, RemoteRefDescriptor, SubWorkflowResponse
 from .context import Context, PeerIdentity
+from .directory import PeerLink
 from .errors import (
     AuthenticationError,
     EncodeError,
@@ -20,7 +21,9 @@ from .errors import (
     PeerError,
     PeerTimeoutError,
     PeerUnsupportedError,
+    QuotaExceededError,
     RefNotFoundError,
+    RefOriginError,
     TlsError,
     TransportError,
     UnknownStepError,
@@ -32,7 +35,8 @@ from .events import Event, GenericEvent, StartEvent, StopEvent, event_type_name
 from .listing import HealthStatus, PeerSteps, StepInfo, WorkflowInfo
 from .pool import PeerPool, PeerStatus
 from .refs import RefInfo, RefLifetime, SessionRefRegistry, SessionRefs, register_ref_codec
-from .server import PeerServer, ServerStats
+from .remote_ref import RemoteRef
+from .server import PeerServer, ServerStats, UploadStats
 from .steps import (
     Step,
     register_step,
@@ -68,15 +72,19 @@ __all__ = [
     "PeerClient",
     "PeerError",
     "PeerIdentity",
+    "PeerLink",
     "PeerPool",
     "PeerServer",
     "PeerStatus",
     "PeerSteps",
     "PeerTimeoutError",
     "PeerUnsupportedError",
+    "QuotaExceededError",
     "RefInfo",
     "RefLifetime",
     "RefNotFoundError",
+    "RefOriginError",
+    "RemoteRef",
     "RemoteRefDescriptor",
     "ServerStats",
     "ServerTls",
@@ -93,6 +101,7 @@ __all__ = [
     "TransportError",
     "UnknownStepError",
     "UnknownWorkflowError",
+    "UploadStats",
     "ValidationError",
     "Workflow",
     "WorkflowError",

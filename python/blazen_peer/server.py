@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
 from . import _metrics, _native, _readiness, _signals, _tracing
 from ._auth import resolve_token
+from .directory import PeerDirectory, PeerLink
 from .errors import ValidationError
 from .refs import SessionRefRegistry
 from .tls import ServerTls
+from .uploads import DEFAULT_MAX_UPLOAD_BYTES
 
-__all__ = ["PeerServer", "ServerStats"]
+__all__ = ["PeerServer", "ServerStats", "UploadStats"]
 
 #: How long ``stop()`` lets runs in progress finish before cancelling them.
 DEFAULT_GRACE_SECS = 10.0
@@ -66,6 +68,18 @@ class ServerStats:
     runs_in_flight: int
 
 
+@dataclass(frozen=True)
+class UploadStats:
+    """Uploaded values a server holds (``put_session_ref``), against ``max_upload_bytes``."""
+
+    #: Bytes of uploaded values held, and reserved by uploads still arriving.
+    bytes_held: int
+    #: Uploads whose bytes are still arriving.
+    in_progress: int
+    #: Bytes those uploads received so far.
+    bytes_arriving: int
+
+
 def _server_tokens(token: str | Sequence[str] | None) -> list[str]:
     """Accepted tokens: one, several (while rotating), or ``$BLAZEN_PEER_TOKEN``."""
     if token is None or isinstance(token, str):
@@ -112,6 +126,13 @@ class PeerServer:
     ``/v1/peer/deref_session_ref``, ``/v1/peer/release_session_ref``; HTTP/1.1
     or HTTP/2) behind the same token, TLS and limits (README, "HTTP/JSON").
     Off by default: it opens the peer to plain HTTP clients.
+    Uploads (``PeerClient.put_session_ref``): callers may hold at most
+    ``max_upload_bytes`` of uploaded values here at once (stored, or still
+    arriving); past it an upload gets QuotaExceededError before its bytes are sent.
+    Peer-to-peer refs: ``peers`` maps node ids (or addresses, with their scheme)
+    to :class:`PeerLink` entries (address, TLS, token; or just an address): the
+    only peers this server's steps may fetch a :class:`RemoteRef` from, with
+    ``ctx.session_refs.fetch``, and the only credentials they use there.
     """
 
     def __init__(
@@ -136,6 +157,8 @@ class PeerServer:
         request_body_timeout_secs: float = DEFAULT_REQUEST_BODY_TIMEOUT_SECS,
         max_buffered_request_bytes: int = DEFAULT_MAX_BUFFERED_REQUEST_BYTES,
         http_json: bool = False,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+        peers: Mapping[str, PeerLink | str] | None = None,
     ) -> None:
         if tracing and not _tracing.INSTALLED:
             raise ValidationError(
@@ -149,6 +172,7 @@ class PeerServer:
                 "tls must be a ServerTls (ServerTls.from_pem(cert=..., key=...)), "
                 f"not {type(tls).__name__}"
             )
+        self._directory = PeerDirectory(node_id, peers) if peers else None
         self._ref = _native.PeerServer(
             node_id,
             default_timeout_secs,
@@ -171,6 +195,8 @@ class PeerServer:
                 max_buffered_request_bytes=max_buffered_request_bytes,
             ),
             http_json=http_json,
+            max_upload_bytes=max_upload_bytes,
+            peer_directory=self._directory,
         )
         self._tls = tls
         self._session_refs = (
@@ -294,6 +320,8 @@ class PeerServer:
         if grace is not None and (isinstance(grace, bool) or not grace >= 0):
             raise ValidationError(f"grace must be a number of seconds >= 0 or None, got {grace!r}")
         await self._ref.stop(None if grace is None else float(grace))
+        if self._directory is not None:
+            self._directory.close()
 
     def stats(self) -> ServerStats:
         """How many runs started and how each ended."""
@@ -305,6 +333,15 @@ class PeerServer:
             runs_cancelled=counts.runs_cancelled,
             runs_timed_out=counts.runs_timed_out,
             runs_in_flight=counts.runs_in_flight,
+        )
+
+    def uploads(self) -> UploadStats:
+        """Uploaded values held here, and the uploads still arriving."""
+        counts = self._ref.uploads()
+        return UploadStats(
+            bytes_held=counts.bytes_held,
+            in_progress=counts.in_progress,
+            bytes_arriving=counts.bytes_arriving,
         )
 
     def _native_metrics(self) -> _native.ServerMetrics:

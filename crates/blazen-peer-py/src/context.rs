@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::records::CallerIdentity;
+use crate::steps::PyHost;
 use crate::{awaitable, gil, refs};
 
 /// How often a blocked writer checks whether its run ended.
@@ -64,6 +65,15 @@ impl RunContextRef {
     fn peer_identity(&self) -> Option<CallerIdentity> {
         let identity = self.ctx.caller().and_then(|caller| caller.identity())?;
         Some(CallerIdentity::from(&**identity))
+    }
+
+    /// The serving peer's directory (`PeerServer(peers=...)`), or None.
+    #[getter]
+    fn peer_directory<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        let host = self.ctx.host::<PyHost>()?;
+        host.directory
+            .as_ref()
+            .map(|directory| directory.bind(py).clone())
     }
 
     /// True when a caller streams this run's events.

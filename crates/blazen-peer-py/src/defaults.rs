@@ -3,7 +3,9 @@
 
 use blazen_peer_core::client::DEFAULT_CONNECT_TIMEOUT;
 use blazen_peer_core::limits::DEFAULT_MAX_JSON_DEPTH;
-use blazen_peer_core::server::{DEFAULT_MAX_CONCURRENT_RUNS, DEFAULT_RUN_TIMEOUT};
+use blazen_peer_core::server::{
+    DEFAULT_MAX_CONCURRENT_RUNS, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_RUN_TIMEOUT,
+};
 use blazen_peer_core::session_refs::DEFAULT_LEASE;
 use blazen_peer_core::transport::{
     DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES,
@@ -34,5 +36,6 @@ pub fn add(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("DEFAULT_LEASE_SECS", DEFAULT_LEASE.as_secs_f64())?;
     module.add("DEFAULT_MAX_CONCURRENT_RUNS", DEFAULT_MAX_CONCURRENT_RUNS)?;
     module.add("DEFAULT_MAX_JSON_DEPTH", DEFAULT_MAX_JSON_DEPTH)?;
+    module.add("DEFAULT_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES)?;
     Ok(())
 }

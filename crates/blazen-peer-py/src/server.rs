@@ -10,7 +10,7 @@ use blazen_peer_core::server::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_CONNECTION_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_BUFFERED_REQUEST_BYTES, DEFAULT_MAX_CONCURRENT_RUNS,
     DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_RUN_TIMEOUT,
+    DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_RUN_TIMEOUT,
 };
 use blazen_peer_core::{
     PeerError, PeerService, RunStats, RunningServer, ServerConfig, ServiceMetrics,
@@ -21,7 +21,7 @@ use crate::awaitable;
 use crate::errors::IntoPyResult;
 use crate::inbox;
 use crate::metrics::ServerMetricsRef;
-use crate::records::RunCounts;
+use crate::records::{RunCounts, UploadCounts};
 use crate::refs::SessionRefRegistryRef;
 use crate::runtime::Owner;
 use crate::steps::PyHost;
@@ -44,6 +44,8 @@ pub struct PeerServerRef {
     state: Arc<Mutex<ServerState>>,
     // Kept after stop, so stats stay readable.
     service: Mutex<Option<PeerService>>,
+    // The peers this server's steps may fetch refs from (Python's PeerDirectory).
+    directory: Option<Py<PyAny>>,
     owner: Owner,
 }
 
@@ -126,6 +128,8 @@ impl PeerServerRef {
         run_started=None,
         transport=None,
         http_json=false,
+        max_upload_bytes=DEFAULT_MAX_UPLOAD_BYTES,
+        peer_directory=None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -143,6 +147,8 @@ impl PeerServerRef {
         run_started: Option<Py<PyAny>>,
         transport: Option<TransportOptions>,
         http_json: bool,
+        max_upload_bytes: usize,
+        peer_directory: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         if node_id.is_empty() {
             return Err(PeerError::Validation("node_id cannot be empty".into())).py_err();
@@ -166,6 +172,7 @@ impl PeerServerRef {
             observer: run_started
                 .map(|run_started| Arc::new(PyRunObserver { run_started }) as Arc<dyn RunObserver>),
             http_json,
+            max_upload_bytes,
             ..ServerConfig::default()
         };
         let config = match transport {
@@ -178,6 +185,7 @@ impl PeerServerRef {
             config,
             state: Arc::new(Mutex::new(ServerState::Idle)),
             service: Mutex::new(None),
+            directory: peer_directory,
             owner: Owner::here(),
         })
     }
@@ -242,6 +250,10 @@ impl PeerServerRef {
         let config = ServerConfig {
             host: Some(Arc::new(PyHost {
                 inbox: inbox::for_loop(py, event_loop.bind(py))?,
+                directory: self
+                    .directory
+                    .as_ref()
+                    .map(|directory| directory.clone_ref(py)),
             })),
             ..self.config.clone()
         };
@@ -311,6 +323,15 @@ impl PeerServerRef {
                 connections_accepted: 0,
                 session_refs: self.config.session_refs.usage(),
             })
+            .into()
+    }
+
+    /// Bytes of uploaded values held, and the uploads still arriving; zeros before `start`.
+    fn uploads(&self) -> UploadCounts {
+        lock(&self.service)
+            .as_ref()
+            .map(PeerService::uploads)
+            .unwrap_or_default()
             .into()
     }
 

@@ -36,7 +36,8 @@ enum Next {
         event_type: String,
         data_json: Vec<u8>,
     },
-    Done(ResponseRef),
+    // Boxed: a response is far larger than an event, and most items are events.
+    Done(Box<ResponseRef>),
     End,
 }
 
@@ -54,7 +55,7 @@ impl ToPython for Next {
                 ],
             )?
             .into_any(),
-            Next::Done(response) => Bound::new(py, response)?.into_any(),
+            Next::Done(response) => Bound::new(py, *response)?.into_any(),
             Next::End => py.None().into_bound(py),
         })
     }
@@ -66,6 +67,7 @@ async fn next_of(receiver: Arc<Mutex<Option<EventReceiver>>>) -> Result<Next, Pe
     let Some(stream) = guard.as_mut() else {
         return Ok(Next::End);
     };
+    let address = stream.address().to_owned();
     let next = match stream.next().await {
         Ok(next) => next,
         Err(err) => {
@@ -81,7 +83,7 @@ async fn next_of(receiver: Arc<Mutex<Option<EventReceiver>>>) -> Result<Next, Pe
         },
         Some(StreamMessage::Done(response)) => {
             guard.take();
-            Next::Done(ResponseRef::from(response))
+            Next::Done(Box::new(ResponseRef::from(response).at(address)))
         }
         None => Next::End,
     })

@@ -13,6 +13,7 @@ use super::limits::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_CONNECTION_TIMEOUT, DEFAULT_MAX_BUFFERED_REQUEST_BYTES,
     DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_BODY_TIMEOUT,
 };
+use super::upload::DEFAULT_MAX_UPLOAD_BYTES;
 use crate::auth::bearer;
 use crate::error::PeerError;
 use crate::event_stream::DEFAULT_STREAM_BUFFER;
@@ -82,6 +83,9 @@ pub struct ServerConfig {
     /// `HttpPeerClient` (`POST /v1/peer/...`) on the same port, over HTTP/1.1
     /// and HTTP/2, behind the same token, TLS and limits; off by default.
     pub http_json: bool,
+    /// Bytes of uploaded values (`PutSessionRef`) held at once, stored or
+    /// still arriving; an upload past it is refused before its bytes are sent.
+    pub max_upload_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +112,7 @@ impl Default for ServerConfig {
             request_body_timeout: DEFAULT_REQUEST_BODY_TIMEOUT,
             max_buffered_request_bytes: DEFAULT_MAX_BUFFERED_REQUEST_BYTES,
             http_json: false,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
         }
     }
 }

@@ -13,12 +13,14 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
-from blazen_peer import PeerClient, RemoteRef, WorkflowError
+from blazen_peer import PeerClient, QuotaExceededError, RefLifetime, RemoteRef, WorkflowError
 from byte_counter import CountingProxy
 from conftest import PeerProcess, start_peer_process
+from test_cli import PEER_APP, start_serve
 
 MIB = 1024 * 1024
 SIZE = 256 * MIB
@@ -169,3 +171,34 @@ async def test_a_released_ref_is_ref_not_found_on_the_fetching_peer(fleet: Fleet
             await fetch_on(client_b, ref, "p2p::fetch")
     assert caught.value.remote_type == "blazen_peer.errors.RefNotFoundError"
     assert str(ref.key) in str(caught.value)
+
+
+@pytest.mark.timeout(120)
+def test_serve_takes_the_directory_and_the_upload_bound_from_its_flags(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    peers = tmp_path / "peers.json"
+    peers.write_text(json.dumps({"peer-a": {"address": fleet.a.address}}))
+    served = start_serve(
+        PEER_APP,
+        *("--listen", "127.0.0.1:0", "--node-id", "cli-b"),
+        *("--peers", str(peers), "--max-upload-bytes", "1000"),
+    )
+    try:
+        with (
+            PeerClient.connect_blocking(fleet.a.address, node_id="parent") as client_a,
+            PeerClient.connect_blocking(served.host_port, node_id="parent") as client_b,
+            client_a.parent_run(),
+        ):
+            response = client_a.invoke_sub_workflow_blocking(
+                "extract", ["p2p::make"], {"seed": 3, "size": 5000}
+            )
+            ref = response.remote_ref("features")
+            seen = client_b.run_remote_workflow_blocking("train", ["p2p::fetch"], {"features": ref})
+            assert seen["sha256"] == response.result["sha256"]
+            with pytest.raises(QuotaExceededError, match="max_upload_bytes of 1000"):
+                client_b.put_session_ref_blocking(
+                    bytes(1001), lifetime=RefLifetime.UNTIL_EXPLICIT_DROP
+                )
+    finally:
+        assert served.stop() == 0, served.stderr()

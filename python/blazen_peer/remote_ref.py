@@ -28,7 +28,7 @@ class RemoteRef(dict[str, Any]):
     """A session ref held by a peer: ``{"kind", "key", "origin_node_id",
     "origin_address", "type_tag", "created_at_epoch_ms"}``.
 
-    Made by :meth:`SubWorkflowResponse.remote_ref` and
+    Made by :meth:`blazen_peer.SubWorkflowResponse.remote_ref` and
     :meth:`PeerClient.put_session_ref`; ``str(ref)`` is its key, so it also
     works where a key is expected."""
 

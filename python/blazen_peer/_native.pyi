@@ -24,6 +24,8 @@ __all__ = [
     "Completion",
     "EventStream",
     "EventTypes",
+    "FetchedBytes",
+    "FetchedSize",
     "ListedStep",
     "ListedWorkflow",
     "LocalRun",
@@ -93,7 +95,7 @@ class _PutArgs(Protocol):
     def parent_run(self) -> str | None: ...
 
 class _RunArgs(Protocol):
-    """A run request, read by attribute (`client._RunCall`)."""
+    """A run request, read by attribute (`_run_request.RunRequest`)."""
 
     @property
     def workflow_name(self) -> str: ...
@@ -442,14 +444,14 @@ class PeerClient:
         """Starts a streaming run; resolves to an `EventStream` to read with `next()`."""
     def stream_blocking(self, call: _RunArgs) -> EventStream:
         """Blocking form of `stream`: the `EventStream`, read with `next_blocking()`."""
-    def fetch(self, key: str) -> Awaitable[tuple[str, bytes]]:
-        """Fetches a session ref of any size; resolves to `(type_tag, bytes)`."""
-    def fetch_blocking(self, key: str) -> tuple[str, bytes]:
+    def fetch(self, key: str) -> Awaitable[FetchedBytes]:
+        """Fetches a session ref of any size; resolves to a `FetchedBytes`."""
+    def fetch_blocking(self, key: str) -> FetchedBytes:
         """Blocking form of `fetch`."""
-    def fetch_into(self, key: str, buffer: Buffer) -> Awaitable[tuple[str, int]]:
-        """Streams a session ref into a caller's writable buffer; resolves to
-        `(type_tag, size)`. Reusing one buffer skips the page faults of new memory."""
-    def fetch_into_blocking(self, key: str, buffer: Buffer) -> tuple[str, int]:
+    def fetch_into(self, key: str, buffer: Buffer) -> Awaitable[FetchedSize]:
+        """Streams a session ref into a caller's writable buffer; resolves to a
+        `FetchedSize`. Reusing one buffer skips the page faults of new memory."""
+    def fetch_into_blocking(self, key: str, buffer: Buffer) -> FetchedSize:
         """Blocking form of `fetch_into`."""
     def finish_parent(self, parent_run: str) -> Awaitable[int]:
         """Releases the `UNTIL_PARENT_FINISH` refs of a parent run; resolves to how many."""
@@ -590,6 +592,25 @@ class RefBuffer:
     def type_tag(self) -> str:
         """Codec name of the bytes."""
     def __len__(self) -> int: ...
+
+@final
+class FetchedBytes:
+    """A session ref fetched from a peer: its bytes and the type tag its codec reads."""
+
+    @property
+    def type_tag(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
+
+@final
+class FetchedSize:
+    """A session ref streamed into a caller's buffer: how many bytes it filled,
+    and the type tag its codec reads."""
+
+    @property
+    def type_tag(self) -> str: ...
+    @property
+    def size(self) -> int: ...
 
 @final
 class RefRecord:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import json
-import math
 import threading
 import uuid
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
@@ -18,10 +16,9 @@ from . import _native, _tracing
 from ._address import peer_url
 from ._auth import resolve_token, warn_if_token_in_clear
 from ._ref_book import RefBook
-from ._seconds import positive_secs
+from ._run_request import Reply, RunRequest, settle
 from ._v1_peer import note_v1_only, release_parent_refs, release_parent_refs_blocking
 from .errors import (
-    EncodeError,
     PeerError,
     PeerUnsupportedError,
     RefNotFoundError,
@@ -31,7 +28,7 @@ from .listing import HealthStatus, PeerSteps
 from .refs import RefLifetime, decode_ref_value
 from .remote_ref import RemoteRef
 from .responses import RemoteRefDescriptor, SubWorkflowResponse
-from .streaming import SubWorkflowBlockingStream, SubWorkflowStream
+from .streaming import OpenedStream, SubWorkflowBlockingStream, SubWorkflowStream
 from .tls import ClientTls
 from .uploads import put_call, uploaded
 
@@ -45,31 +42,6 @@ DEFAULT_CONNECT_TIMEOUT_SECS: float = _native.DEFAULT_CONNECT_TIMEOUT_SECS
 DEFAULT_MAX_MESSAGE_BYTES: int = _native.DEFAULT_MAX_MESSAGE_BYTES
 DEFAULT_KEEPALIVE_INTERVAL_SECS: float = _native.DEFAULT_KEEPALIVE_INTERVAL_SECS
 DEFAULT_KEEPALIVE_TIMEOUT_SECS: float = _native.DEFAULT_KEEPALIVE_TIMEOUT_SECS
-
-
-@dataclass(frozen=True, slots=True)
-class _RunCall:
-    """A run request as the native client reads it (by attribute)."""
-
-    workflow_name: str
-    step_ids: list[str]
-    input_json: bytes
-    timeout_secs: int | None
-    #: The parent run whose refs this run's refs join, when inside ``parent_run()``.
-    parent_run: str | None
-    traceparent: str | None = None
-    tracestate: str | None = None
-
-    def traced(self, headers: _tracing.TraceHeaders) -> _RunCall:
-        """This call carrying the caller's W3C trace context."""
-        traceparent, tracestate = headers
-        return replace(self, traceparent=traceparent, tracestate=tracestate)
-
-
-def _traced(call: _RunCall) -> _RunCall:
-    """The call carrying the current span's trace context, when tracing is on
-    (a stream's run becomes a child of the span that reads it)."""
-    return call.traced(_tracing.current_headers()) if _tracing.INSTALLED else call
 
 
 @dataclass(frozen=True)
@@ -109,24 +81,6 @@ class _ConnectOptions:
         )
 
 
-def _encode_input(value: Any) -> bytes:
-    try:
-        encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise EncodeError(
-            f"the workflow input is not JSON-serializable: {exc}; pass dicts, lists, strings, "
-            "finite numbers, booleans and None"
-        ) from exc
-    return encoded.encode()
-
-
-def _wire_timeout(timeout_secs: float | None) -> int | None:
-    if timeout_secs is None:
-        return None
-    # The wire carries whole seconds; rounding up never cuts a run short.
-    return math.ceil(positive_secs("timeout_secs", timeout_secs))
-
-
 def _as_uuid(key: uuid.UUID | str) -> uuid.UUID:
     return key if isinstance(key, uuid.UUID) else uuid.UUID(key)
 
@@ -149,6 +103,17 @@ def _refuse_inside_loop(method: str, alternative: str, owner: str | None = None)
         f"{method}() blocks the thread and was called from a running event loop; "
         f"use `await {owner}.{alternative}(...)` there instead"
     )
+
+
+def _with_trace(request: RunRequest, headers: _tracing.TraceHeaders) -> RunRequest:
+    traceparent, tracestate = headers
+    return replace(request, traceparent=traceparent, tracestate=tracestate)
+
+
+def _traced(request: RunRequest) -> RunRequest:
+    """The request carrying the current span's trace context, when tracing is on
+    (a stream's run becomes a child of the span that reads it)."""
+    return _with_trace(request, _tracing.current_headers()) if _tracing.INSTALLED else request
 
 
 class PeerClient:
@@ -242,10 +207,8 @@ class PeerClient:
     ) -> SubWorkflowResponse:
         """Runs steps on the peer. A failed workflow comes back with ``.error`` set;
         a run past ``timeout_secs`` raises PeerTimeoutError."""
-        native = await self._invoke(
-            self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
-        )
-        return self._remember(SubWorkflowResponse._from_native(native))
+        request = RunRequest.of_value(workflow_name, step_ids, input, timeout_secs)
+        return cast(SubWorkflowResponse, await self._send(request, Reply.RESPONSE))
 
     async def run_remote_workflow(
         self,
@@ -255,10 +218,8 @@ class PeerClient:
         timeout_secs: float | None = None,
     ) -> Any:
         """Runs steps on the peer and returns the result; raises WorkflowError on failure."""
-        native = await self._invoke(
-            self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
-        )
-        return self._result(native)
+        request = RunRequest.of_value(workflow_name, step_ids, input, timeout_secs)
+        return await self._send(request, Reply.RESULT)
 
     async def run_remote_workflow_json(
         self,
@@ -268,10 +229,8 @@ class PeerClient:
         timeout_secs: float | None = None,
     ) -> str:
         """JSON text in, the result's JSON text out; raises WorkflowError on failure."""
-        native = await self._invoke(
-            self._call(workflow_name, step_ids, input_json.encode(), timeout_secs)
-        )
-        return _result_json_text(native)
+        request = RunRequest.of_json(workflow_name, step_ids, input_json, timeout_secs)
+        return cast(str, await self._send(request, Reply.JSON))
 
     def invoke_sub_workflow_blocking(
         self,
@@ -282,10 +241,8 @@ class PeerClient:
     ) -> SubWorkflowResponse:
         """Blocking :meth:`invoke_sub_workflow`."""
         _refuse_inside_loop("invoke_sub_workflow_blocking", "invoke_sub_workflow")
-        native = self._invoke_blocking(
-            self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
-        )
-        return self._remember(SubWorkflowResponse._from_native(native))
+        request = RunRequest.of_value(workflow_name, step_ids, input, timeout_secs)
+        return cast(SubWorkflowResponse, self._send_blocking(request, Reply.RESPONSE))
 
     def run_remote_workflow_blocking(
         self,
@@ -296,10 +253,8 @@ class PeerClient:
     ) -> Any:
         """Blocking :meth:`run_remote_workflow`."""
         _refuse_inside_loop("run_remote_workflow_blocking", "run_remote_workflow")
-        native = self._invoke_blocking(
-            self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
-        )
-        return self._result(native)
+        request = RunRequest.of_value(workflow_name, step_ids, input, timeout_secs)
+        return self._send_blocking(request, Reply.RESULT)
 
     def run_remote_workflow_json_blocking(
         self,
@@ -310,10 +265,8 @@ class PeerClient:
     ) -> str:
         """Blocking :meth:`run_remote_workflow_json`."""
         _refuse_inside_loop("run_remote_workflow_json_blocking", "run_remote_workflow_json")
-        native = self._invoke_blocking(
-            self._call(workflow_name, step_ids, input_json.encode(), timeout_secs)
-        )
-        return _result_json_text(native)
+        request = RunRequest.of_json(workflow_name, step_ids, input_json, timeout_secs)
+        return cast(str, self._send_blocking(request, Reply.JSON))
 
     def stream_sub_workflow(
         self,
@@ -333,16 +286,8 @@ class PeerClient:
         after the events written before the failure. Closing the stream (``async
         with``, ``aclose()``) cancels the run on the peer."""
         # Checked and encoded now; the call itself starts when the stream is first read.
-        call = self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
-
-        def open_call() -> Awaitable[_native.EventStream]:
-            # The run's span on the peer becomes a child of the reader's span.
-            return self._ref.stream(_traced(call))
-
-        # The stream's refs belong to the parent the request named, wherever it is read.
-        return SubWorkflowStream(
-            open_call, lambda response: self._remember(response, call.parent_run)
-        )
+        request = self._parented(RunRequest.of_value(workflow_name, step_ids, input, timeout_secs))
+        return SubWorkflowStream(lambda: self._open_stream(request))
 
     def stream_sub_workflow_blocking(
         self,
@@ -360,15 +305,13 @@ class PeerClient:
         Each ``next()`` waits for the next event; leaving the ``with`` block,
         ``stream.close()`` or Ctrl-C cancels the run on the peer."""
         _refuse_inside_loop("stream_sub_workflow_blocking", "stream_sub_workflow")
-        call = self._call(workflow_name, step_ids, _encode_input(input), timeout_secs)
+        request = self._parented(RunRequest.of_value(workflow_name, step_ids, input, timeout_secs))
 
-        def open_call() -> _native.EventStream:
+        def open_call() -> OpenedStream:
             _refuse_inside_loop("stream_sub_workflow_blocking", "stream_sub_workflow")
-            return self._ref.stream_blocking(_traced(call))
+            return self._open_stream_blocking(request)
 
-        return SubWorkflowBlockingStream(
-            open_call, lambda response: self._remember(response, call.parent_run)
-        )
+        return SubWorkflowBlockingStream(open_call)
 
     async def list_steps(self) -> PeerSteps:
         """The steps and workflows the peer can run (the ``ListSteps`` method)."""
@@ -397,8 +340,8 @@ class PeerClient:
     async def deref_session_ref(self, key: uuid.UUID | str) -> bytes:
         """The bytes of a session ref held by the peer, of any size (streamed in pieces)."""
         with self._forgetting_if_gone(key):
-            _tag, raw = await self._ref.fetch(str(key))
-        return raw
+            fetched = await self._ref.fetch(str(key))
+        return fetched.data
 
     async def deref_session_ref_into(self, key: uuid.UUID | str, buffer: Buffer) -> int:
         """Streams a session ref into ``buffer`` (a bytearray, numpy array, mmap or
@@ -407,16 +350,14 @@ class PeerClient:
         Reusing one buffer for many fetches avoids the cost of mapping new memory,
         which for large values is most of the time a fetch takes."""
         with self._forgetting_if_gone(key):
-            _tag, size = await self._ref.fetch_into(str(key), buffer)
-        return size
+            fetched = await self._ref.fetch_into(str(key), buffer)
+        return fetched.size
 
     async def fetch_session_ref(self, key: uuid.UUID | str) -> Any:
         """A session ref decoded by the codec for its type tag (see ``register_ref_codec``)."""
         with self._forgetting_if_gone(key):
-            tag, raw = await self._ref.fetch(str(key))
-        if not tag:
-            tag = self._refs.tag(_as_uuid(key)) or "bytes"
-        return decode_ref_value(tag, raw)
+            fetched = await self._ref.fetch(str(key))
+        return self._decode(key, fetched)
 
     async def release_session_ref(self, key: uuid.UUID | str) -> bool:
         """Frees a session ref on the peer; False when it was already gone."""
@@ -428,24 +369,20 @@ class PeerClient:
         """Blocking :meth:`deref_session_ref`."""
         _refuse_inside_loop("deref_session_ref_blocking", "deref_session_ref")
         with self._forgetting_if_gone(key):
-            _tag, raw = self._ref.fetch_blocking(str(key))
-        return raw
+            return self._ref.fetch_blocking(str(key)).data
 
     def deref_session_ref_into_blocking(self, key: uuid.UUID | str, buffer: Buffer) -> int:
         """Blocking :meth:`deref_session_ref_into`."""
         _refuse_inside_loop("deref_session_ref_into_blocking", "deref_session_ref_into")
         with self._forgetting_if_gone(key):
-            _tag, size = self._ref.fetch_into_blocking(str(key), buffer)
-        return size
+            return self._ref.fetch_into_blocking(str(key), buffer).size
 
     def fetch_session_ref_blocking(self, key: uuid.UUID | str) -> Any:
         """Blocking :meth:`fetch_session_ref`."""
         _refuse_inside_loop("fetch_session_ref_blocking", "fetch_session_ref")
         with self._forgetting_if_gone(key):
-            tag, raw = self._ref.fetch_blocking(str(key))
-        if not tag:
-            tag = self._refs.tag(_as_uuid(key)) or "bytes"
-        return decode_ref_value(tag, raw)
+            fetched = self._ref.fetch_blocking(str(key))
+        return self._decode(key, fetched)
 
     def release_session_ref_blocking(self, key: uuid.UUID | str) -> bool:
         """Blocking :meth:`release_session_ref`."""
@@ -523,6 +460,11 @@ class PeerClient:
         finally:
             self._refs.forget_parent(str(run_id))
 
+    def _decode(self, key: uuid.UUID | str, fetched: _native.FetchedBytes) -> Any:
+        # A v1 peer sends no type tag; the one the run's response announced stands in.
+        tag = fetched.type_tag or self._refs.tag(_as_uuid(key)) or "bytes"
+        return decode_ref_value(tag, fetched.data)
+
     @contextlib.contextmanager
     def _forgetting_if_gone(self, key: uuid.UUID | str) -> Iterator[None]:
         try:
@@ -531,61 +473,84 @@ class PeerClient:
             self._refs.forget(_as_uuid(key))
             raise
 
-    def _call(
-        self,
-        workflow_name: str,
-        step_ids: Sequence[str],
-        input_json: bytes,
-        timeout_secs: float | None,
-    ) -> _RunCall:
-        """The native arguments of a run request."""
-        return _RunCall(
-            workflow_name,
-            list(step_ids),
-            input_json,
-            _wire_timeout(timeout_secs),
-            self._current_parent(),
+    # ---- the one call path; PeerPool uses these and nothing else of the client ----
+
+    async def _send(self, request: RunRequest, reply: Reply) -> Any:
+        """Sends one run request and settles its outcome as ``reply`` asks."""
+        request = self._parented(request)
+        if not (_tracing.INSTALLED and _tracing.active()):
+            native = await self._ref.invoke(request)
+        else:
+            with _tracing.client_span(
+                request.workflow_name, request.step_ids, self.address
+            ) as headers:
+                native = await self._ref.invoke(_with_trace(request, headers))
+                _tracing.mark_failed(native.error)
+        return settle(native, reply, self._rememberer(request.parent_run))
+
+    def _send_blocking(self, request: RunRequest, reply: Reply) -> Any:
+        """:meth:`_send` on the calling thread."""
+        request = self._parented(request)
+        if not (_tracing.INSTALLED and _tracing.active()):
+            native = self._ref.invoke_blocking(request)
+        else:
+            with _tracing.client_span(
+                request.workflow_name, request.step_ids, self.address
+            ) as headers:
+                native = self._ref.invoke_blocking(_with_trace(request, headers))
+                _tracing.mark_failed(native.error)
+        return settle(native, reply, self._rememberer(request.parent_run))
+
+    async def _open_stream(self, request: RunRequest) -> OpenedStream:
+        """Starts a streaming run; its refs join the parent the request names,
+        wherever the stream is read."""
+        request = self._parented(request)
+        # The run's span on the peer becomes a child of the reader's span.
+        native = await self._ref.stream(_traced(request))
+        return OpenedStream(native, self._stream_settler(request.parent_run))
+
+    def _open_stream_blocking(self, request: RunRequest) -> OpenedStream:
+        """:meth:`_open_stream` on the calling thread."""
+        request = self._parented(request)
+        native = self._ref.stream_blocking(_traced(request))
+        return OpenedStream(native, self._stream_settler(request.parent_run))
+
+    def _holds_ref(self, key: uuid.UUID | str) -> bool:
+        """True when a run made through this client left ``key`` on its peer."""
+        return self._refs.knows(_as_uuid(key))
+
+    def _parented(self, request: RunRequest) -> RunRequest:
+        """The request tagged with the caller's open ``parent_run()`` on this client."""
+        if request.parent_run is not None:
+            return request
+        parent = self._current_parent()
+        return request if parent is None else replace(request, parent_run=parent)
+
+    def _rememberer(
+        self, parent: str | None
+    ) -> Callable[[SubWorkflowResponse], SubWorkflowResponse]:
+        def remember(response: SubWorkflowResponse) -> SubWorkflowResponse:
+            self._refs.remember(
+                ((key, descriptor.type_tag) for key, descriptor in response.remote_refs.items()),
+                parent,
+            )
+            return response
+
+        return remember
+
+    def _stream_settler(
+        self, parent: str | None
+    ) -> Callable[[_native.SubWorkflowResponse], SubWorkflowResponse]:
+        remember = self._rememberer(parent)
+        return lambda native: cast(
+            SubWorkflowResponse, settle(native, Reply.CHECKED_RESPONSE, remember)
         )
-
-    async def _invoke(self, call: _RunCall) -> _native.SubWorkflowResponse:
-        if not (_tracing.INSTALLED and _tracing.active()):
-            return await self._ref.invoke(call)
-        with _tracing.client_span(call.workflow_name, call.step_ids, self.address) as headers:
-            native = await self._ref.invoke(call.traced(headers))
-            _tracing.mark_failed(native.error)
-            return native
-
-    def _invoke_blocking(self, call: _RunCall) -> _native.SubWorkflowResponse:
-        if not (_tracing.INSTALLED and _tracing.active()):
-            return self._ref.invoke_blocking(call)
-        with _tracing.client_span(call.workflow_name, call.step_ids, self.address) as headers:
-            native = self._ref.invoke_blocking(call.traced(headers))
-            _tracing.mark_failed(native.error)
-            return native
-
-    def _result(self, native: _native.SubWorkflowResponse) -> Any:
-        """The result of a run, or its error raised; reads only what it needs
-        (the hot path of run_remote_workflow builds no SubWorkflowResponse)."""
-        native.raise_for_error()
-        if native.has_remote_refs:
-            self._remember(SubWorkflowResponse._from_native(native))
-        raw = native.result_json
-        return None if raw is None else json.loads(raw)
 
     def _current_parent(self) -> str | None:
         for run in reversed(_PARENT_RUNS.get()):
             if run.client is self:
                 return str(run.id)
         return None
-
-    def _remember(
-        self, response: SubWorkflowResponse, parent: str | None = None
-    ) -> SubWorkflowResponse:
-        self._refs.remember(
-            ((key, descriptor.type_tag) for key, descriptor in response.remote_refs.items()),
-            parent if parent is not None else self._current_parent(),
-        )
-        return response
 
     async def close(self) -> None:
         """Closes the channel; later calls raise ValidationError. Idempotent."""
@@ -619,12 +584,6 @@ class PeerClient:
 
     def __repr__(self) -> str:
         return f"PeerClient({self.address!r}, node_id={self.node_id!r})"
-
-
-def _result_json_text(native: _native.SubWorkflowResponse) -> str:
-    native.raise_for_error()
-    raw = native.result_json
-    return "null" if raw is None else raw.decode()
 
 
 _RENEWER_JOIN_SECS = 5.0

@@ -115,10 +115,10 @@ class PeerDirectory:
                         link.address, node_id=self._node_id, token=link.token, tls=link.tls
                     ),
                 )
-            tag, raw = await client._ref.fetch(str(ref.key))
+            fetched = await client._ref.fetch(str(ref.key))
         except _UNREACHABLE as exc:
             raise self._unreachable(ref, link, exc) from exc
-        return decode_ref_value(tag or ref.type_tag, raw)
+        return decode_ref_value(fetched.type_tag or ref.type_tag, fetched.data)
 
     def fetch_blocking(self, ref: RemoteRef) -> Any:
         """:meth:`fetch` for ``def`` steps (worker threads)."""
@@ -134,10 +134,10 @@ class PeerDirectory:
                         link.address, node_id=self._node_id, token=link.token, tls=link.tls
                     ),
                 )
-            tag, raw = client._ref.fetch_blocking(str(ref.key))
+            fetched = client._ref.fetch_blocking(str(ref.key))
         except _UNREACHABLE as exc:
             raise self._unreachable(ref, link, exc) from exc
-        return decode_ref_value(tag or ref.type_tag, raw)
+        return decode_ref_value(fetched.type_tag or ref.type_tag, fetched.data)
 
     def close(self) -> None:
         """Closes the clients; a later fetch connects again."""

@@ -33,19 +33,17 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from . import _native
 from ._address import peer_url
+from ._run_request import Reply, RunRequest
 from ._seconds import positive_secs
 from .client import (
     DEFAULT_CONNECT_TIMEOUT_SECS,
     DEFAULT_MAX_MESSAGE_BYTES,
     PeerClient,
-    _encode_input,
     _refuse_inside_loop,
-    _traced,
 )
 from .errors import (
     PeerBusyError,
@@ -58,7 +56,7 @@ from .errors import (
 )
 from .listing import PeerSteps
 from .responses import SubWorkflowResponse
-from .streaming import SubWorkflowBlockingStream, SubWorkflowStream
+from .streaming import OpenedStream, SubWorkflowBlockingStream, SubWorkflowStream
 from .tls import ClientTls
 
 if TYPE_CHECKING:
@@ -313,12 +311,8 @@ class PeerPool:
         idempotent: bool = False,
     ) -> SubWorkflowResponse:
         """:meth:`PeerClient.invoke_sub_workflow` on a member chosen by the pool."""
-        return await self._route(
-            workflow_name,
-            step_ids,
-            idempotent,
-            lambda client: client.invoke_sub_workflow(workflow_name, step_ids, input, timeout_secs),
-        )
+        request = RunRequest.of_value(workflow_name, step_ids, input, timeout_secs)
+        return cast(SubWorkflowResponse, await self._run(request, Reply.RESPONSE, idempotent))
 
     async def run_remote_workflow(
         self,
@@ -330,12 +324,8 @@ class PeerPool:
         idempotent: bool = False,
     ) -> Any:
         """:meth:`PeerClient.run_remote_workflow` on a member chosen by the pool."""
-        return await self._route(
-            workflow_name,
-            step_ids,
-            idempotent,
-            lambda client: client.run_remote_workflow(workflow_name, step_ids, input, timeout_secs),
-        )
+        request = RunRequest.of_value(workflow_name, step_ids, input, timeout_secs)
+        return await self._run(request, Reply.RESULT, idempotent)
 
     async def run_remote_workflow_json(
         self,
@@ -347,14 +337,8 @@ class PeerPool:
         idempotent: bool = False,
     ) -> str:
         """:meth:`PeerClient.run_remote_workflow_json` on a member chosen by the pool."""
-        return await self._route(
-            workflow_name,
-            step_ids,
-            idempotent,
-            lambda client: client.run_remote_workflow_json(
-                workflow_name, step_ids, input_json, timeout_secs
-            ),
-        )
+        request = RunRequest.of_json(workflow_name, step_ids, input_json, timeout_secs)
+        return cast(str, await self._run(request, Reply.JSON, idempotent))
 
     def stream_sub_workflow(
         self,
@@ -367,23 +351,8 @@ class PeerPool:
         Opening the stream fails over like a call; once events flow, a broken
         connection raises TransportError (events cannot be replayed)."""
         # Encoded and checked now, as PeerClient does; routed when first read.
-        input_json = _encode_input(input)
-        chosen: list[PeerClient] = []
-
-        async def open_on(client: PeerClient) -> _native.EventStream:
-            call = client._call(workflow_name, step_ids, input_json, timeout_secs)
-            native = await client._ref.stream(_traced(call))
-            chosen.append(client)
-            return native
-
-        def open_call() -> Awaitable[_native.EventStream]:
-            return self._route(workflow_name, step_ids, False, open_on)
-
-        def remember(response: SubWorkflowResponse) -> SubWorkflowResponse:
-            # Refs the run made are fetched from the member that ran it.
-            return chosen[-1]._remember(response) if chosen else response
-
-        return SubWorkflowStream(open_call, remember)
+        request = RunRequest.of_value(workflow_name, step_ids, input, timeout_secs)
+        return SubWorkflowStream(lambda: self._open_stream(request))
 
     async def deref_session_ref(self, key: uuid.UUID | str) -> bytes:
         """The bytes of a session ref, from the member whose run made it."""
@@ -554,25 +523,12 @@ class PeerPool:
         fails over) on the pool's loop; events are then read from the chosen member
         in the calling thread."""
         _refuse_inside_loop("stream_sub_workflow_blocking", "stream_sub_workflow", "pool")
-        input_json = _encode_input(input)
-        chosen: list[PeerClient] = []
-
-        async def open_on(client: PeerClient) -> _native.EventStream:
-            call = client._call(workflow_name, step_ids, input_json, timeout_secs)
-            native = await client._ref.stream(_traced(call))
-            chosen.append(client)
-            return native
-
-        def open_call() -> _native.EventStream:
-            return self._blocking(
-                "stream_sub_workflow_blocking",
-                lambda: self._route(workflow_name, step_ids, False, open_on),
+        request = RunRequest.of_value(workflow_name, step_ids, input, timeout_secs)
+        return SubWorkflowBlockingStream(
+            lambda: self._blocking(
+                "stream_sub_workflow_blocking", lambda: self._open_stream(request)
             )
-
-        def remember(response: SubWorkflowResponse) -> SubWorkflowResponse:
-            return chosen[-1]._remember(response) if chosen else response
-
-        return SubWorkflowBlockingStream(open_call, remember)
+        )
 
     def deref_session_ref_blocking(self, key: uuid.UUID | str) -> bytes:
         """Blocking :meth:`deref_session_ref`."""
@@ -615,6 +571,24 @@ class PeerPool:
         self.close_blocking()
 
     # ---- routing ----------------------------------------------------------
+
+    def _run(self, request: RunRequest, reply: Reply, idempotent: bool) -> Coroutine[Any, Any, Any]:
+        return self._route(
+            request.workflow_name,
+            request.step_ids,
+            idempotent,
+            lambda client: client._send(request, reply),
+        )
+
+    def _open_stream(self, request: RunRequest) -> Coroutine[Any, Any, OpenedStream]:
+        # Refs the run makes are fetched from the member that ran it: the opened
+        # stream settles through that member's client.
+        return self._route(
+            request.workflow_name,
+            request.step_ids,
+            False,
+            lambda client: client._open_stream(request),
+        )
 
     async def _route(
         self,
@@ -734,7 +708,7 @@ class PeerPool:
     def _owner_of(self, key: uuid.UUID | str) -> PeerClient:
         wanted = uuid.UUID(str(key))
         for member in self._members.values():
-            if member.client is not None and member.client._refs.knows(wanted):
+            if member.client is not None and member.client._holds_ref(wanted):
                 return member.client
         raise ValidationError(
             f"session ref {wanted} did not come from a call made through this pool, so the "

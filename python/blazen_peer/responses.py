@@ -94,8 +94,6 @@ class SubWorkflowResponse:
 
     @classmethod
     def _from_native(cls, native: _native.SubWorkflowResponse) -> SubWorkflowResponse:
-        if native.timed_out:
-            native.raise_for_error()
         failed = native.error is not None
         result_json = native.result_json
         return cls(

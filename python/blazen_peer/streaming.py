@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from types import TracebackType
 
 from . import _native
@@ -14,11 +15,20 @@ __all__ = ["SubWorkflowBlockingStream", "SubWorkflowStream"]
 _Message = tuple[str, bytes] | _native.SubWorkflowResponse | None
 
 
+@dataclass(frozen=True, slots=True)
+class OpenedStream:
+    """A stream's call once the peer accepted it, and how its terminal response
+    is settled (by the client the call went to, which remembers its refs)."""
+
+    native: _native.EventStream
+    settle: Callable[[_native.SubWorkflowResponse], SubWorkflowResponse]
+
+
 class _Reader:
     """What both stream forms share: turning native messages into events, and the response."""
 
-    def __init__(self, on_response: Callable[[SubWorkflowResponse], SubWorkflowResponse]) -> None:
-        self._on_response = on_response
+    def __init__(self) -> None:
+        self._settle: Callable[[_native.SubWorkflowResponse], SubWorkflowResponse] | None = None
         self._native: _native.EventStream | None = None
         self._finished = False
         self._response: SubWorkflowResponse | None = None
@@ -38,10 +48,15 @@ class _Reader:
             name, data = item
             return from_stream(name, data)
         self._finished = True
-        response = self._on_response(SubWorkflowResponse._from_native(item))
-        response.raise_for_error()
+        assert self._settle is not None  # set when the stream opened
+        response = self._settle(item)
         self._response = response
         return StopEvent(result=response.result)
+
+    def _opened(self, opened: OpenedStream) -> _native.EventStream:
+        self._settle = opened.settle
+        self._native = opened.native
+        return opened.native
 
     def _state(self) -> str:
         return "finished" if self._finished else "open" if self._native else "not started"
@@ -59,13 +74,9 @@ class SubWorkflowStream(_Reader):
     peer's steps instead of filling memory.
     """
 
-    def __init__(
-        self,
-        open_call: Callable[[], Awaitable[_native.EventStream]],
-        on_response: Callable[[SubWorkflowResponse], SubWorkflowResponse],
-    ) -> None:
-        super().__init__(on_response)
-        self._open_call: Callable[[], Awaitable[_native.EventStream]] | None = open_call
+    def __init__(self, open_call: Callable[[], Awaitable[OpenedStream]]) -> None:
+        super().__init__()
+        self._open_call: Callable[[], Awaitable[OpenedStream]] | None = open_call
 
     def __aiter__(self) -> SubWorkflowStream:
         return self
@@ -89,11 +100,10 @@ class SubWorkflowStream(_Reader):
             raise RuntimeError("the stream was closed before it started")
         open_call, self._open_call = self._open_call, None
         try:
-            self._native = await open_call()
+            return self._opened(await open_call())
         except BaseException:
             self._finished = True
             raise
-        return self._native
 
     async def aclose(self) -> None:
         """Cancels the call and the run on the peer unless it already ended. Idempotent."""
@@ -129,13 +139,9 @@ class SubWorkflowBlockingStream(_Reader):
     an event cancels the call and the run on the peer.
     """
 
-    def __init__(
-        self,
-        open_call: Callable[[], _native.EventStream],
-        on_response: Callable[[SubWorkflowResponse], SubWorkflowResponse],
-    ) -> None:
-        super().__init__(on_response)
-        self._open_call: Callable[[], _native.EventStream] | None = open_call
+    def __init__(self, open_call: Callable[[], OpenedStream]) -> None:
+        super().__init__()
+        self._open_call: Callable[[], OpenedStream] | None = open_call
 
     def __iter__(self) -> SubWorkflowBlockingStream:
         return self
@@ -160,11 +166,10 @@ class SubWorkflowBlockingStream(_Reader):
             raise RuntimeError("the stream was closed before it started")
         open_call, self._open_call = self._open_call, None
         try:
-            self._native = open_call()
+            return self._opened(open_call())
         except BaseException:
             self._finished = True
             raise
-        return self._native
 
     def close(self) -> None:
         """Cancels the call and the run on the peer unless it already ended. Idempotent."""

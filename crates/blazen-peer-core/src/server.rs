@@ -9,6 +9,7 @@
 //! - `running`: [`RunningServer`], binding, serving and draining;
 //! - `upload`: receiving `PutSessionRef` uploads against `max_upload_bytes`;
 //! - `lease_sweeper`: freeing the refs of parents whose lease ran out;
+//! - `token_check`: refusing calls without one of the server's tokens;
 //! - `incoming`, `connection`, `request_body`, `limits`: our own accept loop and
 //!   HTTP/2 serving, which bound what tonic's would not;
 //! - `http_json`, `stream_feed`, `lifecycle`, `metrics`, `log_throttle`: the
@@ -34,6 +35,7 @@ mod pipeline;
 mod request_body;
 mod running;
 mod stream_feed;
+mod token_check;
 mod upload;
 
 pub use config::{ServerConfig, DEFAULT_MAX_CONCURRENT_RUNS, DEFAULT_RUN_TIMEOUT};

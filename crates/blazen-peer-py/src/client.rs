@@ -321,7 +321,7 @@ impl PeerClientRef {
         block_on_py(py, health_of(client, service.to_owned(), timeout))
     }
 
-    /// Fetches a session ref of any size; resolves to `(type_tag, bytes)`.
+    /// Fetches a session ref of any size; resolves to a `FetchedBytes`.
     fn fetch<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyAny>> {
         awaitable::spawn(py, fetch_of(self.client()?, parse_key(key)?))
     }
@@ -331,8 +331,8 @@ impl PeerClientRef {
         block_on_py(py, fetch_of(self.client()?, parse_key(key)?))
     }
 
-    /// Streams a session ref into a caller's writable buffer; resolves to
-    /// `(type_tag, size)`. Reusing one buffer skips the page faults of new memory.
+    /// Streams a session ref into a caller's writable buffer; resolves to a
+    /// `FetchedSize`. Reusing one buffer skips the page faults of new memory.
     fn fetch_into<'py>(
         &self,
         py: Python<'py>,
@@ -434,7 +434,7 @@ impl PutArgs {
     }
 }
 
-/// A run request as Python passes it (`client._RunCall`, read by attribute).
+/// A run request as Python passes it (`_run_request.RunRequest`, read by attribute).
 #[derive(FromPyObject)]
 pub struct RunArgs {
     workflow_name: String,
@@ -580,13 +580,10 @@ impl ResponseRef {
 
     /// Raises the typed error for a failed run; does nothing for a successful one.
     fn raise_for_error(&self) -> PyResult<()> {
-        let Some(message) = &self.body.error else {
-            return Ok(());
-        };
-        let failure = self
-            .failure
-            .clone()
-            .unwrap_or_else(|| failure_from_text(message, ""));
-        Err(to_py(PeerError::Workflow(Box::new(failure))))
+        // `from` reads a failure for every response with an error.
+        match (&self.body.error, &self.failure) {
+            (Some(_), Some(failure)) => Err(to_py(PeerError::Workflow(Box::new(failure.clone())))),
+            _ => Ok(()),
+        }
     }
 }

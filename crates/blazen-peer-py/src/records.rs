@@ -1,8 +1,9 @@
 //! Read-only records the native module hands to Python, read by attribute.
 //!
 //! Named fields rather than positional tuples, so a field added on one side
-//! cannot shift the meaning of the others. None holds a Python object (bytes
-//! are built on access), so the garbage collector has nothing to traverse.
+//! cannot shift the meaning of the others. The only Python object any of them
+//! holds is a `bytes` (FetchedBytes), which references nothing, so none can be
+//! part of a cycle and the garbage collector has nothing to traverse.
 
 use blazen_peer_core::envelope::{RemoteRefDescriptor, StepsResponse};
 use blazen_peer_core::server::UploadUsage;
@@ -50,6 +51,21 @@ impl From<UploadUsage> for UploadCounts {
             bytes_arriving: usage.bytes_arriving,
         }
     }
+}
+
+/// A session ref fetched from a peer: its bytes and the type tag its codec reads.
+#[pyclass(frozen, get_all, name = "FetchedBytes", module = "blazen_peer._native")]
+pub struct FetchedBytes {
+    pub type_tag: String,
+    pub data: Py<PyBytes>,
+}
+
+/// A session ref streamed into a caller's buffer: how many bytes it filled,
+/// and the type tag its codec reads.
+#[pyclass(frozen, get_all, name = "FetchedSize", module = "blazen_peer._native")]
+pub struct FetchedSize {
+    pub type_tag: String,
+    pub size: u64,
 }
 
 /// One live session ref of a registry.

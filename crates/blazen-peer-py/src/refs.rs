@@ -10,12 +10,13 @@ use blazen_peer_core::{
 };
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 use uuid::Uuid;
 
 use crate::awaitable::ToPython;
 use crate::errors::IntoPyResult;
 use crate::gil;
-use crate::records::RefRecord;
+use crate::records::{FetchedBytes, FetchedSize, RefRecord};
 use crate::server::seconds;
 
 /// A Python value and a contiguous buffer view of its bytes.
@@ -418,27 +419,32 @@ impl Drop for BufferSink {
     }
 }
 
-/// `(type_tag, size)` of a value fetched into a caller's buffer.
+/// A value fetched into a caller's buffer; Python reads it as a `FetchedSize`.
 pub struct FetchedInto(pub BufferSink);
 
 impl ToPython for FetchedInto {
     fn to_python(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-        let size = self.0.written();
-        Ok((self.0.type_tag.clone(), size)
-            .into_pyobject(py)?
-            .into_any())
+        let record = FetchedSize {
+            size: self.0.written(),
+            type_tag: self.0.type_tag.clone(),
+        };
+        Ok(Bound::new(py, record)?.into_any())
     }
 }
 
-/// `(type_tag, bytes)` of a fetched value.
+/// A fetched value; Python reads it as a `FetchedBytes`.
 pub struct Fetched(pub BytesSink);
 
 impl ToPython for Fetched {
     fn to_python(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-        let bytes = match self.0.bytes {
-            Some(bytes) => bytes.into_bound(py),
-            None => pyo3::types::PyBytes::new(py, b"").into_any(),
+        let data = match self.0.bytes {
+            Some(bytes) => bytes.into_bound(py).cast_into::<PyBytes>()?.unbind(),
+            None => PyBytes::new(py, b"").unbind(),
         };
-        Ok((self.0.type_tag, bytes).into_pyobject(py)?.into_any())
+        let record = FetchedBytes {
+            type_tag: self.0.type_tag,
+            data,
+        };
+        Ok(Bound::new(py, record)?.into_any())
     }
 }

@@ -74,6 +74,23 @@ pub(crate) struct Transport {
     guards: Throttle,
 }
 
+/// hyper's HTTP/2 builder and the HTTP/2 half of its auto-detecting builder are
+/// different types with the same setters: one list of settings serves both.
+macro_rules! tune_http2 {
+    ($builder:expr, $config:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .max_frame_size(MAX_FRAME_BYTES)
+            .max_concurrent_streams($config.max_concurrent_streams)
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
+            .keep_alive_interval($config.keepalive_interval)
+            .keep_alive_timeout($config.keepalive_timeout)
+    };
+}
+
 impl Transport {
     pub(crate) fn new(
         node_id: Arc<str>,
@@ -83,28 +100,10 @@ impl Transport {
         counters: Arc<ServerCounters>,
     ) -> Self {
         let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .max_frame_size(MAX_FRAME_BYTES)
-            .max_concurrent_streams(config.max_concurrent_streams)
-            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
-            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
-            .keep_alive_interval(config.keepalive_interval)
-            .keep_alive_timeout(config.keepalive_timeout);
+        tune_http2!(http2, config);
         let auto = json.is_some().then(|| {
             let mut auto = auto::Builder::new(TokioExecutor::new());
-            auto.http2()
-                .timer(TokioTimer::new())
-                .initial_stream_window_size(STREAM_WINDOW_BYTES)
-                .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-                .max_frame_size(MAX_FRAME_BYTES)
-                .max_concurrent_streams(config.max_concurrent_streams)
-                .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
-                .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
-                .keep_alive_interval(config.keepalive_interval)
-                .keep_alive_timeout(config.keepalive_timeout);
+            tune_http2!(auto.http2(), config);
             // A request's head must arrive within the handshake timeout;
             // its body then has the body timeout, as over HTTP/2.
             auto.http1()

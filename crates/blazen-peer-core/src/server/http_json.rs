@@ -31,8 +31,8 @@ use tonic::service::Interceptor;
 use tonic::{Code, Request, Response, Status};
 
 use super::request_body::{collect_whole, RequestBudget, WholeBodyError};
+use super::token_check::TokenCheck;
 use super::PeerService;
-use crate::auth::TokenCheck;
 use crate::envelope::{
     DerefRequest, DerefResponse, Envelope, ReleaseRequest, ReleaseResponse, SubWorkflowRequest,
     SubWorkflowResponse,

@@ -20,8 +20,8 @@ use tonic_health::ServingStatus;
 
 use super::lease_sweeper::sweep_leases;
 use super::lifecycle::{Lifecycle, RunStats};
+use super::token_check::TokenCheck;
 use super::{connection, http_json, incoming, PeerService};
-use crate::auth::TokenCheck;
 use crate::error::PeerError;
 use crate::log_target::TARGET;
 use crate::pb::blazen_peer_server::BlazenPeerServer;

@@ -11,9 +11,16 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 Call = Callable[[int], Awaitable[None]]
+
+
+class Slices(Protocol):
+    """A target timed by another process (the Rust crate's client): it times a slice
+    of sequential calls after its own warm-up and returns the seconds of each."""
+
+    async def samples(self, calls: int) -> list[float]: ...
 
 
 class CorrectnessError(RuntimeError):
@@ -59,20 +66,24 @@ class Latency:
         return statistics.fmean(self.samples)
 
 
-async def latency(targets: dict[str, tuple[Call, int]], rounds: int) -> dict[str, Latency]:
+async def latency(targets: dict[str, tuple[Call | Slices, int]], rounds: int) -> dict[str, Latency]:
     """Times each target's calls one after another (``count`` of them, after a warm-up of a
     tenth as many). The targets take turns in ``rounds`` slices, so a noisy neighbour or a
     CPU clock change spreads over all of them instead of skewing whichever ran then."""
     samples: dict[str, list[float]] = {name: [] for name in targets}
     seq = 0
     for call, count in targets.values():
-        for _ in range(max(10, count // 10)):
-            await call(seq)
-            seq += 1
+        if callable(call):
+            for _ in range(max(10, count // 10)):
+                await call(seq)
+                seq += 1
     for round_index in range(rounds):
         for name, (call, count) in targets.items():
             # Slices of (nearly) equal size adding up to exactly count.
             size = count * (round_index + 1) // rounds - count * round_index // rounds
+            if not callable(call):
+                samples[name] += await call.samples(size)
+                continue
             for _ in range(size):
                 start = time.perf_counter()
                 await call(seq)

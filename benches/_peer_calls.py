@@ -12,16 +12,20 @@ TIMEOUT_SECS = 30
 
 
 class PeerCalls:
-    def __init__(self, client: PeerClient) -> None:
+    def __init__(self, client: PeerClient, echo: list[str]) -> None:
         self._client = client
+        self._echo = echo
 
     @classmethod
-    async def connect(cls, address: str) -> PeerCalls:
-        return cls(await PeerClient.connect(f"http://{address}", node_id="bench-client"))
+    async def connect(cls, address: str, echo: list[str] = NOOP) -> PeerCalls:
+        """A client of the peer at ``address``; ``echo`` names the peer's echo step
+        (the published Rust crate's server registers its own)."""
+        client = await PeerClient.connect(f"http://{address}", node_id="bench-client")
+        return cls(client, echo)
 
     async def call(self, seq: int) -> None:
-        """run_remote_workflow of the one trivial async step."""
-        got = await self._client.run_remote_workflow("noop", NOOP, payload(seq), TIMEOUT_SECS)
+        """run_remote_workflow of the one trivial step."""
+        got = await self._client.run_remote_workflow("noop", self._echo, payload(seq), TIMEOUT_SECS)
         check_echo(seq, got)
 
     async def chain(self, seq: int) -> None:

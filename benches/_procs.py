@@ -15,15 +15,21 @@ START_TIMEOUT_SECS = 60.0
 
 def spawn(*args: str) -> tuple[subprocess.Popen[str], str]:
     """Runs a helper script and waits for its `READY <where>` line; returns (process, where)."""
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True)
+    return spawn_command([sys.executable, *args], "READY ")
+
+
+def spawn_command(argv: list[str], ready: str) -> tuple[subprocess.Popen[str], str]:
+    """Runs ``argv`` and waits for the line starting with ``ready``; returns (process,
+    the rest of that line). stdin is a pipe: some helpers serve until it closes."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     readable, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT_SECS)
     line = proc.stdout.readline().strip() if readable else ""
-    if not line.startswith("READY "):
+    if not line.startswith(ready):
         stop(proc)
         why = repr(line) if readable else f"nothing within {START_TIMEOUT_SECS:g} s"
-        raise SystemExit(f"{args} did not start: {why}")
-    return proc, line.split(" ", 1)[1]
+        raise SystemExit(f"{argv} did not start: {why}")
+    return proc, line.removeprefix(ready)
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
@@ -35,6 +41,16 @@ def stop(proc: subprocess.Popen[str]) -> None:
 def serving(*args: str) -> Iterator[str]:
     """A helper script running for the ``with`` block; yields where it listens."""
     proc, where = spawn(*args)
+    try:
+        yield where
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def serving_command(argv: list[str], ready: str) -> Iterator[str]:
+    """:func:`serving` for any program that announces itself with ``ready``."""
+    proc, where = spawn_command(argv, ready)
     try:
         yield where
     finally:

@@ -3,9 +3,12 @@ baseline measured alongside.
 
 Every server runs in its own process on loopback; the client is this process.
   latency     sequential calls, p50/p90/p99 of: a raw TCP 64-byte ping-pong (the floor),
-              grpcio asyncio unary with the same trivial step and payload, and ours
+              grpcio asyncio unary with the same trivial step and payload, Pyro5, the
+              published Rust crate (blazen-peer 0.7.0) client -> its server with a Rust
+              echo step, its client -> ours, ours -> its server, and ours -> ours
               (run_remote_workflow, one trivial async step)
-  throughput  64 calls in flight from this one process for a few seconds: grpcio and ours
+  throughput  64 calls in flight from one client process for a few seconds: grpcio,
+              Pyro5 (a thread and connection per call in flight), the Rust crate, ours
   load        ours against a peer holding 100,000 live session refs, and against one with
               1,000 more registered steps, next to the plain peer ("unchanged": within 10%)
   chain       one 10-step workflow (step i emits the event step i+1 accepts) next to
@@ -15,7 +18,9 @@ Every server runs in its own process on loopback; the client is this process.
               deref_throughput.py. Takes a while and needs about 3 GiB of RAM.
 The latency targets take turns in slices (--rounds) so that noise on this machine lands
 on all of them alike. Prints markdown tables and saves them to benches/results/<date>.md
-with a chart, benches/results/latency_throughput.png (needs matplotlib: the bench extra).
+with a chart, benches/results/latency_throughput.png (needs matplotlib: the bench extra),
+keeps the figures as benches/results/records/<time>.json and prints how they changed
+since the previous record, so a regression shows in the next run.
 
 --quick is the CI smoke test: few calls, checks every path returns the right answers,
 writes to a temporary directory, judges no timings; exits non-zero only when a call
@@ -37,15 +42,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import _chart
+import _records
 import deref_throughput
 from _measure import Call, CorrectnessError, Latency, latency, throughput
 from _peer_calls import PeerCalls
-from _procs import serving
+from _procs import serving, serving_command
+from _pyro_calls import PyroCalls
 from _report import Row, Target, latency_table, markdown, micros, targets_table
+from _rust_crate import OUR_ECHO, RUST_ECHO, RustClient
+from _rust_crate import binary as rust_binary
 from _tcp_floor import TcpFloor
 from grpc_baseline import GrpcCalls
 
@@ -59,6 +69,12 @@ OURS_REFS = "blazen-peer, {refs:,} live refs"
 OURS_STEPS = "blazen-peer, {steps:,} more steps"
 CHAIN = "10-step workflow"
 TEN_CALLS = "10 one-step calls"
+PYRO = "Pyro5"
+RUST = "Rust crate -> Rust crate"
+RUST_TO_OURS = "Rust crate client -> ours"
+OURS_TO_RUST = "ours -> Rust crate server"
+
+RateOf = Callable[[float], Awaitable[float]]
 
 
 @dataclass(frozen=True)
@@ -143,10 +159,14 @@ async def measure_calls(settings: Settings) -> tuple[dict[str, Latency], dict[st
     """Latency of every target, then throughput of grpcio and ours, all servers up at once
     (idle ones cost nothing measurable) so the targets can alternate."""
     peer = str(HERE / "_noop_peer.py")
+    progress("building the Rust baseline" if not settings.quick else "starting the servers")
+    rust = str(rust_binary(settings.quick))
     progress("starting the servers")
     with contextlib.ExitStack() as servers:
         echo_port = servers.enter_context(serving(str(HERE / "_echo_server.py")))
         grpc_address = servers.enter_context(serving(str(HERE / "_grpc_server.py")))
+        pyro_uri = servers.enter_context(serving(str(HERE / "_pyro_server.py")))
+        rust_address = servers.enter_context(serving_command([rust, "serve"], "LISTENING "))
         plain = servers.enter_context(serving(peer))
         loaded_refs = servers.enter_context(serving(peer, "--refs", str(settings.refs)))
         loaded_steps = servers.enter_context(
@@ -159,8 +179,12 @@ async def measure_calls(settings: Settings) -> tuple[dict[str, Latency], dict[st
             ours = await PeerCalls.connect(plain)
             with_refs = await PeerCalls.connect(loaded_refs)
             with_steps = await PeerCalls.connect(loaded_steps)
-            for client in (grpc, ours, with_refs, with_steps):
+            to_rust = await PeerCalls.connect(rust_address, RUST_ECHO)
+            pyro = PyroCalls(pyro_uri)
+            for client in (grpc, ours, with_refs, with_steps, to_rust, pyro):
                 clients.push_async_callback(client.close)
+            rust_client = RustClient(Path(rust), rust_address, RUST_ECHO[0])
+            rust_to_ours = RustClient(Path(rust), plain, OUR_ECHO)
 
             calls = settings.calls
             progress(f"latency: {calls:,} sequential calls per target")
@@ -168,6 +192,10 @@ async def measure_calls(settings: Settings) -> tuple[dict[str, Latency], dict[st
                 {
                     FLOOR: (floor.call, calls),
                     GRPC: (grpc.call, calls),
+                    PYRO: (pyro.call, calls),
+                    RUST: (rust_client, calls),
+                    RUST_TO_OURS: (rust_to_ours, calls),
+                    OURS_TO_RUST: (to_rust.call, calls),
                     OURS: (ours.call, calls),
                     OURS_REFS.format(refs=settings.refs): (with_refs.call, calls),
                     OURS_STEPS.format(steps=settings.extra_steps): (with_steps.call, calls),
@@ -177,19 +205,35 @@ async def measure_calls(settings: Settings) -> tuple[dict[str, Latency], dict[st
                 settings.rounds,
             )
             progress(f"throughput: {settings.in_flight} calls in flight")
-            rates = await measure_throughput(settings, {GRPC: grpc.call, OURS: ours.call})
+            n = settings.in_flight
+            rates = await measure_throughput(
+                settings,
+                {
+                    GRPC: in_flight_of(grpc.call, n),
+                    PYRO: lambda secs: asyncio.to_thread(pyro.throughput, n, secs),
+                    RUST: lambda secs: rust_client.throughput(n, secs),
+                    RUST_TO_OURS: lambda secs: rust_to_ours.throughput(n, secs),
+                    OURS: in_flight_of(ours.call, n),
+                },
+            )
     return latencies, rates
 
 
-async def measure_throughput(settings: Settings, calls: dict[str, Call]) -> dict[str, list[float]]:
+def in_flight_of(call: Call, in_flight: int) -> RateOf:
+    return lambda seconds: throughput(call, in_flight, seconds)
+
+
+async def measure_throughput(
+    settings: Settings, rate_of: dict[str, RateOf]
+) -> dict[str, list[float]]:
     """Calls/s of each, taking turns, after a warm-up that fills every connection's
     windows and the servers' task pools."""
-    rates: dict[str, list[float]] = {name: [] for name in calls}
-    for call in calls.values():
-        await throughput(call, settings.in_flight, min(0.5, settings.throughput_secs))
+    rates: dict[str, list[float]] = {name: [] for name in rate_of}
+    for measure in rate_of.values():
+        await measure(min(0.5, settings.throughput_secs))
     for _ in range(settings.throughput_rounds):
-        for name, call in calls.items():
-            rates[name].append(await throughput(call, settings.in_flight, settings.throughput_secs))
+        for name, measure in rate_of.items():
+            rates[name].append(await measure(settings.throughput_secs))
     return rates
 
 
@@ -215,7 +259,8 @@ def target_rows(
     rates: dict[str, list[float]],
     deref: Deref | None,
 ) -> list[Row]:
-    floor, ours = latencies[FLOOR], latencies[OURS]
+    floor, ours, rust, pyro = latencies[FLOOR], latencies[OURS], latencies[RUST], latencies[PYRO]
+    rust_rate = statistics.median(rates[RUST])
     with_refs = latencies[OURS_REFS.format(refs=settings.refs)]
     with_steps = latencies[OURS_STEPS.format(steps=settings.extra_steps)]
     chain, ten_calls = latencies[CHAIN], latencies[TEN_CALLS]
@@ -225,8 +270,17 @@ def target_rows(
             ours.p50 / floor.p50, Target("<=", 2)),
         Row("round trip p99 (vs raw TCP)", micros(ours.p99), micros(floor.p99),
             ours.p99 / floor.p99, Target("<=", 4)),
+        Row("round trip p50 (vs the Rust crate)", micros(ours.p50), micros(rust.p50),
+            ours.p50 / rust.p50, Target("<=", 1.0)),
+        Row("round trip p99 (vs the Rust crate)", micros(ours.p99), micros(rust.p99),
+            ours.p99 / rust.p99, Target("<=", 1.5)),
+        Row("round trip p50 (vs Pyro5)", micros(ours.p50), micros(pyro.p50),
+            ours.p50 / pyro.p50, Target("<", 1.0)),
+        Row(f"throughput, {settings.in_flight} in flight (vs the Rust crate)",
+            f"{ours_rate:,.0f}/s", f"{rust_rate:,.0f}/s", ours_rate / rust_rate,
+            Target(">=", 1.5)),
         Row(f"throughput, {settings.in_flight} in flight (vs grpcio)", f"{ours_rate:,.0f}/s",
-            f"{grpc_rate:,.0f}/s", ours_rate / grpc_rate, Target(">=", 4.5)),
+            f"{grpc_rate:,.0f}/s", ours_rate / grpc_rate, Target(">=", 5)),
         Row(f"p50 with {settings.refs:,} live refs (vs none)", micros(with_refs.p50),
             micros(ours.p50), with_refs.p50 / ours.p50, Target("<=", 1.1)),
         Row(f"p50 with {settings.extra_steps:,} more steps (vs none)", micros(with_steps.p50),
@@ -303,6 +357,9 @@ def main() -> int:
             throughput_table(settings, rates),
         )
     )
+    record = _records.Record.of(latencies, {n: statistics.median(v) for n, v in rates.items()})
+    changes = _records.save_and_compare(settings.out_dir / "records", record)
+    report += f"\n\n{changes}"
     print(report)
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     saved = settings.out_dir / f"{datetime.date.today()}.md"

@@ -6,9 +6,12 @@
 //!     blazen-interop client ADDRESS      # runs every case against ADDRESS, one JSON line each
 //!     blazen-interop http-client URL     # the same through the crate's HttpPeerClient (HTTP/JSON);
 //!                                        # sends $BLAZEN_PEER_TOKEN when set
+//!     blazen-interop bench ADDRESS STEP_ID CALLS IN_FLIGHT SECONDS
+//!                                        # times the crate's client calling an echo step (bench.rs)
 //!
 //! The client exits 0 when every case passed, 1 when one failed, 2 on bad usage.
 
+mod bench;
 mod calls;
 mod cases;
 mod http_cases;
@@ -18,7 +21,8 @@ mod steps;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: blazen-interop serve [PORT] | blazen-interop client http://HOST:PORT \
-                     | blazen-interop http-client http://HOST:PORT";
+                     | blazen-interop http-client http://HOST:PORT \
+                     | blazen-interop bench http://HOST:PORT STEP_ID CALLS IN_FLIGHT SECONDS";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -40,6 +44,24 @@ async fn main() -> ExitCode {
                 .ok()
                 .filter(|token| !token.is_empty());
             http_cases::run(url, token).await
+        }
+        ["bench", address, step_id, calls, in_flight, seconds] => {
+            let (Ok(calls), Ok(in_flight), Ok(seconds)) =
+                (calls.parse(), in_flight.parse(), seconds.parse::<f64>())
+            else {
+                return usage("CALLS and IN_FLIGHT must be whole numbers, SECONDS a number");
+            };
+            if in_flight == 0 || !seconds.is_finite() || seconds < 0.0 {
+                return usage("IN_FLIGHT must be positive and SECONDS at least 0");
+            }
+            bench::run(bench::Settings {
+                address: (*address).to_owned(),
+                step_id: (*step_id).to_owned(),
+                calls,
+                in_flight,
+                seconds,
+            })
+            .await
         }
         _ => usage("expected a command"),
     }

@@ -10,6 +10,7 @@ from types import TracebackType
 
 from . import _metrics, _native, _readiness, _signals, _tracing
 from ._auth import resolve_token
+from ._wakeup import LoopWakeup
 from .directory import PeerDirectory, PeerLink
 from .errors import ValidationError
 from .refs import SessionRefRegistry
@@ -205,6 +206,7 @@ class PeerServer:
             else SessionRefRegistry._wrap(self._ref.session_refs)
         )
         self._address: str | None = None
+        self._wakeup: LoopWakeup | None = None
 
     @property
     def session_refs(self) -> SessionRefRegistry:
@@ -225,7 +227,9 @@ class PeerServer:
         """Binds ``address`` (port 0 picks a free port) and returns the bound ``HOST:PORT``."""
         # Logger levels set up since the last server or client started apply now.
         _native.refresh_log_levels()
-        self._address = await self._ref.start(address, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        self._address = await self._ref.start(address, loop)
+        self._wakeup = LoopWakeup.install(loop)
         if _metrics.INSTALLED:
             _metrics.track(self)
         return self._address
@@ -320,6 +324,9 @@ class PeerServer:
         if grace is not None and (isinstance(grace, bool) or not grace >= 0):
             raise ValidationError(f"grace must be a number of seconds >= 0 or None, got {grace!r}")
         await self._ref.stop(None if grace is None else float(grace))
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None:
+            wakeup.remove()
         if self._directory is not None:
             self._directory.close()
 

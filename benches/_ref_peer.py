@@ -9,23 +9,8 @@ Steps:
 import asyncio
 import os
 
+from _ref_peer_common import filled
 from blazen_peer import Context, PeerServer, RefLifetime, StartEvent, StopEvent, step
-
-# Period 251 (prime): a piece landing at the wrong offset never matches. Same in _deref_client.py.
-PATTERN = bytes(range(251)) * 4177
-
-
-def filled(size: int) -> bytearray:
-    """``size`` bytes of PATTERN, built in place by doubling (no second copy)."""
-    value = bytearray(size)
-    view = memoryview(value)
-    done = min(size, len(PATTERN))
-    view[:done] = PATTERN[:done]
-    while done < size:
-        step_len = min(done, size - done)
-        view[done : done + step_len] = view[:step_len]
-        done += step_len
-    return value
 
 
 def proc_status() -> dict[str, int]:

@@ -15,6 +15,8 @@ step registry) and runnable as a server::
         [--print-stats]                      # print `STOPPED <stats JSON>` after stopping
         [--node-id ID]                       # PeerServer(node_id=...), default node-b
         [--extra-step ID ...]                # also register `pool::whoami` under ID
+        [--max-upload-bytes N]               # PeerServer(max_upload_bytes=...)
+        [--peers JSON]                       # PeerServer(peers=...): {"node id": "address"}
 
 The script prints ``LISTENING HOST:PORT`` once ``PeerServer.start`` has returned,
 then serves until its stdin reaches end-of-file or it receives SIGTERM, and
@@ -25,7 +27,8 @@ them all: ``steps_core`` (``test::*``, the README steps and the
 ``analyze-pipeline`` workflow), ``steps_refs`` (``refs::*``), ``steps_security``
 (``security::*``), ``steps_streaming`` (``stream::*`` events), ``steps_probes``
 (``probe::*``, ``stream::produce*``) and ``steps_pool`` (``pool::*``).
-``peer_state`` holds the serving PeerServer the steps report on.
+``steps_upload`` (``upload::*``, ``p2p::*``). ``peer_state`` holds the serving
+PeerServer the steps report on.
 """
 
 from __future__ import annotations
@@ -48,7 +51,9 @@ import steps_probes  # noqa: F401  (registers probe::* and stream::produce*)
 import steps_refs  # noqa: F401  (registers refs::*)
 import steps_security  # noqa: F401  (registers security::*)
 import steps_streaming
+import steps_upload  # noqa: F401  (registers upload::* and p2p::*)
 from blazen_peer import PeerServer, ServerTls, SessionRefRegistry, register_ref_codec, register_step
+from blazen_peer.uploads import DEFAULT_MAX_UPLOAD_BYTES
 
 peer_b = steps_core.peer_b
 """examples/peer_b.py, the module of the README steps."""
@@ -100,6 +105,8 @@ async def main(args: argparse.Namespace) -> None:
         keepalive_interval_secs=args.keepalive_interval,
         default_timeout_secs=args.default_timeout,
         http_json=args.http_json,
+        max_upload_bytes=args.max_upload_bytes,
+        peers=json.loads(args.peers) if args.peers else None,
     )
     bound = await server.start(args.address)
     print(f"LISTENING {bound}", flush=True)
@@ -134,6 +141,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--print-stats", action="store_true")
     parser.add_argument("--node-id", default=NODE_ID)
     parser.add_argument("--extra-step", action="append", default=[], metavar="STEP_ID")
+    parser.add_argument("--max-upload-bytes", type=int, default=DEFAULT_MAX_UPLOAD_BYTES)
+    parser.add_argument("--peers", default=None, metavar="JSON")
     return parser.parse_args(argv)
 
 

@@ -25,6 +25,7 @@ from blazen_peer import (
     PeerPool,
     PeerTimeoutError,
     PeerUnsupportedError,
+    RefLifetime,
     RefNotFoundError,
     RunUsage,
     UnknownStepError,
@@ -217,6 +218,10 @@ async def test_every_ref_listed_in_every_response(client: PeerClient) -> None:
     [
         ("ListSteps", lambda c: c.list_steps()),
         ("Health", lambda c: c.health()),
+        (
+            "PutSessionRef",
+            lambda c: c.put_session_ref(b"x", lifetime=RefLifetime.UNTIL_EXPLICIT_DROP),
+        ),
     ],
 )
 async def test_missing_methods_are_typed_errors(client: PeerClient, method: str, call: Any) -> None:

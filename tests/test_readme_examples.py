@@ -69,6 +69,7 @@ LIMITS = "Step limits, usage and placement"
 EMBEDDING = "Embedding in an existing asyncio app"
 FLEETS = "Fleets: the CLI, pools, health, logs and traces"
 REFS = "Session refs: values that stay on the peer"
+VALUES = "Values both ways: uploads and peer-to-peer refs"
 SECURITY = "Security: running peers in production"
 PERFORMANCE = "Performance"
 WIRE = "Wire compatibility"  # its HTTP/JSON subsection
@@ -149,6 +150,9 @@ COVERED = {
     (FLEETS, 3): "test_metrics",
     (REFS, 0): "test_session_refs",
     (REFS, 1): "test_session_refs",
+    (VALUES, 0): "test_uploads_and_peer_to_peer_refs",
+    (VALUES, 1): "test_uploads_and_peer_to_peer_refs",
+    (VALUES, 2): "test_uploads_and_peer_to_peer_refs",
     (SECURITY, 0): "test_security",
     (SECURITY, 1): "test_security",
     (PERFORMANCE, 0): "test_benchmark_command",
@@ -532,6 +536,22 @@ def test_session_refs(machine: Callable[..., Machine]) -> None:
     host.wait_serving("http://127.0.0.1:50053", "embedder")
     host.run_block(caller)
     assert_stopped_cleanly(host, "embedder", signal.SIGINT)
+
+
+@pytest.mark.timeout(SCENARIO_SECS)
+def test_uploads_and_peer_to_peer_refs(machine: Callable[..., Machine]) -> None:
+    gpu, private, caller = blocks_of(VALUES, 3)
+    host = machine()
+    peers = (("private_peer", private, 50055), ("gpu_peer", gpu, 50054))
+    for name, block, _ in peers:
+        assert block.file_name == f"{name}.py", block
+        host.write(block)
+        host.spawn(name, [sys.executable, f"{name}.py"])
+    for name, _, port in peers:
+        host.wait_serving(f"http://127.0.0.1:{port}", name)
+    host.run_block(caller)
+    for name, _, _ in peers:
+        assert_stopped_cleanly(host, name, signal.SIGINT)
 
 
 @pytest.mark.timeout(SCENARIO_SECS)

@@ -11,6 +11,7 @@ import logging
 from ._native import ENVELOPE_VERSION, close_python_gate
 from .client import ParentRun, PeerClient, RemoteRefDescriptor, SubWorkflowResponse
 from .context import Context, PeerIdentity
+from .directory import PeerLink
 from .errors import (
     AuthenticationError,
     EncodeError,
@@ -21,7 +22,9 @@ from .errors import (
     PeerTimeoutError,
     PeerUnsupportedError,
     PlacementError,
+    QuotaExceededError,
     RefNotFoundError,
+    RefOriginError,
     TlsError,
     TransportError,
     UnknownStepError,
@@ -33,7 +36,8 @@ from .events import Event, GenericEvent, StartEvent, StopEvent, event_type_name
 from .listing import HealthStatus, PeerSteps, StepInfo, WorkflowInfo
 from .pool import PeerPool, PeerStatus
 from .refs import RefInfo, RefLifetime, SessionRefRegistry, SessionRefs, register_ref_codec
-from .server import PeerServer, ServerStats
+from .remote_ref import RemoteRef
+from .server import PeerServer, ServerStats, UploadStats
 from .steps import (
     Retry,
     Step,
@@ -72,6 +76,7 @@ __all__ = [
     "PeerClient",
     "PeerError",
     "PeerIdentity",
+    "PeerLink",
     "PeerPool",
     "PeerServer",
     "PeerStatus",
@@ -79,9 +84,12 @@ __all__ = [
     "PeerTimeoutError",
     "PeerUnsupportedError",
     "PlacementError",
+    "QuotaExceededError",
     "RefInfo",
     "RefLifetime",
     "RefNotFoundError",
+    "RefOriginError",
+    "RemoteRef",
     "RemoteRefDescriptor",
     "Retry",
     "RunUsage",
@@ -100,6 +108,7 @@ __all__ = [
     "TransportError",
     "UnknownStepError",
     "UnknownWorkflowError",
+    "UploadStats",
     "UsageEvent",
     "ValidationError",
     "Workflow",

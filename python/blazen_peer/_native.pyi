@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_MAX_CONCURRENT_RUNS",
     "DEFAULT_MAX_JSON_DEPTH",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_MAX_UPLOAD_BYTES",
     "DEFAULT_RETRY_BACKOFF_SECS",
     "DEFAULT_RETRY_MAX_BACKOFF_SECS",
     "DEFAULT_RETRY_MULTIPLIER",
@@ -35,6 +36,7 @@ __all__ = [
     "ModelUsage",
     "PeerClient",
     "PeerServer",
+    "RefBuffer",
     "RefRecord",
     "RemoteRefEntry",
     "RunContext",
@@ -45,6 +47,7 @@ __all__ = [
     "StepListing",
     "SubWorkflowResponse",
     "SyncStepCall",
+    "UploadCounts",
     "UsageTotals",
     "WrittenEvent",
     "_panic_probe",
@@ -86,6 +89,22 @@ DEFAULT_LEASE_SECS: float
 DEFAULT_MAX_CONCURRENT_RUNS: int
 #: How deeply a request's JSON input may nest.
 DEFAULT_MAX_JSON_DEPTH: int
+#: Bytes of uploaded values a server holds at once (stored, or still arriving).
+DEFAULT_MAX_UPLOAD_BYTES: int
+
+class _PutArgs(Protocol):
+    """An upload, read by attribute (`uploads._PutCall`)."""
+
+    @property
+    def value(self) -> Any: ...
+    @property
+    def payload(self) -> Buffer: ...
+    @property
+    def type_tag(self) -> str: ...
+    @property
+    def lifetime(self) -> str: ...
+    @property
+    def parent_run(self) -> str | None: ...
 
 class _RunArgs(Protocol):
     """A run request, read by attribute (`_run_request.RunRequest`)."""
@@ -154,6 +173,9 @@ class RunContext:
     @property
     def peer_identity(self) -> CallerIdentity | None:
         """The caller's verified TLS client certificate, under mutual TLS; else None."""
+    @property
+    def peer_directory(self) -> Any:
+        """The serving peer's directory (`PeerServer(peers=...)`), or None."""
     @property
     def streaming(self) -> bool:
         """True when a caller streams this run's events."""
@@ -359,6 +381,8 @@ class PeerServer:
         transport: _TransportOptions | None = None,
         http_json: bool = False,
         labels: Mapping[str, str] = ...,
+        max_upload_bytes: int = ...,
+        peer_directory: Any = None,
     ) -> PeerServer: ...
     @property
     def session_refs(self) -> SessionRefRegistry:
@@ -373,6 +397,8 @@ class PeerServer:
         """Runs since the server started, by how they ended."""
     def metrics(self) -> ServerMetrics:
         """Everything metrics report; before `start`, no run and no connection."""
+    def uploads(self) -> UploadCounts:
+        """Bytes of uploaded values held, and the uploads still arriving; zeros before `start`."""
     @property
     def serving(self) -> bool:
         """True between a successful `start` and `stop`."""
@@ -386,6 +412,9 @@ class PeerServer:
 class SubWorkflowResponse:
     """A decoded `SubWorkflowResponse`; JSON stays as bytes for Python to parse."""
 
+    @property
+    def peer_address(self) -> str | None:
+        """The address of the peer that answered (and holds `remote_refs`)."""
     @property
     def has_remote_refs(self) -> bool:
         """True when refs outlive the run (cheaper than building `remote_refs`)."""
@@ -456,6 +485,11 @@ class PeerClient:
         """Renews a parent run's lease; resolves to the peer's lease in seconds."""
     def renew_parent_blocking(self, parent_run: str) -> float:
         """Blocking form of `renew_parent`."""
+    def put(self, call: _PutArgs) -> Awaitable[RemoteRefEntry]:
+        """Streams a value into the peer's session refs; resolves to its
+        `RemoteRefEntry` (key and descriptor)."""
+    def put_blocking(self, call: _PutArgs) -> RemoteRefEntry:
+        """Blocking form of `put`."""
     def release(self, key: str) -> Awaitable[bool]:
         """Releases a session ref; resolves to False when it was already gone."""
     def release_blocking(self, key: str) -> bool:
@@ -598,6 +632,28 @@ class RunCounts:
     def runs_timed_out(self) -> int: ...
     @property
     def runs_in_flight(self) -> int: ...
+
+@final
+class UploadCounts:
+    """Uploaded values a server holds, and the uploads still arriving."""
+
+    @property
+    def bytes_held(self) -> int: ...
+    @property
+    def in_progress(self) -> int: ...
+    @property
+    def bytes_arriving(self) -> int: ...
+
+@final
+class RefBuffer:
+    """The bytes of a stored ref that no Python object holds (an upload), read
+    in place through the buffer protocol: `memoryview(buffer)` copies nothing,
+    and the view keeps the bytes alive after the ref is released."""
+
+    @property
+    def type_tag(self) -> str:
+        """Codec name of the bytes."""
+    def __len__(self) -> int: ...
 
 @final
 class FetchedBytes:

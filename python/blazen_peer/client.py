@@ -25,10 +25,12 @@ from .errors import (
     ValidationError,
 )
 from .listing import HealthStatus, PeerSteps
-from .refs import decode_ref_value
+from .refs import RefLifetime, decode_ref_value
+from .remote_ref import RemoteRef
 from .responses import RemoteRefDescriptor, SubWorkflowResponse
 from .streaming import OpenedStream, SubWorkflowBlockingStream, SubWorkflowStream
 from .tls import ClientTls
+from .uploads import put_call, uploaded
 from .usage import within_run
 
 if TYPE_CHECKING:
@@ -389,6 +391,41 @@ class PeerClient:
         released = self._ref.release_blocking(str(key))
         self._refs.forget(_as_uuid(key))
         return released
+
+    async def put_session_ref(
+        self,
+        value: Any,
+        *,
+        lifetime: RefLifetime | None = None,
+        type_tag: str | None = None,
+    ) -> RemoteRef:
+        """Streams ``value`` into the peer's session refs, in pieces sized to both
+        sides' message limits, and returns its handle (``str(ref)`` is the key,
+        ``ref.descriptor`` its descriptor); a step there reads it with
+        ``await ctx.session_refs.get(key)``.
+
+        Values are encoded as a step's ``insert`` encodes them: anything with the
+        buffer protocol (bytes, bytearray, memoryview, numpy arrays) is read in
+        place, never copied into ``bytes``; JSON values get tag ``json``; other
+        types need a codec (``register_ref_codec``). By default the upload belongs
+        to the current ``parent_run()`` (freed when it ends or its lease lapses);
+        ``lifetime=RefLifetime.UNTIL_EXPLICIT_DROP`` keeps it until released.
+        An upload cut off midway stores nothing. QuotaExceededError when the peer's
+        ``max_upload_bytes`` would be passed (before any byte is sent)."""
+        call = put_call(self, value, lifetime, type_tag)
+        return uploaded(self, call, await self._ref.put(call))
+
+    def put_session_ref_blocking(
+        self,
+        value: Any,
+        *,
+        lifetime: RefLifetime | None = None,
+        type_tag: str | None = None,
+    ) -> RemoteRef:
+        """Blocking :meth:`put_session_ref`."""
+        _refuse_inside_loop("put_session_ref_blocking", "put_session_ref")
+        call = put_call(self, value, lifetime, type_tag)
+        return uploaded(self, call, self._ref.put_blocking(call))
 
     def parent_run(self) -> ParentRun:
         """``async with client.parent_run() as run:`` tags every call inside with

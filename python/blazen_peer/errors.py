@@ -19,7 +19,9 @@ __all__ = [
     "PeerTimeoutError",
     "PeerUnsupportedError",
     "PlacementError",
+    "QuotaExceededError",
     "RefNotFoundError",
+    "RefOriginError",
     "TlsError",
     "TransportError",
     "UnknownStepError",
@@ -207,6 +209,28 @@ class PlacementError(PeerError, LookupError):
         self.offered = offered
 
 
+class QuotaExceededError(PeerError):
+    """An upload (``put_session_ref``) would take the peer past the bytes it lets
+    callers upload (``max_upload_bytes``); nothing was stored and no value byte
+    was sent. Release refs held there, or raise the peer's bound."""
+
+    kind = "Quota"
+
+
+class RefOriginError(PeerError):
+    """A step could not fetch a session ref from the peer that holds it
+    (``ctx.session_refs.fetch``): the origin is not in this peer's directory
+    (``PeerServer(peers=...)``), or it could not be reached or refused us.
+    ``origin_node_id`` and ``origin_address`` name it; ``__cause__`` says why."""
+
+    kind = "RefOrigin"
+
+    def __init__(self, message: str, *, origin_node_id: str = "", origin_address: str = "") -> None:
+        super().__init__(message)
+        self.origin_node_id = origin_node_id
+        self.origin_address = origin_address
+
+
 class ValidationError(PeerError, ValueError):
     """An argument or lifecycle mistake on this side, caught before anything was sent."""
 
@@ -229,6 +253,7 @@ _BY_KIND: dict[str, type[PeerError]] = {
         PeerTimeoutError,
         PeerBusyError,
         PeerUnsupportedError,
+        QuotaExceededError,
         ValidationError,
     )
 }

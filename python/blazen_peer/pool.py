@@ -15,6 +15,11 @@ A call that certainly never started on a member (the connection could not be
 made, the member was draining or busy) is sent to another member. A call that
 may have started is not re-sent, because steps need not be idempotent: it
 raises :class:`TransportError` unless the caller passed ``idempotent=True``.
+
+Session refs stay where they are: a call whose input names a ref the pool
+knows (its key, or its :class:`RemoteRef`), uploaded through the pool or made
+by a run, goes to the member holding it, where a step can read it; an upload
+goes to a member that runs the steps it is for.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import contextvars
 import difflib
 import ipaddress
 import logging
+import re
 import socket
 import threading
 import time
@@ -56,6 +62,8 @@ from .errors import (
     ValidationError,
 )
 from .listing import PeerSteps
+from .refs import RefLifetime
+from .remote_ref import RemoteRef
 from .responses import SubWorkflowResponse
 from .streaming import OpenedStream, SubWorkflowBlockingStream, SubWorkflowStream
 from .tls import ClientTls
@@ -74,6 +82,10 @@ POOL_KEEPALIVE_INTERVAL_SECS = 10.0
 POOL_KEEPALIVE_TIMEOUT_SECS = 10.0
 
 T = TypeVar("T")
+
+
+# A session ref's key as it appears in a call's JSON input (str(key), or a RemoteRef's "key").
+_UUID = re.compile(rb"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 @dataclass(frozen=True)
@@ -389,6 +401,38 @@ class PeerPool:
         """:meth:`PeerClient.release_session_ref`, on the member that made the ref."""
         return await self._owner_of(key).release_session_ref(key)
 
+    async def put_session_ref(
+        self,
+        value: Any,
+        *,
+        step_ids: Sequence[str] = (),
+        workflow_name: str = "",
+        lifetime: RefLifetime = RefLifetime.UNTIL_EXPLICIT_DROP,
+        type_tag: str | None = None,
+    ) -> RemoteRef:
+        """:meth:`PeerClient.put_session_ref` on the member a call naming ``step_ids``
+        (or the declared ``workflow_name``) would go to. Calls whose input names a
+        ref the pool knows (its key, or its handle), uploaded or made by a run, go
+        to the member holding it. A pool has no parent run: the upload lives until
+        :meth:`release_session_ref`."""
+        if lifetime is not RefLifetime.UNTIL_EXPLICIT_DROP:
+            raise ValidationError(
+                "a PeerPool has no parent run, so its uploads are UNTIL_EXPLICIT_DROP: free "
+                "them with pool.release_session_ref (or upload with a PeerClient inside "
+                "its parent_run())"
+            )
+        if not step_ids and not workflow_name:
+            raise ValidationError(
+                "name the steps (step_ids=...) or the declared workflow (workflow_name=...) "
+                "the value is for, so the pool uploads it to a peer that runs them"
+            )
+        return await self._route(
+            workflow_name,
+            step_ids,
+            False,
+            lambda client: client.put_session_ref(value, lifetime=lifetime, type_tag=type_tag),
+        )
+
     async def close(self) -> None:
         """Stops probing and closes every member's connection. Idempotent."""
         self._closed = True
@@ -587,6 +631,27 @@ class PeerPool:
         """Blocking :meth:`release_session_ref`."""
         return self._blocking("release_session_ref_blocking", lambda: self.release_session_ref(key))
 
+    def put_session_ref_blocking(
+        self,
+        value: Any,
+        *,
+        step_ids: Sequence[str] = (),
+        workflow_name: str = "",
+        lifetime: RefLifetime = RefLifetime.UNTIL_EXPLICIT_DROP,
+        type_tag: str | None = None,
+    ) -> RemoteRef:
+        """Blocking :meth:`put_session_ref`."""
+        return self._blocking(
+            "put_session_ref_blocking",
+            lambda: self.put_session_ref(
+                value,
+                step_ids=step_ids,
+                workflow_name=workflow_name,
+                lifetime=lifetime,
+                type_tag=type_tag,
+            ),
+        )
+
     def close_blocking(self) -> None:
         """Blocking :meth:`close`; also stops the loop of a pool made by
         :meth:`connect_blocking`. Idempotent."""
@@ -624,6 +689,7 @@ class PeerPool:
             idempotent,
             lambda client: client._send(request, reply),
             require,
+            self._holders(request.input_json),
         )
 
     def _open_stream(
@@ -637,6 +703,19 @@ class PeerPool:
             False,
             lambda client: client._open_stream(request),
             require,
+            self._holders(request.input_json),
+        )
+
+    def _holders(self, input_json: bytes) -> frozenset[str]:
+        """Members holding a session ref the input names (a key, or a handle's key):
+        a step there reads it with ctx.session_refs.get, which no other member can."""
+        keys = {uuid.UUID(found.decode()) for found in _UUID.findall(input_json)}
+        if not keys:
+            return frozenset()
+        return frozenset(
+            member.address
+            for member in self._members.values()
+            if member.client is not None and any(member.client._holds_ref(k) for k in keys)
         )
 
     async def _route(
@@ -646,13 +725,16 @@ class PeerPool:
         idempotent: bool,
         call: Callable[[PeerClient], Awaitable[T]],
         require: Mapping[str, str] | None = None,
+        holders: frozenset[str] = frozenset(),
     ) -> T:
         if self._closed:
             raise ValidationError("this PeerPool is closed; connect a new one")
         tried: set[str] = set()
         last_refusal: PeerError | None = None
         while True:
-            member = self._pick(workflow_name, step_ids, tried, last_refusal, require or {})
+            member = self._pick(
+                workflow_name, step_ids, tried, last_refusal, require or {}, holders
+            )
             client = member.client
             assert client is not None  # healthy members are connected
             member.in_flight += 1
@@ -690,6 +772,7 @@ class PeerPool:
         tried: set[str],
         last_refusal: PeerError | None,
         require: Mapping[str, str],
+        holders: frozenset[str] = frozenset(),
     ) -> _Member:
         able = [
             member
@@ -713,6 +796,8 @@ class PeerPool:
             if require and isinstance(failure, TransportError):
                 failure.args = (f"{failure} (the call requires labels {dict(require)})",)
             raise failure
+        # The input names refs a member holds: only a step there can read them.
+        ready = [member for member in ready if member.address in holders] or ready
         # Least in flight; ties rotate so an idle pool still spreads calls.
         self._next += 1
         start = self._next % len(ready)

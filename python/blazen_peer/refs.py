@@ -17,13 +17,17 @@ from __future__ import annotations
 import enum
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import _native
 from ._grammar import with_article
-from .errors import EncodeError, ValidationError
+from .errors import EncodeError, RefNotFoundError, RefOriginError, ValidationError
+from .remote_ref import RemoteRef
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 __all__ = [
     "RefInfo",
@@ -152,10 +156,14 @@ def encode_ref_value(value: Any, type_tag: str | None = None) -> tuple[Any, str]
     return _run_codec(codec, value), type_tag
 
 
-def decode_ref_value(type_tag: str, raw: bytes) -> Any:
-    """Turns fetched bytes back into a value with the codec for ``type_tag``."""
+def decode_ref_value(type_tag: str, raw: bytes | memoryview) -> Any:
+    """Turns fetched bytes back into a value with the codec for ``type_tag``;
+    ``bytes`` values stay as they are (a memoryview stays a view: no copy),
+    codecs get ``bytes``, as their contract says."""
     if type_tag == "bytes":
         return raw
+    if isinstance(raw, memoryview):
+        raw = raw.tobytes()
     if type_tag == "json":
         try:
             return json.loads(raw)
@@ -246,7 +254,7 @@ class SessionRefRegistry:
     def get(self, key: uuid.UUID | str, default: Any = None) -> Any:
         """The value under ``key``, or ``default``."""
         value = self._ref.get(str(key))
-        return default if value is None else value
+        return default if value is None else _stored_value(value)
 
     def remove(self, key: uuid.UUID | str) -> bool:
         """Drops the value under ``key``; True when it was there."""
@@ -254,6 +262,24 @@ class SessionRefRegistry:
 
     def __repr__(self) -> str:
         return f"SessionRefRegistry(refs={len(self)}, total_bytes={self.total_bytes})"
+
+
+_MISSING: Any = object()
+
+
+def _stored_value(value: Any) -> Any:
+    """A registry's value as steps see it: the object a step inserted, or an
+    uploaded value decoded in place (``bytes``: a read-only memoryview over
+    the stored bytes, no copy)."""
+    if not isinstance(value, _native.RefBuffer):
+        return value
+    # RefBuffer exports the buffer protocol from Rust (__getbuffer__), which
+    # CPython 3.11 does not show as a Python-level __buffer__ for the stub to declare.
+    return decode_ref_value(value.type_tag, memoryview(cast("Buffer", value)))
+
+
+def _key_of(key: uuid.UUID | str | Mapping[str, Any]) -> str:
+    return str(RemoteRef.parse(key).key) if isinstance(key, Mapping) else str(key)
 
 
 class SessionRefs:
@@ -274,9 +300,45 @@ class SessionRefs:
         """Stores ``value`` on this node and returns its key."""
         return self.insert_sync(value, lifetime=lifetime, type_tag=type_tag)
 
-    async def get(self, key: uuid.UUID | str, default: Any = None) -> Any:
-        """The value under ``key`` (the object itself, in this process), or ``default``."""
+    async def get(self, key: uuid.UUID | str | Mapping[str, Any], default: Any = _MISSING) -> Any:
+        """The value under ``key`` (a key, or a :class:`RemoteRef` of this node):
+        the object itself when a step of this process inserted it; an uploaded
+        value decoded by its type tag, ``bytes`` as a read-only memoryview over
+        the stored bytes (``numpy.frombuffer(view, dtype)`` copies nothing).
+        A key this node does not hold raises RefNotFoundError, or returns
+        ``default`` when one is given."""
         return self.get_sync(key, default)
+
+    async def fetch(self, handle: Mapping[str, Any]) -> Any:
+        """The value a :class:`RemoteRef` names, fetched from the peer that holds
+        it, directly, through this peer's directory (``PeerServer(peers=...)``):
+        never through the caller, never with credentials from the request.
+        RefOriginError when the origin is not in the directory or cannot be
+        reached; RefNotFoundError when it no longer holds the ref."""
+        ref = RemoteRef.parse(handle)
+        if ref.origin_node_id == self._ctx.node_id:
+            return self.get_sync(ref.key)
+        return await self._directory(ref).fetch(ref)
+
+    def fetch_sync(self, handle: Mapping[str, Any]) -> Any:
+        """:meth:`fetch` for plain ``def`` steps."""
+        ref = RemoteRef.parse(handle)
+        if ref.origin_node_id == self._ctx.node_id:
+            return self.get_sync(ref.key)
+        return self._directory(ref).fetch_blocking(ref)
+
+    def _directory(self, ref: RemoteRef) -> Any:
+        directory = self._ctx.peer_directory
+        if directory is None:
+            raise RefOriginError(
+                f"node `{self._ctx.node_id}` has no peer directory, so its steps may fetch "
+                f"from no other peer (asked for ref {ref.key} of node `{ref.origin_node_id}` "
+                f"at {ref.origin_address}); give the server one: PeerServer(peers="
+                f"{{{ref.origin_node_id!r}: PeerLink(address)}}) or `serve --peers FILE`",
+                origin_node_id=ref.origin_node_id,
+                origin_address=ref.origin_address,
+            )
+        return directory
 
     async def remove(self, key: uuid.UUID | str) -> bool:
         """Drops the value under ``key``; True when it was there."""
@@ -295,10 +357,18 @@ class SessionRefs:
         payload, tag = encode_ref_value(value, type_tag)
         return uuid.UUID(self._ctx.insert_ref(value, payload, tag, lifetime.value))
 
-    def get_sync(self, key: uuid.UUID | str, default: Any = None) -> Any:
+    def get_sync(self, key: uuid.UUID | str | Mapping[str, Any], default: Any = _MISSING) -> Any:
         """:meth:`get` for plain ``def`` steps."""
-        value = self._ctx.get_ref(str(key))
-        return default if value is None else value
+        value = self._ctx.get_ref(_key_of(key))
+        if value is not None:
+            return _stored_value(value)
+        if default is not _MISSING:
+            return default
+        raise RefNotFoundError(
+            f"session ref {_key_of(key)} is not held by node `{self._ctx.node_id}` (released, "
+            "expired, never created here, or made on another peer: fetch a RemoteRef of "
+            "another peer with ctx.session_refs.fetch)"
+        )
 
     def remove_sync(self, key: uuid.UUID | str) -> bool:
         """:meth:`remove` for plain ``def`` steps."""

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _native
+from .errors import ValidationError
 from .usage import RunUsage
+
+if TYPE_CHECKING:
+    from .remote_ref import RemoteRef
 
 __all__ = ["RemoteRefDescriptor", "SubWorkflowResponse"]
 
@@ -38,11 +42,59 @@ class SubWorkflowResponse:
     #: (zero from a peer that does not report usage).
     usage: RunUsage = field(default_factory=RunUsage)
     _raw: _native.SubWorkflowResponse | None = field(default=None, repr=False, compare=False)
+    #: The address of the peer that answered, which holds ``remote_refs``.
+    _peer_address: str | None = field(default=None, repr=False, compare=False)
 
     def raise_for_error(self) -> None:
         """Raises WorkflowError (with the remote details) when the run failed."""
         if self.error is not None and self._raw is not None:
             self._raw.raise_for_error()
+
+    def remote_ref(self, name: str | uuid.UUID) -> RemoteRef:
+        """A handle on one of :attr:`remote_refs`, to put in another call's input,
+        so a step on another peer fetches the value from this one directly
+        (``await ctx.session_refs.fetch(handle)``).
+
+        ``name`` is the ref's key, or a key of the result (a dict), or of the
+        state, whose value is the ref's key (``{"features": str(key)}``)."""
+        from .remote_ref import RemoteRef
+
+        key = self._ref_key(name)
+        descriptor = self.remote_refs.get(key)
+        if descriptor is None:
+            raise ValidationError(
+                f"this run left no session ref {key} on its peer; only refs that outlive "
+                "their run (UNTIL_PARENT_FINISH, UNTIL_EXPLICIT_DROP) are in remote_refs: "
+                f"{sorted(str(known) for known in self.remote_refs)}"
+            )
+        if self._peer_address is None:
+            raise ValidationError(
+                "this response does not say which peer answered it; use the one "
+                "PeerClient.invoke_sub_workflow returned"
+            )
+        return RemoteRef(
+            key=key,
+            origin_node_id=descriptor.origin_node_id,
+            origin_address=self._peer_address,
+            type_tag=descriptor.type_tag,
+            created_at_epoch_ms=descriptor.created_at_epoch_ms,
+        )
+
+    def _ref_key(self, name: str | uuid.UUID) -> uuid.UUID:
+        if isinstance(name, uuid.UUID):
+            return name
+        named: Any = None
+        if isinstance(self.result, dict) and name in self.result:
+            named = self.result[name]
+        elif name in self.state:
+            named = self.state[name]
+        try:
+            return uuid.UUID(str(named if named is not None else name))
+        except ValueError:
+            raise ValidationError(
+                f"{name!r} is neither a session ref key nor a key of the result or state "
+                "holding one"
+            ) from None
 
     @classmethod
     def _from_native(cls, native: _native.SubWorkflowResponse) -> SubWorkflowResponse:
@@ -62,4 +114,5 @@ class SubWorkflowResponse:
             },
             usage=RunUsage._from_native(native.usage),
             _raw=native,
+            _peer_address=native.peer_address,
         )

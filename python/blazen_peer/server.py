@@ -10,11 +10,14 @@ from types import TracebackType
 
 from . import _metrics, _native, _readiness, _signals, _tracing
 from ._auth import resolve_token
+from ._wakeup import LoopWakeup
+from .directory import PeerDirectory, PeerLink
 from .errors import ValidationError
 from .refs import SessionRefRegistry
 from .tls import ServerTls
+from .uploads import DEFAULT_MAX_UPLOAD_BYTES
 
-__all__ = ["PeerServer", "ServerStats"]
+__all__ = ["PeerServer", "ServerStats", "UploadStats"]
 
 #: How long ``stop()`` lets runs in progress finish before cancelling them.
 DEFAULT_GRACE_SECS = 10.0
@@ -66,6 +69,18 @@ class ServerStats:
     runs_in_flight: int
 
 
+@dataclass(frozen=True)
+class UploadStats:
+    """Uploaded values a server holds (``put_session_ref``), against ``max_upload_bytes``."""
+
+    #: Bytes of uploaded values held, and reserved by uploads still arriving.
+    bytes_held: int
+    #: Uploads whose bytes are still arriving.
+    in_progress: int
+    #: Bytes those uploads received so far.
+    bytes_arriving: int
+
+
 def _server_tokens(token: str | Sequence[str] | None) -> list[str]:
     """Accepted tokens: one, several (while rotating), or ``$BLAZEN_PEER_TOKEN``."""
     if token is None or isinstance(token, str):
@@ -115,6 +130,13 @@ class PeerServer:
     Placement: ``labels`` (``{"region": "eu-west", "gpu": "h100"}``) are reported
     by ``ListSteps``; a :class:`PeerPool` call with ``require=`` goes only to
     peers whose labels match (README, "Placement by labels").
+    Uploads (``PeerClient.put_session_ref``): callers may hold at most
+    ``max_upload_bytes`` of uploaded values here at once (stored, or still
+    arriving); past it an upload gets QuotaExceededError before its bytes are sent.
+    Peer-to-peer refs: ``peers`` maps node ids (or addresses, with their scheme)
+    to :class:`PeerLink` entries (address, TLS, token; or just an address): the
+    only peers this server's steps may fetch a :class:`RemoteRef` from, with
+    ``ctx.session_refs.fetch``, and the only credentials they use there.
     """
 
     def __init__(
@@ -140,6 +162,8 @@ class PeerServer:
         max_buffered_request_bytes: int = DEFAULT_MAX_BUFFERED_REQUEST_BYTES,
         http_json: bool = False,
         labels: Mapping[str, str] | None = None,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+        peers: Mapping[str, PeerLink | str] | None = None,
     ) -> None:
         if tracing and not _tracing.INSTALLED:
             raise ValidationError(
@@ -153,6 +177,7 @@ class PeerServer:
                 "tls must be a ServerTls (ServerTls.from_pem(cert=..., key=...)), "
                 f"not {type(tls).__name__}"
             )
+        self._directory = PeerDirectory(node_id, peers) if peers else None
         self._ref = _native.PeerServer(
             node_id,
             default_timeout_secs,
@@ -176,6 +201,8 @@ class PeerServer:
             ),
             http_json=http_json,
             labels=dict(labels or {}),
+            max_upload_bytes=max_upload_bytes,
+            peer_directory=self._directory,
         )
         self._tls = tls
         self._session_refs = (
@@ -184,6 +211,7 @@ class PeerServer:
             else SessionRefRegistry._wrap(self._ref.session_refs)
         )
         self._address: str | None = None
+        self._wakeup: LoopWakeup | None = None
 
     @property
     def session_refs(self) -> SessionRefRegistry:
@@ -204,7 +232,9 @@ class PeerServer:
         """Binds ``address`` (port 0 picks a free port) and returns the bound ``HOST:PORT``."""
         # Logger levels set up since the last server or client started apply now.
         _native.refresh_log_levels()
-        self._address = await self._ref.start(address, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        self._address = await self._ref.start(address, loop)
+        self._wakeup = LoopWakeup.install(loop)
         if _metrics.INSTALLED:
             _metrics.track(self)
         return self._address
@@ -299,6 +329,11 @@ class PeerServer:
         if grace is not None and (isinstance(grace, bool) or not grace >= 0):
             raise ValidationError(f"grace must be a number of seconds >= 0 or None, got {grace!r}")
         await self._ref.stop(None if grace is None else float(grace))
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None:
+            wakeup.remove()
+        if self._directory is not None:
+            self._directory.close()
 
     def stats(self) -> ServerStats:
         """How many runs started and how each ended."""
@@ -310,6 +345,15 @@ class PeerServer:
             runs_cancelled=counts.runs_cancelled,
             runs_timed_out=counts.runs_timed_out,
             runs_in_flight=counts.runs_in_flight,
+        )
+
+    def uploads(self) -> UploadStats:
+        """Uploaded values held here, and the uploads still arriving."""
+        counts = self._ref.uploads()
+        return UploadStats(
+            bytes_held=counts.bytes_held,
+            in_progress=counts.in_progress,
+            bytes_arriving=counts.bytes_arriving,
         )
 
     def _native_metrics(self) -> _native.ServerMetrics:

@@ -6,6 +6,7 @@
 //! - `rpc`: the calls, and how requests are built and replies decoded;
 //! - `stream`: the receiving end of a streaming run;
 //! - `deref`: fetching session refs, whole or piece by piece into a [`ChunkSink`];
+//! - `upload`: storing a value in the peer's session refs (`PutSessionRef`);
 //! - `errors`: what a failed call becomes as a [`PeerError`](crate::PeerError).
 
 use tonic::transport::Channel;
@@ -17,12 +18,14 @@ mod deref;
 mod errors;
 mod rpc;
 mod stream;
+mod upload;
 
 pub use crate::transport::NODE_ID_HEADER;
 pub use connect::{ClientConfig, DEFAULT_CONNECT_TIMEOUT};
 pub use deref::{ChunkSink, VecSink};
 pub use rpc::{CallOptions, Health};
 pub use stream::{EventReceiver, StreamMessage};
+pub use upload::PutOptions;
 
 /// A connected client; clones share the channel.
 #[derive(Clone)]

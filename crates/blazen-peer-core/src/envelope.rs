@@ -18,6 +18,9 @@ use uuid::Uuid;
 
 use crate::error::PeerError;
 pub use crate::failure::{FailureKind, NotFoundDetail, WorkflowFailure};
+pub use upload::{PutRefDone, PutRefHeader, PutRefPiece, PutRefReady, PIECE_OVERHEAD};
+
+mod upload;
 
 /// The newest payload version this build speaks; older ones are accepted.
 pub const ENVELOPE_VERSION: u32 = 1;

@@ -74,6 +74,10 @@ pub enum PeerError {
     /// The peer is at its limit of concurrent runs; retrying later may succeed.
     #[error("{0}")]
     Busy(String),
+    /// An upload would take the peer past the bytes it lets callers upload
+    /// (`max_upload_bytes`); nothing was stored.
+    #[error("{0}")]
+    Quota(String),
     /// The peer is shutting down and starts no new runs (UNAVAILABLE); callers
     /// see it as a transport failure, which is safe to retry elsewhere.
     #[error("{0}")]
@@ -109,6 +113,7 @@ impl PeerError {
             PeerError::Timeout(_) => "Timeout",
             PeerError::Validation(_) => "Validation",
             PeerError::Busy(_) => "Busy",
+            PeerError::Quota(_) => "Quota",
             PeerError::Unavailable(_) => "Transport",
             PeerError::Unsupported { .. } => "Unsupported",
         }
@@ -130,7 +135,10 @@ impl PeerError {
     pub fn is_not_started(&self) -> bool {
         match self {
             PeerError::Transport { started, .. } => !started,
-            PeerError::Busy(_) | PeerError::Unavailable(_) | PeerError::Unsupported { .. } => true,
+            PeerError::Busy(_)
+            | PeerError::Quota(_)
+            | PeerError::Unavailable(_)
+            | PeerError::Unsupported { .. } => true,
             _ => false,
         }
     }
@@ -168,6 +176,7 @@ impl PeerError {
             PeerError::Authentication(_) => Status::unauthenticated(message),
             PeerError::Timeout(_) => Status::deadline_exceeded(message),
             PeerError::Busy(_) => refused_before_running(Code::ResourceExhausted, message, "busy"),
+            PeerError::Quota(_) => refused_before_running(Code::ResourceExhausted, message, QUOTA),
             PeerError::Unavailable(_) => {
                 refused_before_running(Code::Unavailable, message, "draining")
             }
@@ -237,6 +246,9 @@ impl PeerError {
                 "peer {address} refused an oversized message: {message}; raise max_message_bytes \
                  on both sides (PeerServer and PeerClient.connect), or pass large values as session refs"
             )),
+            Code::ResourceExhausted if refusal_reason(status) == Some(QUOTA) => {
+                PeerError::Quota(format!("peer {address} refused the upload: {message}"))
+            }
             Code::ResourceExhausted if was_refused_before_running(status) => {
                 PeerError::Busy(format!("peer {address} is busy: {message}"))
             }
@@ -284,8 +296,18 @@ fn refused_before_running(code: Code, message: String, why: &'static str) -> Sta
     status
 }
 
+/// The mark of a refused upload: over the peer's `max_upload_bytes`.
+const QUOTA: &str = "quota";
+
 fn was_refused_before_running(status: &Status) -> bool {
     status.metadata().contains_key(REFUSED_BEFORE_RUNNING)
+}
+
+fn refusal_reason(status: &Status) -> Option<&str> {
+    status
+        .metadata()
+        .get(REFUSED_BEFORE_RUNNING)
+        .and_then(|value| value.to_str().ok())
 }
 
 fn not_found(message: String, missing: &str, is_workflow: bool, registered: &[String]) -> Status {
@@ -305,6 +327,9 @@ fn unsupported_hint(method: &str) -> &'static str {
         "Health" => "probe it with a call instead (a PeerPool does), or upgrade the peer",
         "StreamSubWorkflowEvents" => {
             "run the workflow with invoke_sub_workflow / run_remote_workflow (no events), or upgrade the peer"
+        }
+        "PutSessionRef" => {
+            "pass the value in the call's input instead (within max_message_bytes), or upgrade the peer"
         }
         "FinishParentRun" | "RenewParentLease" => {
             "release its refs one by one with release_session_ref (parent_run() does), or upgrade the peer"

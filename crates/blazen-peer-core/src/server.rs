@@ -7,6 +7,7 @@
 //! - `handlers`: the gRPC methods, one per protocol method;
 //! - `deref`: the producer streaming a large session ref in pieces;
 //! - `running`: [`RunningServer`], binding, serving and draining;
+//! - `upload`: receiving `PutSessionRef` uploads against `max_upload_bytes`;
 //! - `lease_sweeper`: freeing the refs of parents whose lease ran out;
 //! - `token_check`: refusing calls without one of the server's tokens;
 //! - `incoming`, `connection`, `request_body`, `limits`: our own accept loop and
@@ -35,6 +36,7 @@ mod request_body;
 mod running;
 mod stream_feed;
 mod token_check;
+mod upload;
 
 pub use config::{ServerConfig, DEFAULT_MAX_CONCURRENT_RUNS, DEFAULT_RUN_TIMEOUT};
 pub use deref::CHUNK_BYTES;
@@ -46,6 +48,7 @@ pub use limits::{
 };
 pub use metrics::{DurationBuckets, Refusal, RunOutcome, RUN_DURATION_BOUNDS_SECS};
 pub use running::RunningServer;
+pub use upload::{UploadUsage, DEFAULT_MAX_UPLOAD_BYTES};
 
 use crate::session_refs::RefUsage;
 use lifecycle::Lifecycle;
@@ -64,6 +67,7 @@ pub struct PeerService {
     run_slots: Arc<Semaphore>,
     lifecycle: Arc<Lifecycle>,
     counters: Arc<ServerCounters>,
+    uploads: Arc<upload::UploadQuota>,
 }
 
 /// A snapshot of what a service counts, for metrics: [`PeerService::metrics`].
@@ -89,6 +93,7 @@ impl PeerService {
         Self {
             node_id: node_id.into(),
             run_slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
+            uploads: Arc::new(upload::UploadQuota::new(config.max_upload_bytes)),
             config,
             lifecycle: Arc::default(),
             counters: Arc::default(),
@@ -111,6 +116,11 @@ impl PeerService {
     /// How many runs started and how each ended.
     pub fn stats(&self) -> RunStats {
         self.lifecycle.stats()
+    }
+
+    /// Bytes of uploaded values held, and the uploads still arriving.
+    pub fn uploads(&self) -> UploadUsage {
+        self.uploads.usage()
     }
 
     /// True once the server running this service began to shut down.

@@ -27,9 +27,10 @@ use std::time::{Duration, Instant};
 
 use blazen_peer_core::envelope::{
     check_version, peek_version, ChunkLimit, DerefChunk, DerefRequest, DerefResponse, Extension,
-    FailureKind, NotFoundDetail, ParentRun, ParentRunRequest, ParentRunResponse, ReleaseRequest,
-    ReleaseResponse, RemoteRefDescriptor, StepInfo, StepsRequest, StepsResponse, StreamItem,
-    SubWorkflowRequest, SubWorkflowResponse, WorkflowFailure, WorkflowInfo,
+    FailureKind, NotFoundDetail, ParentRun, ParentRunRequest, ParentRunResponse, PutRefDone,
+    PutRefHeader, PutRefPiece, PutRefReady, ReleaseRequest, ReleaseResponse, RemoteRefDescriptor,
+    StepInfo, StepsRequest, StepsResponse, StreamItem, SubWorkflowRequest, SubWorkflowResponse,
+    WorkflowFailure, WorkflowInfo,
 };
 use blazen_peer_core::{Envelope, PeerError, ENVELOPE_VERSION};
 use proptest::prelude::*;
@@ -120,10 +121,13 @@ enum Kind {
     Stream,
     StepsReq,
     Steps,
+    PutHeader,
+    PutReady,
+    PutDone,
 }
 
 impl Kind {
-    const ALL: [Kind; 12] = [
+    const ALL: [Kind; 15] = [
         Kind::Request,
         Kind::Response,
         Kind::Deref,
@@ -136,6 +140,9 @@ impl Kind {
         Kind::Stream,
         Kind::StepsReq,
         Kind::Steps,
+        Kind::PutHeader,
+        Kind::PutReady,
+        Kind::PutDone,
     ];
 
     /// The type name the decoder's error message carries.
@@ -153,6 +160,9 @@ impl Kind {
             Kind::Stream => "StreamItem",
             Kind::StepsReq => "StepsRequest",
             Kind::Steps => "StepsResponse",
+            Kind::PutHeader => "PutRefHeader",
+            Kind::PutReady => "PutRefReady",
+            Kind::PutDone => "PutRefDone",
         }
     }
 
@@ -172,6 +182,9 @@ impl Kind {
             Kind::Stream => decode_as::<StreamItem>(bytes),
             Kind::StepsReq => decode_as::<StepsRequest>(bytes),
             Kind::Steps => decode_as::<StepsResponse>(bytes),
+            Kind::PutHeader => decode_as::<PutRefHeader>(bytes),
+            Kind::PutReady => decode_as::<PutRefReady>(bytes),
+            Kind::PutDone => decode_as::<PutRefDone>(bytes),
         }
     }
 }
@@ -301,6 +314,24 @@ fn check_all_decoders(bytes: &[u8]) -> Result<(), TestCaseError> {
     );
     prop_assert!(elapsed < TIME_LIMIT, "decode_piece took {elapsed:?}");
     check_outcome("decode_piece", "DerefChunk", bytes, &version, &piece)?;
+
+    // An upload's piece decoder (borrowing too) fails cleanly on anything.
+    let (upload_piece, largest, elapsed) = measured(|| {
+        PutRefPiece::decode(bytes)
+            .map(|piece| postcard::to_stdvec(&piece).expect("a decoded piece re-encodes"))
+    });
+    prop_assert!(
+        largest < ALLOCATION_LIMIT,
+        "PutRefPiece::decode allocated {largest} bytes"
+    );
+    prop_assert!(elapsed < TIME_LIMIT, "PutRefPiece::decode took {elapsed:?}");
+    check_outcome(
+        "PutRefPiece::decode",
+        "PutRefPiece",
+        bytes,
+        &version,
+        &upload_piece,
+    )?;
     let owned = Kind::Chunk.decode(bytes);
     match (&piece, &owned) {
         (Ok(piece), Ok(owned)) => prop_assert_eq!(piece, owned),
@@ -493,6 +524,54 @@ fn arb_valid() -> impl Strategy<Value = Valid> {
                     }),
                 )
             }),
+        (
+            arb_version(),
+            any::<u64>(),
+            any::<String>(),
+            any::<String>(),
+            proptest::option::of(arb_uuid()),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(envelope_version, total_len, type_tag, lifetime, parent_run_id, max)| {
+                    valid(
+                        Kind::PutHeader,
+                        Envelope::new(PutRefHeader {
+                            envelope_version,
+                            total_len,
+                            type_tag,
+                            lifetime,
+                            parent_run_id,
+                            max_message_bytes: max,
+                        }),
+                    )
+                }
+            ),
+        (arb_version(), any::<u64>()).prop_map(|(envelope_version, chunk_bytes)| {
+            valid(
+                Kind::PutReady,
+                Envelope::new(PutRefReady {
+                    envelope_version,
+                    chunk_bytes,
+                }),
+            )
+        }),
+        (arb_version(), arb_uuid(), any::<String>(), any::<u64>()).prop_map(
+            |(envelope_version, ref_uuid, origin_node_id, created_at_epoch_ms)| {
+                valid(
+                    Kind::PutDone,
+                    Envelope::new(PutRefDone {
+                        envelope_version,
+                        ref_uuid,
+                        descriptor: RemoteRefDescriptor {
+                            origin_node_id,
+                            type_tag: "bytes".into(),
+                            created_at_epoch_ms,
+                        },
+                    }),
+                )
+            }
+        ),
     ]
 }
 
@@ -833,6 +912,9 @@ proptest! {
             Kind::Stream => check_extensions::<StreamItem>(&bytes, &fields)?,
             Kind::StepsReq => check_extensions::<StepsRequest>(&bytes, &fields)?,
             Kind::Steps => check_extensions::<StepsResponse>(&bytes, &fields)?,
+            Kind::PutHeader => check_extensions::<PutRefHeader>(&bytes, &fields)?,
+            Kind::PutReady => check_extensions::<PutRefReady>(&bytes, &fields)?,
+            Kind::PutDone => check_extensions::<PutRefDone>(&bytes, &fields)?,
         }
     }
 

@@ -9,12 +9,15 @@ use std::time::Duration;
 
 use futures::FutureExt;
 
-use blazen_peer_core::client::Health;
+use std::sync::Arc;
+
+use blazen_peer_core::client::{Health, PutOptions};
 use blazen_peer_core::envelope::{
     self, FailureKind, ParentRun, SubWorkflowRequest, SubWorkflowResponse, WorkflowFailure,
 };
 use blazen_peer_core::error::failure_from_text;
 use blazen_peer_core::usage::RunUsage;
+use blazen_peer_core::RefPayload;
 use blazen_peer_core::{
     CallOptions, ClientConfig, Envelope, PeerClient, PeerError, RunContext, TraceContext,
 };
@@ -26,7 +29,9 @@ use crate::context::RunContextRef;
 use crate::errors::{to_py, IntoPyResult};
 use crate::gil;
 use crate::records::{RemoteRefEntry, StepListing, UsageTotals};
-use crate::refs::{parse_key, BufferSink, BytesSink, Fetched, FetchedInto};
+use crate::refs::{
+    parse_key, parse_lifetime, BufferSink, BytesSink, Fetched, FetchedInto, PyRefPayload,
+};
 use crate::runtime::{self, Owner};
 use crate::server::seconds;
 use crate::streaming::EventStreamRef;
@@ -158,6 +163,15 @@ async fn fetch_into_of(
     Ok(FetchedInto(sink))
 }
 
+async fn put_of(
+    client: PeerClient,
+    payload: Arc<dyn RefPayload>,
+    options: PutOptions,
+) -> Result<Class<RemoteRefEntry>, PeerError> {
+    let (key, descriptor) = client.put_ref(payload, options).await?;
+    Ok(Class(RemoteRefEntry::new(key.to_string(), &descriptor)))
+}
+
 async fn renew_parent_of(client: PeerClient, parent: uuid::Uuid) -> Result<f64, PeerError> {
     let (_, lease) = client.renew_parent(parent).await?;
     Ok(lease.as_secs_f64())
@@ -230,7 +244,9 @@ impl PeerClientRef {
         awaitable::spawn(py, async move {
             let response = client.invoke_with(&call.request, &call.options).await?;
             roll_up(call.within_run.as_ref(), &response);
-            Ok(Class(ResponseRef::from(response)))
+            Ok(Class(
+                ResponseRef::from(response).at(client.address().to_owned()),
+            ))
         })
     }
 
@@ -241,7 +257,7 @@ impl PeerClientRef {
         block_on(py, async move {
             let response = client.invoke_with(&call.request, &call.options).await?;
             roll_up(call.within_run.as_ref(), &response);
-            Ok(ResponseRef::from(response))
+            Ok(ResponseRef::from(response).at(client.address().to_owned()))
         })
     }
 
@@ -343,6 +359,21 @@ impl PeerClientRef {
         block_on_py(py, fetch_into_of(client, key, BufferSink::new(buffer)?))
     }
 
+    /// Streams a value into the peer's session refs; resolves to its
+    /// `RemoteRefEntry` (key and descriptor).
+    fn put<'py>(&self, py: Python<'py>, call: PutArgs) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client()?;
+        let (payload, options) = call.into_upload(py)?;
+        awaitable::spawn(py, put_of(client, payload, options))
+    }
+
+    /// Blocking form of `put`.
+    fn put_blocking<'py>(&self, py: Python<'py>, call: PutArgs) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client()?;
+        let (payload, options) = call.into_upload(py)?;
+        block_on_py(py, put_of(client, payload, options))
+    }
+
     /// Releases a session ref; resolves to False when it was already gone.
     fn release<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client()?;
@@ -379,6 +410,30 @@ impl PeerClientRef {
     /// Blocking form of `renew_parent`.
     fn renew_parent_blocking(&self, py: Python<'_>, parent_run: &str) -> PyResult<f64> {
         block_on(py, renew_parent_of(self.client()?, parse_key(parent_run)?))
+    }
+}
+
+/// An upload as Python passes it (`uploads._PutCall`, read by attribute):
+/// the value, the bytes-like object it is sent as, and where it belongs.
+#[derive(FromPyObject)]
+pub struct PutArgs {
+    value: Py<PyAny>,
+    payload: Py<PyAny>,
+    type_tag: String,
+    lifetime: String,
+    parent_run: Option<String>,
+}
+
+impl PutArgs {
+    fn into_upload(self, py: Python<'_>) -> PyResult<(Arc<dyn RefPayload>, PutOptions)> {
+        let options = PutOptions {
+            type_tag: self.type_tag,
+            lifetime: parse_lifetime(&self.lifetime)?,
+            parent: self.parent_run.as_deref().map(parse_key).transpose()?,
+        };
+        // A view pinned for the whole upload: runtime threads read it in place.
+        let payload = PyRefPayload::new(self.value, self.payload.bind(py))?;
+        Ok((Arc::new(payload), options))
     }
 }
 
@@ -461,6 +516,17 @@ pub struct ResponseRef {
     body: SubWorkflowResponse,
     failure: Option<WorkflowFailure>,
     usage: RunUsage,
+    peer_address: Option<String>,
+}
+
+impl ResponseRef {
+    /// The response as answered by the peer at `address`, which holds its refs.
+    pub fn at(self, address: String) -> Self {
+        Self {
+            peer_address: Some(address),
+            ..self
+        }
+    }
 }
 
 impl From<Envelope<SubWorkflowResponse>> for ResponseRef {
@@ -479,6 +545,7 @@ impl From<Envelope<SubWorkflowResponse>> for ResponseRef {
             body: envelope.body,
             failure,
             usage,
+            peer_address: None,
         }
     }
 }
@@ -512,6 +579,12 @@ impl ResponseRef {
             .iter()
             .map(|(key, descriptor)| RemoteRefEntry::new(key.to_string(), descriptor))
             .collect()
+    }
+
+    /// The address of the peer that answered (and holds `remote_refs`).
+    #[getter]
+    fn peer_address(&self) -> Option<&str> {
+        self.peer_address.as_deref()
     }
 
     /// True when refs outlive the run (cheaper than building `remote_refs`).

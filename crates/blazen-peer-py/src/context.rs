@@ -9,6 +9,7 @@ use pyo3::types::PyBytes;
 
 use crate::errors::IntoPyResult;
 use crate::records::{CallerIdentity, UsageTotals};
+use crate::steps::PyHost;
 use crate::{awaitable, gil, refs};
 
 /// How often a blocked writer checks whether its run ended.
@@ -79,6 +80,15 @@ impl RunContextRef {
     #[getter]
     fn usage(&self) -> UsageTotals {
         UsageTotals::from(&self.ctx.usage())
+    }
+
+    /// The serving peer's directory (`PeerServer(peers=...)`), or None.
+    #[getter]
+    fn peer_directory<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        let host = self.ctx.host::<PyHost>()?;
+        host.directory
+            .as_ref()
+            .map(|directory| directory.bind(py).clone())
     }
 
     /// True when a caller streams this run's events.

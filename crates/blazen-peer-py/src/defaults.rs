@@ -3,7 +3,9 @@
 
 use blazen_peer_core::client::DEFAULT_CONNECT_TIMEOUT;
 use blazen_peer_core::limits::DEFAULT_MAX_JSON_DEPTH;
-use blazen_peer_core::server::{DEFAULT_MAX_CONCURRENT_RUNS, DEFAULT_RUN_TIMEOUT};
+use blazen_peer_core::server::{
+    DEFAULT_MAX_CONCURRENT_RUNS, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_RUN_TIMEOUT,
+};
 use blazen_peer_core::session_refs::DEFAULT_LEASE;
 use blazen_peer_core::step_policy::{
     DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_MAX_BACKOFF, DEFAULT_RETRY_MULTIPLIER,
@@ -46,5 +48,6 @@ pub fn add(module: &Bound<'_, PyModule>) -> PyResult<()> {
         "DEFAULT_RETRY_MAX_BACKOFF_SECS",
         DEFAULT_RETRY_MAX_BACKOFF.as_secs_f64(),
     )?;
+    module.add("DEFAULT_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES)?;
     Ok(())
 }

@@ -85,7 +85,8 @@ fn build<'py>(py: Python<'py>, err: &PeerError) -> PyResult<Bound<'py, PyAny>> {
         | PeerError::Authentication(_)
         | PeerError::Timeout(_)
         | PeerError::Validation(_)
-        | PeerError::Busy(_) => {}
+        | PeerError::Busy(_)
+        | PeerError::Quota(_) => {}
         PeerError::Unavailable(_) => {
             details.set_item("grpc_status", GRPC_UNAVAILABLE)?;
             details.set_item("started", false)?;

@@ -41,6 +41,8 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<records::RefRecord>()?;
     module.add_class::<records::FetchedBytes>()?;
     module.add_class::<records::FetchedSize>()?;
+    module.add_class::<records::UploadCounts>()?;
+    module.add_class::<refs::RefBuffer>()?;
     module.add_class::<records::RemoteRefEntry>()?;
     module.add_class::<records::CallerIdentity>()?;
     module.add_class::<records::ListedStep>()?;

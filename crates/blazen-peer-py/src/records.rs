@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use blazen_peer_core::envelope::{
     Envelope, PeerLabels, RemoteRefDescriptor, StepPolicies, StepPolicyInfo, StepsResponse,
 };
+use blazen_peer_core::server::UploadUsage;
 use blazen_peer_core::usage::RunUsage;
 use blazen_peer_core::{PeerIdentity, RefInfo, RunStats, StreamedEvent};
 use pyo3::prelude::*;
@@ -35,6 +36,24 @@ impl From<RunStats> for RunCounts {
             runs_cancelled: stats.runs_cancelled,
             runs_timed_out: stats.runs_timed_out,
             runs_in_flight: stats.runs_in_flight,
+        }
+    }
+}
+
+/// Uploaded values a server holds, and the uploads still arriving.
+#[pyclass(frozen, get_all, name = "UploadCounts", module = "blazen_peer._native")]
+pub struct UploadCounts {
+    bytes_held: u64,
+    in_progress: u64,
+    bytes_arriving: u64,
+}
+
+impl From<UploadUsage> for UploadCounts {
+    fn from(usage: UploadUsage) -> Self {
+        Self {
+            bytes_held: usage.bytes_held,
+            in_progress: usage.in_progress,
+            bytes_arriving: usage.bytes_arriving,
         }
     }
 }

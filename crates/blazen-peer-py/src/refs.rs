@@ -35,7 +35,7 @@ unsafe impl Sync for PyRefPayload {}
 
 impl PyRefPayload {
     /// Views `payload` (anything with the buffer protocol, C-contiguous).
-    fn new(value: Py<PyAny>, payload: &Bound<'_, PyAny>) -> PyResult<Self> {
+    pub(crate) fn new(value: Py<PyAny>, payload: &Bound<'_, PyAny>) -> PyResult<Self> {
         let mut view = Box::new(ffi::Py_buffer::new());
         // SAFETY: `view` is a valid, writable Py_buffer; on success it holds a
         // reference to the exporter until PyBuffer_Release.
@@ -112,19 +112,74 @@ pub fn insert(
         .to_string())
 }
 
-/// The Python value under `key`, or its bytes when it came from elsewhere.
+/// The Python value under `key`; a [`RefBuffer`] over the stored bytes when
+/// the value came from elsewhere (an upload), for Python to decode by its tag.
 pub fn get<'py>(
     py: Python<'py>,
     registry: &SessionRefRegistry,
     key: &str,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
     let key = parse_key(key)?;
-    Ok(registry.get(&key).map(|entry| {
-        match entry.payload.as_any().downcast_ref::<PyRefPayload>() {
-            Some(payload) => payload.value().bind(py).clone(),
-            None => pyo3::types::PyBytes::new(py, entry.payload.bytes()).into_any(),
+    registry
+        .get(&key)
+        .map(
+            |entry| match entry.payload.as_any().downcast_ref::<PyRefPayload>() {
+                Some(payload) => Ok(payload.value().bind(py).clone()),
+                None => Ok(Bound::new(
+                    py,
+                    RefBuffer {
+                        payload: entry.payload.clone(),
+                        type_tag: entry.type_tag.clone(),
+                    },
+                )?
+                .into_any()),
+            },
+        )
+        .transpose()
+}
+
+/// The bytes of a stored ref that no Python object holds (an upload), read
+/// in place through the buffer protocol: `memoryview(buffer)` copies nothing,
+/// and the view keeps the bytes alive after the ref is released.
+#[pyclass(frozen, name = "RefBuffer", module = "blazen_peer._native")]
+pub struct RefBuffer {
+    payload: Arc<dyn RefPayload>,
+    /// Codec name of the bytes.
+    #[pyo3(get)]
+    type_tag: String,
+}
+
+#[pymethods]
+impl RefBuffer {
+    fn __len__(&self) -> usize {
+        self.payload.bytes().len()
+    }
+
+    /// A read-only view of the stored bytes; asking for a writable one raises BufferError.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: std::os::raw::c_int,
+    ) -> PyResult<()> {
+        let bytes = slf.get().payload.bytes();
+        // SAFETY: `view` comes from the interpreter; FillInfo takes a new
+        // reference to `slf`, which pins the payload (and so `bytes`) until
+        // the view is released. Read-only: it refuses PyBUF_WRITABLE itself.
+        let status = unsafe {
+            ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                bytes.as_ptr() as *mut std::os::raw::c_void,
+                bytes.len() as ffi::Py_ssize_t,
+                1,
+                flags,
+            )
+        };
+        if status != 0 {
+            return Err(PyErr::fetch(slf.py()));
         }
-    }))
+        Ok(())
+    }
 }
 
 /// Session refs held by this process; share one between a server and local runs.

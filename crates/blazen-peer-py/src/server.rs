@@ -11,7 +11,7 @@ use blazen_peer_core::server::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_CONNECTION_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_BUFFERED_REQUEST_BYTES, DEFAULT_MAX_CONCURRENT_RUNS,
     DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_RUN_TIMEOUT,
+    DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_RUN_TIMEOUT,
 };
 use blazen_peer_core::{
     PeerError, PeerService, RunStats, RunningServer, ServerConfig, ServiceMetrics,
@@ -22,7 +22,7 @@ use crate::awaitable;
 use crate::errors::IntoPyResult;
 use crate::inbox;
 use crate::metrics::ServerMetricsRef;
-use crate::records::RunCounts;
+use crate::records::{RunCounts, UploadCounts};
 use crate::refs::SessionRefRegistryRef;
 use crate::runtime::Owner;
 use crate::steps::PyHost;
@@ -45,6 +45,8 @@ pub struct PeerServerRef {
     state: Arc<Mutex<ServerState>>,
     // Kept after stop, so stats stay readable.
     service: Mutex<Option<PeerService>>,
+    // The peers this server's steps may fetch refs from (Python's PeerDirectory).
+    directory: Option<Py<PyAny>>,
     owner: Owner,
 }
 
@@ -128,6 +130,8 @@ impl PeerServerRef {
         transport=None,
         http_json=false,
         labels=BTreeMap::new(),
+        max_upload_bytes=DEFAULT_MAX_UPLOAD_BYTES,
+        peer_directory=None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -146,6 +150,8 @@ impl PeerServerRef {
         transport: Option<TransportOptions>,
         http_json: bool,
         labels: BTreeMap<String, String>,
+        max_upload_bytes: usize,
+        peer_directory: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         if node_id.is_empty() {
             return Err(PeerError::Validation("node_id cannot be empty".into())).py_err();
@@ -170,6 +176,7 @@ impl PeerServerRef {
                 .map(|run_started| Arc::new(PyRunObserver { run_started }) as Arc<dyn RunObserver>),
             http_json,
             labels,
+            max_upload_bytes,
             ..ServerConfig::default()
         };
         let config = match transport {
@@ -182,6 +189,7 @@ impl PeerServerRef {
             config,
             state: Arc::new(Mutex::new(ServerState::Idle)),
             service: Mutex::new(None),
+            directory: peer_directory,
             owner: Owner::here(),
         })
     }
@@ -246,6 +254,10 @@ impl PeerServerRef {
         let config = ServerConfig {
             host: Some(Arc::new(PyHost {
                 inbox: inbox::for_loop(py, event_loop.bind(py))?,
+                directory: self
+                    .directory
+                    .as_ref()
+                    .map(|directory| directory.clone_ref(py)),
             })),
             ..self.config.clone()
         };
@@ -315,6 +327,15 @@ impl PeerServerRef {
                 connections_accepted: 0,
                 session_refs: self.config.session_refs.usage(),
             })
+            .into()
+    }
+
+    /// Bytes of uploaded values held, and the uploads still arriving; zeros before `start`.
+    fn uploads(&self) -> UploadCounts {
+        lock(&self.service)
+            .as_ref()
+            .map(PeerService::uploads)
+            .unwrap_or_default()
             .into()
     }
 

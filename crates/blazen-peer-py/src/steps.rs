@@ -24,9 +24,11 @@ use crate::inbox::Inbox;
 use crate::{bridge, gil, sync_steps};
 
 /// What a run carries for Python steps: the inbox of the loop that runs
-/// `async def` steps.
+/// `async def` steps, and the server's peer directory (the peers its steps
+/// may fetch refs from), when it has one.
 pub struct PyHost {
     pub inbox: Inbox,
+    pub directory: Option<Py<PyAny>>,
 }
 
 struct PyStep {

@@ -39,7 +39,7 @@ enum Next {
         event_type: String,
         data_json: Vec<u8>,
     },
-    // Boxed: a response is much larger than an event.
+    // Boxed: a response is far larger than an event, and most items are events.
     Done(Box<ResponseRef>),
     End,
 }
@@ -73,6 +73,7 @@ async fn next_of(
     let Some(stream) = guard.as_mut() else {
         return Ok(Next::End);
     };
+    let address = stream.address().to_owned();
     let next = match stream.next().await {
         Ok(next) => next,
         Err(err) => {
@@ -89,7 +90,7 @@ async fn next_of(
         Some(StreamMessage::Done(response)) => {
             guard.take();
             roll_up(within_run.as_ref(), &response);
-            Next::Done(Box::new(ResponseRef::from(response)))
+            Next::Done(Box::new(ResponseRef::from(response).at(address)))
         }
         None => Next::End,
     })

@@ -45,6 +45,7 @@ impl LocalRunRef {
             .py_err()?;
         let host: Arc<dyn std::any::Any + Send + Sync> = Arc::new(PyHost {
             inbox: inbox::for_loop(py, event_loop.bind(py))?,
+            directory: None,
         });
         let ctx = RunContext::with_session_refs(
             LOCAL_NODE.into(),

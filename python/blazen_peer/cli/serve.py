@@ -25,7 +25,9 @@ from ..errors import PeerError, ValidationError
 from ..server import DEFAULT_GRACE_SECS, PeerServer
 from ..steps import Step, registered_step_ids, registered_workflows
 from ..tls import ServerTls
+from ..uploads import DEFAULT_MAX_UPLOAD_BYTES
 from ._common import PROG, tokens_from_env
+from ._peers import load_peer_directory
 from ._prometheus import MetricsEndpoint, serve_metrics
 
 DESCRIPTION = """\
@@ -129,6 +131,21 @@ def add_parser(
         "--listen's (needs the metrics extra: opentelemetry-exporter-prometheus)",
     )
     _add_connection_limits(parser)
+    refs = parser.add_argument_group("session refs")
+    refs.add_argument(
+        "--max-upload-bytes",
+        type=_whole_number,
+        default=DEFAULT_MAX_UPLOAD_BYTES,
+        metavar="BYTES",
+        help="bytes of uploaded values (put_session_ref) held at once; past it uploads are "
+        f"refused (default: {DEFAULT_MAX_UPLOAD_BYTES}; 0: no uploads)",
+    )
+    refs.add_argument(
+        "--peers",
+        metavar="FILE",
+        help="JSON file of the peers this peer's steps may fetch refs from: node id -> "
+        'address, or -> {"address", "token_env", "tls_ca", "tls_cert", "tls_key"}',
+    )
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--tls-cert", metavar="FILE", help="certificate chain (PEM)")
     tls.add_argument("--tls-key", metavar="FILE", help="private key (PEM)")
@@ -199,6 +216,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _whole_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
     return value
 
 
@@ -404,6 +431,8 @@ async def _serve_peer(args: argparse.Namespace, stop: asyncio.Event) -> None:
         max_buffered_request_bytes=args.max_buffered_request_bytes,
         http_json=args.http_json,
         labels=dict(args.label),
+        max_upload_bytes=args.max_upload_bytes,
+        peers=load_peer_directory(args.peers) if args.peers else None,
     )
     bound = await server.start(args.listen)
     try:

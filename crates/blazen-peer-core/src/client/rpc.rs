@@ -255,9 +255,16 @@ impl PeerClient {
         postcard_payload: Vec<u8>,
         deadline: Option<Duration>,
     ) -> Request<PostcardRequest> {
-        let mut request = Request::new(PostcardRequest {
+        let message = PostcardRequest {
             postcard_payload: postcard_payload.into(),
-        });
+        };
+        self.with_metadata(message, deadline)
+    }
+
+    /// `message` (one payload, or a stream of them) with the node id, the
+    /// token and the deadline every call carries.
+    pub(super) fn with_metadata<T>(&self, message: T, deadline: Option<Duration>) -> Request<T> {
+        let mut request = Request::new(message);
         request
             .metadata_mut()
             .insert(NODE_ID_HEADER, self.node_header.clone());

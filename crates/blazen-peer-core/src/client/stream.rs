@@ -28,6 +28,11 @@ pub struct EventReceiver {
 }
 
 impl EventReceiver {
+    /// The address of the peer running the stream.
+    pub fn address(&self) -> &str {
+        self.client.address()
+    }
+
     /// The next message; None after [`StreamMessage::Done`].
     pub async fn next(&mut self) -> Result<Option<StreamMessage>, PeerError> {
         if self.done {

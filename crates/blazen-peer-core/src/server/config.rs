@@ -14,6 +14,7 @@ use super::limits::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_CONNECTION_TIMEOUT, DEFAULT_MAX_BUFFERED_REQUEST_BYTES,
     DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, DEFAULT_REQUEST_BODY_TIMEOUT,
 };
+use super::upload::DEFAULT_MAX_UPLOAD_BYTES;
 use crate::auth::bearer;
 use crate::error::PeerError;
 use crate::event_stream::DEFAULT_STREAM_BUFFER;
@@ -86,6 +87,9 @@ pub struct ServerConfig {
     /// Placement labels (`region=eu-west`, `gpu=h100`) that `ListSteps`
     /// reports, for callers that route on them.
     pub labels: BTreeMap<String, String>,
+    /// Bytes of uploaded values (`PutSessionRef`) held at once, stored or
+    /// still arriving; an upload past it is refused before its bytes are sent.
+    pub max_upload_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -113,6 +117,7 @@ impl Default for ServerConfig {
             max_buffered_request_bytes: DEFAULT_MAX_BUFFERED_REQUEST_BYTES,
             http_json: false,
             labels: BTreeMap::new(),
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
         }
     }
 }

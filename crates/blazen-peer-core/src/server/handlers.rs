@@ -8,7 +8,7 @@
 use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use super::pipeline::caller_of;
@@ -203,6 +203,16 @@ impl BlazenPeer for PeerService {
     ) -> Result<Response<PostcardResponse>, Status> {
         let parent = Self::parent_run(&request.into_inner().postcard_payload)?;
         self.parent_reply(self.config.session_refs.renew_parent(parent))
+    }
+
+    type PutSessionRefStream = ItemStream;
+
+    async fn put_session_ref(
+        &self,
+        request: Request<Streaming<PostcardRequest>>,
+    ) -> Result<Response<Self::PutSessionRefStream>, Status> {
+        let replies = self.accept_upload(request.into_inner()).await?;
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn list_steps(

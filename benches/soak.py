@@ -1,9 +1,10 @@
 """Soak: many mixed calls against a peer in its own process, watching both for leaks.
 
 What it does
-  Starts benches/_soak_peer.py in its own process and makes --calls calls (default 200,000)
-  from one PeerClient in this process, --in-flight at a time (default 32). Every block of 100
-  calls has the same mix (shuffled once, see KINDS):
+  Starts benches/_soak_peer.py in its own process (the peer, and on a port of its own the
+  origin whose refs the p2p kind fetches) and makes --calls calls (default 200,000) from one
+  PeerClient in this process (and one to the origin, for p2p), --in-flight at a time
+  (default 32). Every block of 100 calls has the same mix (shuffled once, see KINDS):
     ok, ok_sync              successful calls (async def / def step)
     stream                   a streaming call read to its end
     fail, fail_sync          the step raises (15% of calls with ref_fail) while a local holds
@@ -17,14 +18,28 @@ What it does
                              an UNTIL_EXPLICIT_DROP one released explicitly, a default one
     ref_parent_release       under `parent_run`: the parent's ref released before it finishes
     ref_fail                 under `parent_run`: refs of every lifetime, then the step raises
-  Every call checks its outcome (answer, error type, events, ref values); anything else counts
-  as unexpected.
+    upload                   put_session_ref of 4 KiB (bytes or bytearray), under `parent_run`
+                             or UNTIL_EXPLICIT_DROP then released; a step reads it with
+                             ctx.session_refs.get and returns its size and SHA-256
+    upload_quota             put_session_ref past the peer's max_upload_bytes (4 MiB):
+                             QuotaExceededError, nothing stored
+    p2p                      a ref made on the peer process's second server (the origin, its
+                             own port) under `parent_run`; a step on the peer fetches it over
+                             the network (ctx.session_refs.fetch) and returns its SHA-256
+    policy                   steps with max_concurrency=2, timeout_secs=0.25 and one retry
+                             (async def and def): a first attempt that fails and a retry that
+                             succeeds, or an attempt that times out (StepTimeout, step_id)
+    usage                    a step emits two UsageEvents; resp.usage's totals and by_model
+                             are checked exactly (async def and def)
+  Every call checks its outcome (answer, error type, events, ref values, digests, usage);
+  anything else counts as unexpected.
 
 What it measures
   Every --sample-every calls (default 10,000, at most a tenth of the run) it waits until no
   call is in flight, on either side, then samples both processes: RSS, open fds, OS threads,
   Python threads and GC-tracked Python objects (after gc.collect()); on the peer also its live
-  session refs (through the soak::stats step). The first sample is taken before any call.
+  session refs and uploaded bytes (through the soak::stats step). The first sample is taken
+  before any call.
 
 How to read it
   The table is the curve, one row per sample; the row marked `*` is the reference: the first
@@ -35,7 +50,8 @@ How to read it
     Python objects  growth at most max(250, 0.5% of the reference) on each side
     OS threads      at most 2 (client) / 8 (peer) above the reference
     fds             back to the first sample's count (before any call) on each side
-    refs            0 live session refs on the peer at the end
+    refs            0 live session refs on the peer (both servers) and 0 uploaded bytes held
+                    or reserved at the end
     runs            nothing in flight on the peer at the end, no unexpected outcome,
                     and the peer exits with status 0 on SIGTERM
   A leak grows with the calls: it shows as a column rising row after row, and the slope
@@ -66,14 +82,26 @@ from pathlib import Path
 from typing import Any
 
 from _procs import spawn
-from _soak_shared import STREAM_EVENT_TYPE, proc_figures, python_figures, ref_value
+from _soak_shared import (
+    MAX_UPLOAD_BYTES,
+    STREAM_EVENT_TYPE,
+    digest,
+    proc_figures,
+    python_figures,
+    ref_value,
+    upload_value,
+)
 from blazen_peer import (
     Event,
     GenericEvent,
     PeerClient,
     PeerError,
     PeerTimeoutError,
+    QuotaExceededError,
+    RefLifetime,
     RefNotFoundError,
+    RemoteRef,
+    RunUsage,
     StopEvent,
     WorkflowError,
 )
@@ -111,6 +139,7 @@ CALL_GUARD_SECS = 60.0  # a call still going after this counts as unexpected (a 
 SLEEP_SECS = 30  # the sleeping steps, far past the timeouts and cancellation delays
 STREAM_EVENTS = 10_000  # written by the streaming steps of the calls that close early
 DRAIN_SECS = 15.0  # how long a sample waits for the peer's runs to end
+HANG_SECS = 5.0  # the policy calls made to time out: past the steps' POLICY_TIMEOUT_SECS
 # A broken peer must fail the run, not hang it for hours: once this many calls of one segment
 # (between two samples) ended unexpectedly, no new call starts and the verdict fails. Isolated
 # failures (a dropped connection fails the calls in flight, ~32) let the run go on.
@@ -133,10 +162,22 @@ class Calls:
     """One method per kind of call; each raises Unexpected (or whatever the call raised)
     unless the call ended as expected."""
 
-    def __init__(self, client: PeerClient, ballast: int, seed: int) -> None:
+    def __init__(
+        self, client: PeerClient, origin: PeerClient | None, ballast: int, seed: int
+    ) -> None:
         self.client = client
+        self.origin = origin  # to the peer process's second server (p2p); None without p2p
         self.ballast = ballast
         self.rng = random.Random(seed)
+        # A kind's calls sit at fixed places of every block of 100, so a kind that varies
+        # takes turns by how many calls of its kind came before, not by seq.
+        self.turns: Counter[str] = Counter()
+        # Past the peer's max_upload_bytes by itself; allocated once (it is never sent).
+        self.over_quota = bytes(MAX_UPLOAD_BYTES + 1)
+
+    def _turn(self, kind: str) -> int:
+        self.turns[kind] += 1
+        return self.turns[kind] - 1
 
     async def _run(
         self, step_id: str, data: dict[str, Any], timeout_secs: int = TIMEOUT_SECS
@@ -287,6 +328,111 @@ class Calls:
         expect("planned failure" in str(response.error), f"failed otherwise: {response.error}")
         expect(not response.remote_refs, f"a failed run left refs {list(response.remote_refs)}")
 
+    async def _upload_and_read(self, value: bytes | bytearray, **how: Any) -> RemoteRef:
+        ref = await self.client.put_session_ref(value, **how)
+        seen = await self._run("soak::digest", {"key": str(ref)})
+        expect(seen == digest(value), f"upload {ref} read as {seen!r}, sent {digest(value)!r}")
+        return ref
+
+    async def upload(self, seq: int) -> None:
+        turn = self._turn("upload")
+        value = upload_value(seq) if turn % 2 else bytearray(upload_value(seq))
+        if turn % 4 < 2:
+            async with self.client.parent_run():
+                await self._upload_and_read(value)
+            # Leaving the block freed the upload.
+            return
+        ref = await self._upload_and_read(value, lifetime=RefLifetime.UNTIL_EXPLICIT_DROP)
+        await self._release(str(ref))
+
+    async def upload_quota(self, seq: int) -> None:
+        try:
+            if self._turn("upload_quota") % 2:
+                ref = await self.client.put_session_ref(
+                    self.over_quota, lifetime=RefLifetime.UNTIL_EXPLICIT_DROP
+                )
+            else:
+                async with self.client.parent_run():
+                    ref = await self.client.put_session_ref(self.over_quota)
+        except QuotaExceededError as exc:
+            expect("max_upload_bytes" in str(exc), f"refused otherwise: {exc}")
+            return
+        await self.client.release_session_ref(ref.key)
+        raise Unexpected(f"stored {len(self.over_quota):,} bytes past max_upload_bytes")
+
+    async def p2p(self, seq: int) -> None:
+        assert self.origin is not None, "p2p needs a client of the origin"
+        async with self.origin.parent_run():
+            response = await self.origin.invoke_sub_workflow(
+                WORKFLOW, ["soak::refs"], {"seed": seq, "lifetimes": ["UNTIL_PARENT_FINISH"]},
+                TIMEOUT_SECS,
+            )  # fmt: skip
+            expect(response.error is None, f"the origin failed: {response.error}")
+            handle = response.remote_ref("UNTIL_PARENT_FINISH")
+            seen = await self._run("soak::p2p", {"ref": handle})
+        expect(seen == digest(ref_value(seq)), f"fetched {seen!r}")
+
+    async def policy(self, seq: int) -> None:
+        turn = self._turn("policy")
+        step_id = "soak::policy_sync" if turn % 2 else "soak::policy"
+        if turn % 4 < 2:
+            # Fails its first attempt (Hiccup), retried once, succeeds.
+            got = await self._run(step_id, {"seq": seq})
+            expect(got == {"seq": seq}, f"echoed {got!r}")
+            return
+        try:
+            got = await self._run(step_id, {"seq": seq, "hang": HANG_SECS})
+        except WorkflowError as exc:
+            expect(
+                exc.failure_kind == "StepTimeout" and exc.step_id == step_id,
+                f"failed otherwise: {exc.failure_kind} in {exc.step_id}: {exc}",
+            )
+            return
+        raise Unexpected(f"did not time out: {got!r}")
+
+    async def usage(self, seq: int) -> None:
+        step_id = "soak::usage_sync" if self._turn("usage") % 2 else "soak::usage"
+        n = seq % 1000 + 1
+        # Costs in 1/1024 dollars add up exactly in floating point.
+        records = [
+            {
+                "model": "soak-llm",
+                "prompt_tokens": n,
+                "completion_tokens": 2 * n,
+                "total_tokens": 3 * n,
+                "cost_usd": n / 1024,
+            },
+            {
+                "model": "soak-embed",
+                "modality": "Embedding",
+                "prompt_tokens": 7,
+                "total_tokens": 7,
+                "cost_usd": 1 / 1024,
+            },
+        ]
+        response = await self.client.invoke_sub_workflow(
+            WORKFLOW, [step_id], {"usage": records}, TIMEOUT_SECS
+        )
+        expect(response.error is None and response.result == "used", f"ended {response!r:.200}")
+        got: RunUsage = response.usage
+        totals = (got.input_tokens, got.output_tokens, got.cost_usd)
+        expect(totals == (n + 7, 2 * n, (n + 1) / 1024), f"usage totals {totals}")
+        models = {
+            (m.provider, m.model): (
+                m.input_tokens,
+                m.output_tokens,
+                m.total_tokens,
+                m.cost_usd,
+                m.calls,
+            )
+            for m in got.by_model
+        }
+        wanted = {
+            ("soak", "soak-llm"): (n, 2 * n, 3 * n, n / 1024, 1),
+            ("soak", "soak-embed"): (7, 0, 7, 1 / 1024, 1),
+        }
+        expect(models == wanted, f"usage by model {models}")
+
 
 def _is_tick(event: Event, n: int) -> bool:
     return (
@@ -305,8 +451,8 @@ class Kind:
 
 
 KINDS = [
-    Kind("ok", 40, Calls.ok),
-    Kind("ok_sync", 12, Calls.ok_sync),
+    Kind("ok", 30, Calls.ok),
+    Kind("ok_sync", 9, Calls.ok_sync),
     Kind("stream", 2, Calls.stream),
     Kind("fail", 7, Calls.fail),
     Kind("fail_sync", 6, Calls.fail_sync),
@@ -320,6 +466,11 @@ KINDS = [
     Kind("ref_parent", 8, Calls.ref_parent),
     Kind("ref_parent_release", 5, Calls.ref_parent_release),
     Kind("ref_fail", 2, Calls.ref_fail),
+    Kind("upload", 4, Calls.upload),
+    Kind("upload_quota", 1, Calls.upload_quota),
+    Kind("p2p", 3, Calls.p2p),
+    Kind("policy", 2, Calls.policy),
+    Kind("usage", 3, Calls.usage),
 ]
 assert sum(kind.weight for kind in KINDS) == 100
 
@@ -349,8 +500,10 @@ class Sample:
     client: Figures
     peer: Figures
     refs: int
-    """Live session refs on the peer."""
+    """Live session refs on the peer (both of its servers)."""
     ref_bytes: int
+    uploads: int
+    """Bytes the peer holds or reserves for uploads, and uploads still arriving."""
     in_flight: int
     """Runs still going on the peer after DRAIN_SECS of waiting (should be 0)."""
     unexpected: int
@@ -379,10 +532,10 @@ class Settings:
 
 
 class Soak:
-    def __init__(self, client: PeerClient, settings: Settings) -> None:
+    def __init__(self, client: PeerClient, origin: PeerClient | None, settings: Settings) -> None:
         self.client = client
         self.settings = settings
-        self.calls = Calls(client, settings.ballast_kib * 1024, settings.seed)
+        self.calls = Calls(client, origin, settings.ballast_kib * 1024, settings.seed)
         chosen = [kind for kind in KINDS if kind.name in settings.kinds]
         schedule = [kind for kind in chosen for _ in range(kind.weight)]
         random.Random(settings.seed).shuffle(schedule)
@@ -454,8 +607,8 @@ class Soak:
             peer=Figures.of(peer),
             refs=peer["refs"],
             ref_bytes=peer["ref_bytes"],
-            # soak::stats is itself a run in flight.
-            in_flight=peer["runs"]["runs_in_flight"] - 1,
+            uploads=peer["upload_bytes"] + peer["uploads_in_progress"],
+            in_flight=_in_flight(peer),
             unexpected=sum(self.unexpected.values()),
             runs=peer["runs"],
         )
@@ -470,9 +623,14 @@ class Soak:
             figures: dict[str, Any] = await self.client.run_remote_workflow(
                 WORKFLOW, ["soak::stats"], {}, TIMEOUT_SECS
             )
-            if figures["runs"]["runs_in_flight"] <= 1 or time.monotonic() > deadline:
+            if _in_flight(figures) == 0 or time.monotonic() > deadline:
                 return figures
             await asyncio.sleep(0.05)
+
+
+def _in_flight(figures: dict[str, Any]) -> int:
+    """Runs going on in the peer process, both servers, besides soak::stats itself."""
+    return int(figures["runs"]["runs_in_flight"] - 1 + figures["origin_runs_in_flight"])
 
 
 def reference_index(samples: list[Sample], settings: Settings) -> int:
@@ -533,6 +691,11 @@ def verdict(run: Soak, ref: int, peer_status: int | None) -> list[Check]:
             last.refs == 0,
             f"{last.refs:,} refs, {last.ref_bytes:,} bytes (most at a sample: "
             f"{max(s.refs for s in samples):,})",
+        ),
+        Check(
+            "0 uploaded bytes held on the peer at the end",
+            last.uploads == 0,
+            f"{last.uploads:,} (most at a sample: {max(s.uploads for s in samples):,})",
         ),
         Check("0 runs in flight on the peer at the end", last.in_flight == 0, f"{last.in_flight}"),
         Check("every call ended as expected", not unexpected, f"{unexpected:,} did not"),
@@ -670,13 +833,18 @@ def stop_peer(proc: subprocess.Popen[str]) -> int | None:
             proc.stdout.close()
 
 
-async def soak(settings: Settings, address: str) -> Soak:
+async def soak(settings: Settings, address: str, origin_address: str) -> Soak:
     client = await PeerClient.connect(f"http://{address}", node_id="soak-client")
+    origin = None
     try:
-        run = Soak(client, settings)
+        if "p2p" in settings.kinds:
+            origin = await PeerClient.connect(f"http://{origin_address}", node_id="soak-client")
+        run = Soak(client, origin, settings)
         await run.run()
     finally:
         await client.close()
+        if origin is not None:
+            await origin.close()
     return run
 
 
@@ -686,9 +854,10 @@ def main() -> int:
         f"soak: {settings.calls:,} calls, {settings.in_flight} in flight, sampled every "
         f"{settings.sample_every:,}; mix: {', '.join(settings.kinds)}"
     )
-    proc, address = spawn(str(HERE / "_soak_peer.py"))
+    proc, addresses = spawn(str(HERE / "_soak_peer.py"))
+    address, origin_address = addresses.split()
     try:
-        run = asyncio.run(soak(settings, address))
+        run = asyncio.run(soak(settings, address, origin_address))
     finally:
         status = stop_peer(proc)
 

@@ -28,7 +28,8 @@ What it does
                              the network (ctx.session_refs.fetch) and returns its SHA-256
     policy                   steps with max_concurrency=2, timeout_secs=0.25 and one retry
                              (async def and def): a first attempt that fails and a retry that
-                             succeeds, or an attempt that times out (StepTimeout, step_id)
+                             succeeds, or (one in four) an attempt that times out (StepTimeout,
+                             step_id)
     usage                    a step emits two UsageEvents; resp.usage's totals and by_model
                              are checked exactly (async def and def)
   Every call checks its outcome (answer, error type, events, ref values, digests, usage);
@@ -375,11 +376,12 @@ class Calls:
     async def policy(self, seq: int) -> None:
         turn = self._turn("policy")
         step_id = "soak::policy_sync" if turn % 2 else "soak::policy"
-        if turn % 4 < 2:
+        if turn % 8 < 6:
             # Fails its first attempt (Hiccup), retried once, succeeds.
             got = await self._run(step_id, {"seq": seq})
             expect(got == {"seq": seq}, f"echoed {got!r}")
             return
+        # One in four times out, holding a slot for POLICY_TIMEOUT_SECS (limits the pace).
         try:
             got = await self._run(step_id, {"seq": seq, "hang": HANG_SECS})
         except WorkflowError as exc:

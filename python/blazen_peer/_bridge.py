@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any
 
-from . import _native, _tracing
+from . import _native, _tracing, _wire_json
 from ._grammar import with_article
 from .context import Context
 from .events import Event, StartEvent, StopEvent
@@ -40,8 +40,10 @@ def _start_async_step(
     fn: Any, ctx: _native.RunContext, event: Any, completion: _native.Completion
 ) -> None:
     try:
-        if _tracing.INSTALLED:
-            task = _start_traced(fn, ctx, event, completion)
+        # A run without trace headers has no span to open: skip the tracing
+        # machinery (a context manager per step) when OpenTelemetry is merely installed.
+        if _tracing.INSTALLED and (headers := ctx.trace_context) is not None:
+            task = _start_traced(fn, ctx, event, completion, headers)
         else:
             call = fn(Context(ctx), _as_event(event))
             task = _start_task(_finishing(_paced(call, ctx) if ctx.streaming else call, completion))
@@ -53,9 +55,13 @@ def _start_async_step(
 
 
 def _start_traced(
-    fn: Any, ctx: _native.RunContext, event: Any, completion: _native.Completion
+    fn: Any,
+    ctx: _native.RunContext,
+    event: Any,
+    completion: _native.Completion,
+    headers: _tracing.TraceHeaders,
 ) -> asyncio.Future[Any]:
-    with _tracing.starting_step(_step_name(fn), ctx.trace_context) as end_span:
+    with _tracing.starting_step(_step_name(fn), headers) as end_span:
         call = fn(Context(ctx), _as_event(event))
         task = _start_task(_finishing(_paced(call, ctx) if ctx.streaming else call, completion))
     if end_span is not None:
@@ -158,9 +164,9 @@ def run_sync_step(fn: Any, ctx: _native.RunContext, event: Any) -> Emitted:
 
 
 def _run_sync_step(fn: Any, ctx: _native.RunContext, event: Any) -> Emitted:
-    if not _tracing.INSTALLED:
+    if not _tracing.INSTALLED or (headers := ctx.trace_context) is None:
         return normalize_output(fn(Context(ctx), _as_event(event)))
-    with _tracing.step_span(_step_name(fn), ctx.trace_context):
+    with _tracing.step_span(_step_name(fn), headers):
         return normalize_output(fn(Context(ctx), _as_event(event)))
 
 
@@ -200,9 +206,7 @@ def normalize_output(output: Any) -> Emitted:
 
 def stop_result_json(event: StopEvent) -> bytes:
     try:
-        encoded = json.dumps(
-            event.result, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
+        encoded = _wire_json.dumps(event.result)
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"StopEvent.result holds {with_article(type(event.result).__name__)}, which is "

@@ -401,3 +401,98 @@ pub(super) async fn read_chunks(
         _ => Err(ReadError::Ended(reader.expected)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::VecSink;
+    use crate::envelope::DerefChunk;
+
+    /// The gRPC body a server sends for `value` in pieces of `chunk` bytes,
+    /// each payload followed by `extra` (an extension block we skip).
+    fn body(value: &[u8], chunk: usize, extra: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (index, piece) in value.chunks(chunk).enumerate() {
+            let mut payload = DerefChunk::encode_piece(
+                value.len() as u64,
+                "bytes",
+                (index * chunk) as u64,
+                piece,
+            )
+            .unwrap();
+            payload.extend_from_slice(extra);
+            out.extend_from_slice(&framed_request(&payload));
+        }
+        out
+    }
+
+    fn read(body: &[u8], split: usize) -> Result<VecSink, ReadError> {
+        let mut sink = VecSink::default();
+        let mut reader = Reader {
+            sink: &mut sink,
+            max_message_bytes: 1 << 20,
+            stage: Stage::Frame,
+            head: Vec::new(),
+            total: None,
+            expected: 0,
+        };
+        for part in body.chunks(split) {
+            reader.feed(part)?;
+        }
+        match reader.finished() {
+            Some(total) if total == reader.expected => Ok(sink),
+            _ => Err(ReadError::Ended(reader.expected)),
+        }
+    }
+
+    #[test]
+    fn pieces_arrive_whole_however_the_frames_split_them() {
+        let value: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        for extra in [&b""[..], &b"\x00\x07ext"[..]] {
+            let body = body(&value, 1024, extra);
+            for split in [1, 2, 3, 5, 7, 64, 1000, 1029, body.len()] {
+                let sink = read(&body, split).unwrap_or_else(|_| panic!("split {split}"));
+                assert_eq!(sink.bytes, value, "split {split}");
+                assert_eq!(sink.type_tag, "bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_value_is_one_empty_piece() {
+        let empty = framed_request(&DerefChunk::encode_piece(0, "", 0, b"").unwrap());
+        let sink = read(&empty, 3).ok().unwrap();
+        assert!(sink.bytes.is_empty());
+        assert!(matches!(read(&[], 3), Err(ReadError::Ended(0))));
+    }
+
+    #[test]
+    fn pieces_out_of_order_cut_short_or_malformed_are_refused() {
+        let value = vec![1u8; 3000];
+        let whole = body(&value, 1024, b"");
+        let first =
+            framed_request(&DerefChunk::encode_piece(3000, "bytes", 0, &value[..1024]).unwrap());
+        let skipped = [
+            first.clone(),
+            framed_request(&DerefChunk::encode_piece(3000, "bytes", 2048, &value[..952]).unwrap()),
+        ]
+        .concat();
+        assert!(
+            matches!(read(&skipped, 100), Err(ReadError::Piece(m)) if m.contains("out of order"))
+        );
+        assert!(matches!(read(&first, 100), Err(ReadError::Ended(1024))));
+        assert!(matches!(
+            read(&whole[..whole.len() - 10], 100),
+            Err(ReadError::Ended(_))
+        ));
+        let mut compressed = whole.clone();
+        compressed[0] = 1;
+        assert!(matches!(read(&compressed, 100), Err(ReadError::Piece(_))));
+        let mut other_field = whole.clone();
+        other_field[FRAME_HEADER] = 0x12;
+        assert!(matches!(read(&other_field, 100), Err(ReadError::Piece(_))));
+        let past_end =
+            framed_request(&DerefChunk::encode_piece(10, "bytes", 0, &value[..20]).unwrap());
+        assert!(matches!(read(&past_end, 100), Err(ReadError::Piece(_))));
+    }
+}

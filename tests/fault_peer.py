@@ -6,6 +6,7 @@ figures, and exits with a `def` step still running.
     python tests/fault_peer.py exit-stop    # a def step runs, then stop(grace=0.2) and exit
     python tests/fault_peer.py exit-sigint  # serve_blocking; a def step runs; the test sends SIGINT
     python tests/fault_peer.py exit-nested  # as exit-stop, the step blocked in a blocking call
+    python tests/fault_peer.py closed-loop  # the server's loop closes under it; then a call
 
 The exit modes print ``STEP RUNNING`` once the step is inside Python (and,
 for exit-sigint, the server is serving), then expect to exit with status 0.
@@ -221,6 +222,23 @@ def _destroyed_task() -> None:
     print(answers[0] if answers else "no answer", flush=True)
 
 
+def _closed_loop() -> None:
+    """Serves on a loop that the app then closes without stopping the server;
+    a call that arrives later finds nobody to start its step, and must get an
+    answer (the inbox's watchdog) rather than wait for its deadline."""
+    loop = asyncio.new_event_loop()
+    server = PeerServer("closed-loop")
+    address = loop.run_until_complete(server.start("127.0.0.1:0"))
+    loop.close()
+    with PeerClient.connect_blocking(f"http://{address}", node_id="caller") as client:
+        try:
+            client.run_remote_workflow_blocking("wf", ["fault::ok"], timeout_secs=60)
+            print("succeeded?", flush=True)
+        except Exception as exc:
+            print(f"{type(exc).__name__}: {exc}", flush=True)
+    del server
+
+
 def main() -> None:
     mode = sys.argv[1]
     if mode == "serve":
@@ -231,6 +249,8 @@ def main() -> None:
         asyncio.run(_exit_with_running_step("fault::hold_nested"))
     elif mode == "destroyed-task":
         _destroyed_task()
+    elif mode == "closed-loop":
+        _closed_loop()
     elif mode == "exit-sigint":
         _exit_on_sigint()
     elif mode == "local-leak":

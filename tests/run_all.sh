@@ -24,4 +24,5 @@ echo "== wheel, then pytest on each CPython"; python3 tests/wheel_matrix.py
 # Every benchmark path once with tiny counts: correctness only, no timing asserted.
 # The soak's --quick form does judge: it fails when either process grows with its calls.
 echo "== benches (quick)"; python3 benches/run_all.py --quick && python3 benches/pool_throughput.py --quick \
-  && python3 benches/values_throughput.py --quick && python3 benches/soak.py --quick
+  && python3 benches/values_throughput.py --quick && python3 benches/handoffs.py --quick \
+  && python3 benches/soak.py --quick

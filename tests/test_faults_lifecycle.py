@@ -265,3 +265,20 @@ def test_a_step_task_destroyed_pending_fails_its_run_instead_of_hanging() -> Non
     )
     assert done.returncode == 0, done.stderr.decode()
     assert "destroyed before it finished" in done.stdout.decode(), done
+
+
+def test_a_call_to_a_server_whose_loop_closed_fails_instead_of_hanging() -> None:
+    """Runtime threads wake a loop by writing to a socket it watches; a closed
+    loop never reads it, so the job starting the step would wait forever (and
+    the call until its 60 s deadline) but for the inbox's watchdog, which drops
+    the jobs of closed loops and so fails the run as never started."""
+    done = subprocess.run(
+        [sys.executable, str(FAULT_PEER), "closed-loop"],
+        capture_output=True,
+        timeout=50,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    out = done.stdout.decode()
+    assert out.startswith("WorkflowError"), out
+    assert "closed before the step started" in out, out

@@ -1,7 +1,7 @@
 """Python half of the step bridge; only the native module calls these.
 
-``start_async_step`` runs on the event loop thread (scheduled with
-``call_soon_threadsafe``); ``run_sync_step`` runs in a worker thread. Both hand
+``start_async_step`` runs on the event loop thread (a job of its loop's
+inbox); ``run_sync_step`` runs in a worker thread. Both hand
 the native side a list of ``(event, event_types)`` pairs, the shape it routes on.
 """
 
@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import traceback
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any
 
 from . import _native, _tracing
@@ -39,49 +40,80 @@ def _start_async_step(
     fn: Any, ctx: _native.RunContext, event: Any, completion: _native.Completion
 ) -> None:
     try:
-        if _tracing.INSTALLED:
-            task = _start_traced(fn, ctx, event)
+        # A run without trace headers has no span to open: skip the tracing
+        # machinery (a context manager per step) when OpenTelemetry is merely installed.
+        if _tracing.INSTALLED and (headers := ctx.trace_context) is not None:
+            task = _start_traced(fn, ctx, event, completion, headers)
         else:
             call = fn(Context(ctx), _as_event(event))
-            task = asyncio.ensure_future(_paced(call, ctx) if ctx.streaming else call)
+            task = _start_task(_finishing(_paced(call, ctx) if ctx.streaming else call, completion))
     except BaseException as exc:
         completion.fail(exc)
         return
     if not completion.attach(task):
         task.cancel()
-        return
-    task.add_done_callback(lambda done: _finish(done, completion))
 
 
-def _start_traced(fn: Any, ctx: _native.RunContext, event: Any) -> asyncio.Future[Any]:
-    with _tracing.starting_step(_step_name(fn), ctx.trace_context) as end_span:
+def _start_traced(
+    fn: Any,
+    ctx: _native.RunContext,
+    event: Any,
+    completion: _native.Completion,
+    headers: _tracing.TraceHeaders,
+) -> asyncio.Future[Any]:
+    with _tracing.starting_step(_step_name(fn), headers) as end_span:
         call = fn(Context(ctx), _as_event(event))
-        task = asyncio.ensure_future(_paced(call, ctx) if ctx.streaming else call)
+        task = _start_task(_finishing(_paced(call, ctx) if ctx.streaming else call, completion))
     if end_span is not None:
         task.add_done_callback(lambda _done: end_span())
     return task
 
 
-def _finish(task: asyncio.Future[Any], completion: _native.Completion) -> None:
-    if task.cancelled():
-        # Not the caller's doing (a caller's cancel abandons the completion
-        # first): the step raised CancelledError, or the peer's own application
-        # or event loop cancelled its task, typically on the way out. A bare
-        # CancelledError would say nothing.
-        why = ""
-        try:
-            task.result()
-        except asyncio.CancelledError as cancelled:
-            why = f": {cancelled}" if str(cancelled) else ""
+def _start_task(step: Coroutine[Any, Any, None]) -> asyncio.Future[Any]:
+    """The step's task. Where asyncio can (3.12+, and the app set no task factory of
+    its own) it starts eagerly: a step that never suspends has finished, and its
+    run's reply is on its way, before this returns, without waiting a turn of the loop."""
+    loop = asyncio.get_running_loop()
+    if _EAGER and loop.get_task_factory() is None:
+        return asyncio.Task(step, loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+    return loop.create_task(step)
+
+
+_EAGER = sys.version_info >= (3, 12)
+
+
+async def _finishing(call: Awaitable[Any], completion: _native.Completion) -> None:
+    """Runs the step and hands its outcome over in the same turn of the loop (a done
+    callback would wait one more)."""
+    try:
+        output = await call
+    except GeneratorExit:
+        # The task was destroyed pending (its loop stopped without cancelling it):
+        # the completion, freed with it, fails the run as such.
+        raise
+    except asyncio.CancelledError as cancelled:
+        # Not the caller's doing (a caller's cancel abandons the completion first,
+        # which makes this a no-op): the step raised CancelledError, or the peer's
+        # own application or event loop cancelled its task, typically on the way
+        # out. A bare CancelledError would say nothing.
+        why = f": {cancelled}" if str(cancelled) else ""
         completion.fail(
             asyncio.CancelledError(
                 f"the step's task was cancelled on the peer, not by the caller{why} "
                 "(did the step raise CancelledError, or the peer's app or event loop stop?)"
             )
         )
+        raise
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # The run fails, and the interrupt still reaches the app (as it would
+        # from any task).
+        completion.fail(exc)
+        raise
+    except BaseException as exc:
+        completion.fail(exc)
         return
     try:
-        emitted = normalize_output(task.result())
+        emitted = normalize_output(output)
     except BaseException as exc:
         completion.fail(exc)
         return
@@ -132,9 +164,9 @@ def run_sync_step(fn: Any, ctx: _native.RunContext, event: Any) -> Emitted:
 
 
 def _run_sync_step(fn: Any, ctx: _native.RunContext, event: Any) -> Emitted:
-    if not _tracing.INSTALLED:
+    if not _tracing.INSTALLED or (headers := ctx.trace_context) is None:
         return normalize_output(fn(Context(ctx), _as_event(event)))
-    with _tracing.step_span(_step_name(fn), ctx.trace_context):
+    with _tracing.step_span(_step_name(fn), headers):
         return normalize_output(fn(Context(ctx), _as_event(event)))
 
 

@@ -1,5 +1,15 @@
-//! The package's tokio runtime: two small named worker threads, created on
-//! first use in each process.
+//! The package's tokio runtime, created on first use in each process: one
+//! named worker thread unless `BLAZEN_PEER_RUNTIME_THREADS` asks for more.
+//!
+//! Why one: every call crosses between a Python thread and the runtime, and
+//! with two workers each crossing woke both (tokio wakes an idle sibling to
+//! steal work the moment one worker has any), so a round trip cost each
+//! process about five context switches instead of two (measured with
+//! `/proc/<pid>/task/*/status`). One worker made a sequential call faster and
+//! 64 calls in flight no slower, and a 256 MiB deref no slower, on 2 cores:
+//! the Python side, not the runtime, is what saturates a core first. A
+//! process that moves many large values at once over many connections can
+//! give the runtime more threads.
 //!
 //! A runtime's threads do not survive `fork()`. A forked child therefore gets
 //! a runtime of its own on first use, and the parent's is leaked, never
@@ -42,7 +52,7 @@ pub fn runtime() -> Result<&'static Runtime, PeerError> {
         return Ok(runtime);
     }
     let runtime = Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(worker_threads()?)
         .max_blocking_threads(64)
         .thread_name("blazen-peer-worker")
         .enable_all()
@@ -53,6 +63,25 @@ pub fn runtime() -> Result<&'static Runtime, PeerError> {
     let owned = Box::leak(Box::new(ProcessRuntime { pid, runtime }));
     CURRENT.store(owned, Ordering::Release);
     Ok(&owned.runtime)
+}
+
+/// Worker threads of the runtime when the environment does not say.
+pub const DEFAULT_RUNTIME_THREADS: usize = 1;
+
+/// The environment variable that sets the runtime's worker threads.
+pub const RUNTIME_THREADS_VAR: &str = "BLAZEN_PEER_RUNTIME_THREADS";
+
+fn worker_threads() -> Result<usize, PeerError> {
+    let Ok(raw) = std::env::var(RUNTIME_THREADS_VAR) else {
+        return Ok(DEFAULT_RUNTIME_THREADS);
+    };
+    match raw.trim().parse::<usize>() {
+        Ok(threads) if threads >= 1 => Ok(threads),
+        _ => Err(PeerError::Validation(format!(
+            "{RUNTIME_THREADS_VAR}={raw:?} is not a number of threads; set it to a whole \
+             number of at least 1, or unset it for the default ({DEFAULT_RUNTIME_THREADS})"
+        ))),
+    }
 }
 
 /// The process a client or server was created in.

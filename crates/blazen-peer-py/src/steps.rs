@@ -96,14 +96,15 @@ async fn invoke_async(
     let call = Arc::new(StepCall::new(tx));
     let remote = is_remote(&ctx);
     let launched = call.clone();
+    // Dropped unrun (its loop closed) or failing to start, the call still settles.
+    let mut unsettled = SettleOnDrop {
+        call: Some(call.clone()),
+        why: "the event loop that was to run this step closed before the step started",
+    };
     // Everything Python happens on the loop thread, in one inbox job.
     inbox.post(Box::new(move |py| {
-        // Dropped unrun (its loop closed) or failing to start, the call still settles.
-        let mut unsettled = SettleOnDrop {
-            call: Some(launched.clone()),
-            why: "the event loop that was to run this step closed before the step started",
-        };
         if launched.lock().abandoned {
+            unsettled.disarm();
             return;
         }
         let started = (|| -> PyResult<()> {
@@ -122,7 +123,7 @@ async fn invoke_async(
         if let Err(err) = started {
             launched.send(Err(bridge::describe_failure(py, err)));
         }
-        unsettled.call = None;
+        unsettled.disarm();
     }));
     let guard = CancelOnDrop {
         call: Some(call),
@@ -148,6 +149,12 @@ fn step_lost(why: &str) -> StepFailure {
 struct SettleOnDrop {
     call: Option<Arc<StepCall>>,
     why: &'static str,
+}
+
+impl SettleOnDrop {
+    fn disarm(&mut self) {
+        self.call = None;
+    }
 }
 
 impl Drop for SettleOnDrop {

@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any
 
-from . import _native, _tracing
+from . import _native, _tracing, _wire_json
 from ._grammar import with_article
 from .context import Context
 from .events import Event, StartEvent, StopEvent
@@ -206,9 +206,7 @@ def normalize_output(output: Any) -> Emitted:
 
 def stop_result_json(event: StopEvent) -> bytes:
     try:
-        encoded = json.dumps(
-            event.result, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
+        encoded = _wire_json.dumps(event.result)
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"StopEvent.result holds {with_article(type(event.result).__name__)}, which is "

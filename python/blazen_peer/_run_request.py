@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _native
+from . import _native, _wire_json
 from ._seconds import positive_secs
 from .errors import EncodeError
 from .responses import SubWorkflowResponse
@@ -78,7 +78,7 @@ class RunRequest:
 
 def encode_input(value: Any) -> bytes:
     try:
-        encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        encoded = _wire_json.dumps(value)
     except (TypeError, ValueError) as exc:
         raise EncodeError(
             f"the workflow input is not JSON-serializable: {exc}; pass dicts, lists, strings, "

@@ -9,7 +9,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, final
 
-from . import _native
+from . import _native, _wire_json
 from ._grammar import with_article
 from .errors import EncodeError
 from .events import Event, stream_payload
@@ -187,7 +187,7 @@ class Context:
             self._ref.set_object(key, value)
             return
         try:
-            encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            encoded = _wire_json.dumps(value)
         except (TypeError, ValueError) as exc:
             raise EncodeError(
                 f"state key {key!r} holds {with_article(type(value).__name__)}, which is not "

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, dataclass_transform
 
-from . import _native
+from . import _native, _wire_json
 from ._grammar import with_article
 from .errors import EncodeError
 
@@ -196,9 +196,7 @@ def stream_payload(event: Event) -> tuple[str, bytes]:
         )
     name = event.event_type if isinstance(event, GenericEvent) else type(event).__event_type__
     try:
-        encoded = json.dumps(
-            event.to_dict(), separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
+        encoded = _wire_json.dumps(event.to_dict())
     except (TypeError, ValueError) as exc:
         raise EncodeError(
             f"event {name!r} cannot be streamed: its fields are not JSON-serializable ({exc}); "

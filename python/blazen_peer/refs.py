@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from . import _native
+from . import _native, _wire_json
 from ._grammar import with_article
 from .errors import EncodeError, RefNotFoundError, RefOriginError, ValidationError
 from .remote_ref import RemoteRef
@@ -99,7 +99,7 @@ def _codec_for_type(cls: type) -> _Codec | None:
 
 def _as_json(value: Any) -> bytes:
     try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _wire_json.dumps(value)
     except (TypeError, ValueError) as exc:
         raise EncodeError(f"the value is not JSON for the 'json' ref type: {exc}") from exc
     return text.encode()

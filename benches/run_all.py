@@ -99,6 +99,7 @@ class Deref:
     deref_seconds: float
     into_seconds: float
     tcp_seconds: float
+    tcp_fresh_seconds: float
     receiver_peak: int
 
 
@@ -241,14 +242,15 @@ def measure_deref(size_mib: int, repeat: int) -> Deref:
     """deref_throughput.py's two measurements (each checks every byte it receives)."""
     size = size_mib * MIB
     progress(f"deref: {size_mib:,} MiB, {repeat} repetitions")
-    floor = deref_throughput.tcp_floor(size, repeat)["floor"]
+    tcp = deref_throughput.tcp_floor(size, repeat)
     measured = deref_throughput.deref_runs(size, repeat)
     runs = measured["runs"]
     return Deref(
         size=size,
         deref_seconds=min(run["seconds"] for run in runs),
         into_seconds=min(measured["into"]),
-        tcp_seconds=min(floor),
+        tcp_seconds=min(tcp["floor"]),
+        tcp_fresh_seconds=min(tcp["fresh"]),
         receiver_peak=max(run["client_hwm"] for run in runs),
     )
 
@@ -292,13 +294,14 @@ def target_rows(
         mib = deref.size // MIB
         deref_rate, tcp_rate = deref.size / deref.deref_seconds, deref.size / deref.tcp_seconds
         into_rate = deref.size / deref.into_seconds
+        fresh_rate = deref.size / deref.tcp_fresh_seconds
         rows += [
-            Row(f"deref {mib:,} MiB into new bytes, best MB/s (vs raw TCP)",
-                f"{deref_rate / 1e6:,.0f}", f"{tcp_rate / 1e6:,.0f}", deref_rate / tcp_rate,
-                Target(">=", 0.5)),
-            Row(f"deref_into {mib:,} MiB, reused buffer, best MB/s (vs raw TCP)",
+            Row(f"deref_into {mib:,} MiB, reused buffer, best MB/s (vs raw TCP recv_into reused)",
                 f"{into_rate / 1e6:,.0f}", f"{tcp_rate / 1e6:,.0f}", into_rate / tcp_rate,
-                Target(">=", 0.5)),
+                Target(">=", 0.8)),
+            Row(f"deref {mib:,} MiB into new bytes, best MB/s (vs raw TCP into fresh memory)",
+                f"{deref_rate / 1e6:,.0f}", f"{fresh_rate / 1e6:,.0f}", deref_rate / fresh_rate,
+                Target(">=", 1)),
             Row(f"receiver peak RSS, deref {mib:,} MiB (vs value)",
                 f"{deref.receiver_peak / MIB:,.0f} MiB", f"{mib:,} MiB",
                 deref.receiver_peak / deref.size, Target("<", 1.3)),

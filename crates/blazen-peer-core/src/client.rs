@@ -15,6 +15,7 @@ use crate::pb::blazen_peer_client::BlazenPeerClient;
 
 mod connect;
 mod deref;
+mod deref_wire;
 mod errors;
 mod rpc;
 mod stream;

@@ -317,6 +317,34 @@ impl DerefChunk {
             .map_err(|err| PeerError::Encode(format!("cannot encode a deref piece: {err}")))
     }
 
+    /// The payload of a piece up to its value bytes: followed by the `len`
+    /// bytes themselves, it is exactly what [`DerefChunk::encode_piece`] writes.
+    pub fn encode_head(
+        total_len: u64,
+        type_tag: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, PeerError> {
+        #[derive(Serialize)]
+        struct Head<'a> {
+            envelope_version: u32,
+            total_len: u64,
+            type_tag: &'a str,
+            offset: u64,
+            // serde_bytes writes a slice's length as this varint.
+            len: u64,
+        }
+        let head = Head {
+            envelope_version: ENVELOPE_VERSION,
+            total_len,
+            type_tag,
+            offset,
+            len: len as u64,
+        };
+        postcard::to_stdvec(&head)
+            .map_err(|err| PeerError::Encode(format!("cannot encode a deref piece: {err}")))
+    }
+
     /// Decodes one piece without copying its bytes out of the payload.
     pub fn decode_piece(payload: &[u8]) -> Result<DerefPiece<'_>, PeerError> {
         check_version(payload)?;

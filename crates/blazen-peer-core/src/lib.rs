@@ -17,6 +17,7 @@ pub mod limits;
 pub mod log_limit;
 pub mod log_target;
 pub mod observer;
+pub mod piece;
 pub mod registry;
 pub mod runner;
 pub mod server;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use blazen_peer_core::client::{ChunkSink, PutOptions, VecSink};
 use blazen_peer_core::envelope::{PutRefHeader, PutRefPiece, PutRefReady};
 use blazen_peer_core::pb::blazen_peer_client::BlazenPeerClient;
-use blazen_peer_core::pb::PostcardRequest;
+use blazen_peer_core::piece::PostcardPiece;
 use blazen_peer_core::{
     ClientConfig, Envelope, PeerClient, PeerError, PeerService, RefLifetime, RunningServer,
     ServerConfig, SessionRefRegistry, ENVELOPE_VERSION,
@@ -115,7 +115,7 @@ async fn raw_upload(
     harness: &Harness,
     header: PutRefHeader,
 ) -> (
-    mpsc::Sender<PostcardRequest>,
+    mpsc::Sender<PostcardPiece>,
     Result<tonic::Streaming<blazen_peer_core::pb::PostcardResponse>, tonic::Status>,
 ) {
     let mut raw = BlazenPeerClient::connect(harness.address.clone())
@@ -123,11 +123,7 @@ async fn raw_upload(
         .unwrap();
     let (tx, rx) = mpsc::channel(8);
     let header = Envelope::new(header).encode().unwrap();
-    tx.send(PostcardRequest {
-        postcard_payload: header.into(),
-    })
-    .await
-    .unwrap();
+    tx.send(PostcardPiece::from(header)).await.unwrap();
     let replies = raw
         .put_session_ref(ReceiverStream::new(rx))
         .await
@@ -185,11 +181,7 @@ async fn an_upload_cut_off_midway_stores_nothing_and_gives_its_bytes_back() {
     let mut replies = replies.unwrap();
     replies.next().await.unwrap().unwrap(); // PutRefReady
     let piece = PutRefPiece::encode(0, b"hello").unwrap();
-    tx.send(PostcardRequest {
-        postcard_payload: piece.into(),
-    })
-    .await
-    .unwrap();
+    tx.send(PostcardPiece::from(piece)).await.unwrap();
     wait_until("the first piece arrived", || {
         harness.service.uploads().bytes_arriving == 5
     })

@@ -5,13 +5,11 @@
 //! The sink decides where the bytes go ([`VecSink`]: memory; the binding: a
 //! Python buffer or file), so a large value need not be held twice.
 
-use futures::StreamExt;
 use uuid::Uuid;
 
+use super::deref_wire::{read_chunks, ReadError};
 use super::PeerClient;
-use crate::envelope::{
-    ChunkLimit, DerefChunk, DerefRequest, DerefResponse, Envelope, ENVELOPE_VERSION,
-};
+use crate::envelope::{ChunkLimit, DerefRequest, DerefResponse, Envelope, ENVELOPE_VERSION};
 use crate::error::PeerError;
 
 impl PeerClient {
@@ -44,50 +42,30 @@ impl PeerClient {
             max_message_bytes: self.config.max_message_bytes as u64,
         })?;
         let payload = request.encode()?;
-        let mut grpc = self.grpc.clone();
-        let mut stream = match grpc
-            .deref_session_ref_chunks(self.request(payload, None))
-            .await
-        {
-            Ok(reply) => reply.into_inner(),
-            Err(status) if status.code() == tonic::Code::Unimplemented => {
+        let (metadata, _, ()) = self.with_metadata((), None).into_parts();
+        let read = read_chunks(
+            self.channel.clone(),
+            &payload,
+            metadata,
+            self.config.max_message_bytes,
+            sink,
+        )
+        .await;
+        match read {
+            Ok(()) => Ok(()),
+            Err(ReadError::Status(status)) if status.code() == tonic::Code::Unimplemented => {
                 let bytes = self.deref(key).await?;
                 sink.begin(bytes.len() as u64, "")?;
-                return sink.write(0, &bytes);
+                sink.write(0, &bytes)
             }
-            Err(status) => return Err(self.deref_error(key, &status)),
-        };
-        let mut expected_offset = 0u64;
-        let mut total = None;
-        while let Some(item) = stream.next().await {
-            let item = item.map_err(|status| self.deref_error(key, &status))?;
-            let chunk = DerefChunk::decode_piece(&item.postcard_payload).map_err(|err| {
-                PeerError::Encode(format!(
-                    "peer {} sent a piece we cannot decode: {err}",
-                    self.address
-                ))
-            })?;
-            if total.is_none() {
-                sink.begin(chunk.total_len, chunk.type_tag)?;
-                total = Some(chunk.total_len);
-            }
-            let end = chunk.offset + chunk.bytes.len() as u64;
-            if Some(chunk.total_len) != total
-                || chunk.offset != expected_offset
-                || end > chunk.total_len
-            {
-                return Err(PeerError::Encode(format!(
-                    "peer {} sent session ref {key} out of order (piece at {} of {}, expected {expected_offset})",
-                    self.address, chunk.offset, chunk.total_len
-                )));
-            }
-            sink.write(chunk.offset, chunk.bytes)?;
-            expected_offset = end;
-        }
-        match total {
-            Some(total) if total == expected_offset => Ok(()),
-            _ => Err(PeerError::transport(format!(
-                "peer {} ended session ref {key} after {expected_offset} bytes, before its end",
+            Err(ReadError::Status(status)) => Err(self.deref_error(key, &status)),
+            Err(ReadError::Piece(message)) => Err(PeerError::Encode(format!(
+                "peer {} sent session ref {key} in a piece we cannot decode: {message}",
+                self.address
+            ))),
+            Err(ReadError::Sink(err)) => Err(err),
+            Err(ReadError::Ended(received)) => Err(PeerError::transport(format!(
+                "peer {} ended session ref {key} after {received} bytes, before its end",
                 self.address
             ))),
         }

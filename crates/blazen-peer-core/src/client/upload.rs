@@ -1,10 +1,12 @@
 //! Uploading: [`PeerClient::put_ref`] streams a value into the peer's session
 //! refs over `PutSessionRef`, in pieces the peer sized to both sides' limits.
 //!
-//! The value is read in place (a host's buffer behind [`RefPayload`]); each
-//! piece is copied once, into its message, and a bounded channel keeps only a
-//! few pieces ahead of the network, so an upload of any size costs a few
-//! pieces of memory on this side.
+//! The value is read in place (a host's buffer behind [`RefPayload`]): a
+//! piece is a few header bytes and a `Bytes` slice sharing the value
+//! ([`PostcardPiece`]), copied once, by tonic's encoder into its HTTP/2 frame
+//! (then by the kernel into the socket). A bounded channel keeps only a few
+//! pieces ahead of the network, so an upload of any size costs a few pieces of
+//! memory on this side.
 
 use std::sync::Arc;
 
@@ -18,7 +20,7 @@ use crate::envelope::{
     ENVELOPE_VERSION, PIECE_OVERHEAD,
 };
 use crate::error::PeerError;
-use crate::pb::PostcardRequest;
+use crate::piece::{value_slice, PostcardPiece};
 use crate::session_refs::{RefLifetime, RefPayload};
 
 /// Pieces an upload may have queued ahead of the network.
@@ -56,9 +58,7 @@ impl PeerClient {
         .encode()?;
         let (pieces, outbound) = mpsc::channel(PIECES_IN_FLIGHT);
         // The channel is new and has room: the header never waits.
-        let _ = pieces.try_send(PostcardRequest {
-            postcard_payload: header.into(),
-        });
+        let _ = pieces.try_send(PostcardPiece::from(header));
         let request = self.with_metadata(ReceiverStream::new(outbound), None);
         let mut grpc = self.grpc.clone();
         let mut replies = grpc
@@ -84,10 +84,8 @@ impl PeerClient {
         let mut offset = 0;
         while offset < total {
             let end = total.min(offset + chunk);
-            let piece = PutRefPiece::encode(offset as u64, &value.bytes()[offset..end])?;
-            let message = PostcardRequest {
-                postcard_payload: piece.into(),
-            };
+            let head = PutRefPiece::encode_head(offset as u64, end - offset)?;
+            let message = PostcardPiece::new(head, value_slice(&value, offset..end));
             // A closed channel means the call ended: its status below says why.
             if pieces.send(message).await.is_err() {
                 break;

@@ -763,6 +763,43 @@ fn a_borrowed_deref_piece_encodes_like_the_owned_struct() {
 }
 
 #[test]
+fn piece_heads_are_the_pieces_up_to_their_bytes() {
+    let value = vec![7u8; 300];
+    let mut deref = DerefChunk::encode_head(1000, "bytes", 200, value.len()).unwrap();
+    deref.extend_from_slice(&value);
+    assert_eq!(
+        deref,
+        DerefChunk::encode_piece(1000, "bytes", 200, &value).unwrap()
+    );
+    let mut upload = crate::envelope::PutRefPiece::encode_head(200, value.len()).unwrap();
+    upload.extend_from_slice(&value);
+    assert_eq!(
+        upload,
+        crate::envelope::PutRefPiece::encode(200, &value).unwrap()
+    );
+}
+
+#[test]
+fn a_postcard_piece_is_a_postcard_request_on_the_wire() {
+    use prost::Message;
+    let head = b"head".to_vec();
+    let value = vec![9u8; 200];
+    let piece = crate::piece::PostcardPiece::new(head.clone(), value.clone().into());
+    let whole: Vec<u8> = [head, value].concat();
+    let request = crate::pb::PostcardRequest {
+        postcard_payload: whole.clone().into(),
+    };
+    assert_eq!(piece.encode_to_vec(), request.encode_to_vec());
+    assert_eq!(piece.encoded_len(), request.encoded_len());
+    let decoded = crate::piece::PostcardPiece::decode(&request.encode_to_vec()[..]).unwrap();
+    assert_eq!(&decoded.postcard_payload[..], &whole[..]);
+    assert!(decoded.value.is_empty());
+    assert!(crate::piece::PostcardPiece::default()
+        .encode_to_vec()
+        .is_empty());
+}
+
+#[test]
 fn stream_items_have_the_documented_layout() {
     // proto/blazen_peer.proto: StreamItem { envelope_version, kind, event_type, payload }.
     let event = Envelope::new(StreamItem::event("a.B", b"{}".to_vec()))

@@ -74,6 +74,14 @@ impl<'a> PutRefPiece<'a> {
             .map_err(|err| PeerError::Encode(format!("cannot encode an upload piece: {err}")))
     }
 
+    /// A piece's payload up to its value bytes: followed by the `len` bytes
+    /// themselves, it is exactly what [`PutRefPiece::encode`] writes.
+    pub fn encode_head(offset: u64, len: usize) -> Result<Vec<u8>, PeerError> {
+        // serde_bytes writes a slice's length as the same varint as this u64.
+        postcard::to_stdvec(&(ENVELOPE_VERSION, offset, len as u64))
+            .map_err(|err| PeerError::Encode(format!("cannot encode an upload piece: {err}")))
+    }
+
     /// Decodes a piece without copying its bytes out of the message.
     pub fn decode(payload: &'a [u8]) -> Result<Self, PeerError> {
         check_version(payload)?;

@@ -88,6 +88,7 @@ impl PeerService {
 }
 
 type ItemStream = futures::stream::BoxStream<'static, Result<PostcardResponse, Status>>;
+type PieceStream = futures::stream::BoxStream<'static, Result<crate::piece::PostcardPiece, Status>>;
 
 #[tonic::async_trait]
 impl BlazenPeer for PeerService {
@@ -159,7 +160,7 @@ impl BlazenPeer for PeerService {
         self.reply(response, &format!("session ref {key}"))
     }
 
-    type DerefSessionRefChunksStream = ItemStream;
+    type DerefSessionRefChunksStream = PieceStream;
 
     async fn deref_session_ref_chunks(
         &self,
@@ -167,7 +168,7 @@ impl BlazenPeer for PeerService {
     ) -> Result<Response<Self::DerefSessionRefChunksStream>, Status> {
         let (_, entry, client_limit) = self.find_ref(&request.into_inner().postcard_payload)?;
         let pieces = deref::pieces(entry, client_limit, self.config.max_message_bytes);
-        Ok(Response::new(Box::pin(pieces)))
+        Ok(Response::new(pieces))
     }
 
     async fn release_session_ref(
@@ -209,7 +210,7 @@ impl BlazenPeer for PeerService {
 
     async fn put_session_ref(
         &self,
-        request: Request<Streaming<PostcardRequest>>,
+        request: Request<Streaming<crate::piece::PostcardPiece>>,
     ) -> Result<Response<Self::PutSessionRefStream>, Status> {
         let replies = self.accept_upload(request.into_inner()).await?;
         Ok(Response::new(Box::pin(replies)))

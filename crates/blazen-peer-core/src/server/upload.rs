@@ -8,6 +8,15 @@
 //! leaves nothing behind; its reservation goes with it. A stored upload
 //! carries its reservation ([`Uploaded`]), so the bound is given back exactly
 //! when the registry, or the last reader, lets the value go.
+//!
+//! Copies on this side: the kernel's, into hyper's read buffer; tonic's, as
+//! its `Streaming` decoder gathers each 1 MiB piece into one buffer (it copies
+//! every DATA frame, and the pieces must be whole to decode); and ours, from
+//! the piece into the value's buffer. The last is the one any receiver makes;
+//! tonic's could go only by reading the HTTP/2 body ourselves, as the client's
+//! deref does (client/deref_wire.rs), which for a bidi call here would mean
+//! replacing tonic's server dispatch, token check and reply encoding for this
+//! method. Fresh memory for the value costs a page fault per 4 KiB besides.
 
 use std::any::Any;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,7 +33,8 @@ use crate::envelope::{
     Envelope, PutRefDone, PutRefHeader, PutRefPiece, PutRefReady, ENVELOPE_VERSION, PIECE_OVERHEAD,
 };
 use crate::error::PeerError;
-use crate::pb::{PostcardRequest, PostcardResponse};
+use crate::pb::PostcardResponse;
+use crate::piece::PostcardPiece;
 use crate::session_refs::{RefLifetime, RefOwner, RefPayload};
 
 /// Default bound on the bytes of uploaded values a server holds at once
@@ -139,7 +149,7 @@ impl RefPayload for Uploaded {
 
 /// An upload whose header was accepted, waiting for its pieces.
 struct Receiving {
-    inbound: Streaming<PostcardRequest>,
+    inbound: Streaming<PostcardPiece>,
     buffer: Vec<u8>,
     total: usize,
     hold: QuotaHold,
@@ -176,7 +186,7 @@ impl PeerService {
     /// `PutRefDone` once every byte arrived.
     pub(super) async fn accept_upload(
         &self,
-        mut inbound: Streaming<PostcardRequest>,
+        mut inbound: Streaming<PostcardPiece>,
     ) -> Result<ReceiverStream<Result<PostcardResponse, Status>>, Status> {
         if self.lifecycle.is_draining() {
             return Err(PeerError::Unavailable(format!(

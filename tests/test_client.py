@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import threading
 import time
@@ -325,6 +326,11 @@ async def test_a_peer_that_stops_answering_cannot_hang_the_caller(
     assert (await client.run_remote_workflow("wf", ["test::echo"], 1))["data"] == 1
     peer.proc.send_signal(signal.SIGSTOP)
     try:
+        # A stop takes effect when each of the peer's threads next gets the CPU; on a loaded
+        # machine the peer answered a call sent right after kill(). Wait for the kernel's
+        # word that the whole process is stopped.
+        _, status = await asyncio.to_thread(os.waitpid, peer.proc.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), status
         started = time.monotonic()
         with pytest.raises(TransportError, match="Timeout expired"):
             await asyncio.wait_for(

@@ -232,7 +232,7 @@ def _closed_loop() -> None:
     loop.close()
     with PeerClient.connect_blocking(f"http://{address}", node_id="caller") as client:
         try:
-            client.run_remote_workflow_blocking("wf", ["fault::ok"], timeout_secs=60)
+            client.run_remote_workflow_blocking("wf", ["fault::ok"], timeout_secs=30)
             print("succeeded?", flush=True)
         except Exception as exc:
             print(f"{type(exc).__name__}: {exc}", flush=True)

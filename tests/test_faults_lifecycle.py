@@ -257,28 +257,25 @@ def test_a_step_task_destroyed_pending_fails_its_run_instead_of_hanging() -> Non
     """A loop closed without cancelling a step's task: once the collector frees
     the task, its run fails as cancelled and the caller hears so at once
     (it used to wait for the run's deadline)."""
+    out = fault_peer_output("destroyed-task")
+    assert "destroyed before it finished" in out, out
+
+
+def fault_peer_output(mode: str) -> str:
+    """What ``fault_peer.py MODE`` prints, once it exited with status 0. Its call
+    has a deadline of its own well inside the timeout: a hang fails the test."""
     done = subprocess.run(
-        [sys.executable, str(FAULT_PEER), "destroyed-task"],
-        capture_output=True,
-        timeout=60,
-        check=False,
+        [sys.executable, str(FAULT_PEER), mode], capture_output=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr.decode()
-    assert "destroyed before it finished" in done.stdout.decode(), done
+    return done.stdout.decode()
 
 
 def test_a_call_to_a_server_whose_loop_closed_fails_instead_of_hanging() -> None:
     """Runtime threads wake a loop by writing to a socket it watches; a closed
     loop never reads it, so the job starting the step would wait forever (and
-    the call until its 60 s deadline) but for the inbox's watchdog, which drops
+    the call until its deadline) but for the inbox's watchdog, which drops
     the jobs of closed loops and so fails the run as never started."""
-    done = subprocess.run(
-        [sys.executable, str(FAULT_PEER), "closed-loop"],
-        capture_output=True,
-        timeout=50,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr.decode()
-    out = done.stdout.decode()
+    out = fault_peer_output("closed-loop")
     assert out.startswith("WorkflowError"), out
     assert "closed before the step started" in out, out

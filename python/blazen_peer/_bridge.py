@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Awaitable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 from . import _native, _tracing, _wire_json
@@ -63,10 +63,8 @@ def _start_traced(
 ) -> asyncio.Future[Any]:
     with _tracing.starting_step(_step_name(fn), headers) as end_span:
         call = fn(Context(ctx), _as_event(event))
-        task = _start_task(_finishing(_paced(call, ctx) if ctx.streaming else call, completion))
-    if end_span is not None:
-        task.add_done_callback(lambda _done: end_span())
-    return task
+        step = _paced(call, ctx) if ctx.streaming else call
+        return _start_task(_finishing(step, completion, end_span))
 
 
 def _start_task(step: Coroutine[Any, Any, None]) -> asyncio.Future[Any]:
@@ -82,11 +80,20 @@ def _start_task(step: Coroutine[Any, Any, None]) -> asyncio.Future[Any]:
 _EAGER = sys.version_info >= (3, 12)
 
 
-async def _finishing(call: Awaitable[Any], completion: _native.Completion) -> None:
+async def _finishing(
+    call: Awaitable[Any],
+    completion: _native.Completion,
+    end_span: Callable[[], None] | None = None,
+) -> None:
     """Runs the step and hands its outcome over in the same turn of the loop (a done
-    callback would wait one more)."""
+    callback would wait one more). Its span, if traced, ends first: the run's next
+    step may start as soon as the outcome is handed over."""
     try:
-        output = await call
+        try:
+            output = await call
+        finally:
+            if end_span is not None:
+                end_span()
     except GeneratorExit:
         # The task was destroyed pending (its loop stopped without cancelling it):
         # the completion, freed with it, fails the run as such.
